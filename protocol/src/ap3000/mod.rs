@@ -1,0 +1,1 @@
+//! AP3000 family: to be written.

@@ -1,0 +1,1 @@
+//! BKV family: to be written.

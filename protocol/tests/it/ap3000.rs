@@ -1,0 +1,1 @@
+//! ap3000 integration tests (vectors, streaming, properties).

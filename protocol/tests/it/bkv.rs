@@ -1,0 +1,1 @@
+//! bkv integration tests (vectors, streaming, properties).

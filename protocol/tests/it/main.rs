@@ -1,0 +1,4 @@
+//! One integration-test binary for pile-protocol.
+mod ap3000;
+mod bkv;
+mod vectors;

@@ -1,0 +1,355 @@
+//! The BKV-TLV packet carried by command 0x1000.
+//!
+//! ```text
+//! len u8 · 0x01 · tag u8 · value[len − 2]
+//! ```
+//!
+//! `len` counts the `0x01` marker, the tag and the value. Tags 0x94 (socket
+//! cluster) and 0x5B (hole) hold a nested TLV list. Every packet opens with
+//! tag 0x01 (BKV command, u16), 0x02 (packet sequence, u64) and 0x03 (gateway
+//! ID, 7 BCD bytes).
+
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+
+use super::GatewayId;
+use crate::DecodeError;
+
+/// The marker byte that follows every TLV length.
+const MARKER: u8 = 0x01;
+/// Tags whose value is itself a TLV list.
+pub(crate) const NESTED_TAGS: [u8; 2] = [0x94, 0x5B];
+
+/// One TLV, kept whole so that any packet re-encodes byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tlv {
+    pub tag: u8,
+    pub value: TlvValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlvValue {
+    Bytes(Vec<u8>),
+    Nested(Vec<Tlv>),
+}
+
+impl Tlv {
+    pub fn bytes(tag: u8, value: impl Into<Vec<u8>>) -> Tlv {
+        Tlv {
+            tag,
+            value: TlvValue::Bytes(value.into()),
+        }
+    }
+
+    pub fn u8(tag: u8, v: u8) -> Tlv {
+        Tlv::bytes(tag, vec![v])
+    }
+
+    pub fn u16(tag: u8, v: u16) -> Tlv {
+        Tlv::bytes(tag, v.to_be_bytes().to_vec())
+    }
+
+    pub fn nested(tag: u8, list: Vec<Tlv>) -> Tlv {
+        Tlv {
+            tag,
+            value: TlvValue::Nested(list),
+        }
+    }
+
+    /// Encoded size of the value (what `len − 2` says).
+    fn value_len(&self) -> usize {
+        match &self.value {
+            TlvValue::Bytes(b) => b.len(),
+            TlvValue::Nested(list) => encoded_len(list),
+        }
+    }
+
+    /// The value as raw bytes, if it is not nested.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match &self.value {
+            TlvValue::Bytes(b) => Some(b),
+            TlvValue::Nested(_) => None,
+        }
+    }
+}
+
+pub(crate) fn encoded_len(list: &[Tlv]) -> usize {
+    list.iter().map(|t| 3 + t.value_len()).sum()
+}
+
+/// Parses a whole TLV list; `base` is the list's offset in the payload, for
+/// error messages.
+pub(crate) fn parse_list(buf: &[u8], base: usize) -> Result<Vec<Tlv>, DecodeError> {
+    parse_nested(buf, base, 0)
+}
+
+/// Real packets nest two levels (0x94 → 0x5B); the bound keeps hostile input
+/// from recursing deeply.
+const MAX_DEPTH: usize = 4;
+
+fn parse_nested(buf: &[u8], base: usize, depth: usize) -> Result<Vec<Tlv>, DecodeError> {
+    if depth > MAX_DEPTH {
+        return Err(DecodeError::BadTlv {
+            offset: base,
+            reason: "TLV nesting too deep",
+        });
+    }
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let at = base + pos;
+        let (len, marker, tag) = match buf.get(pos..pos + 3) {
+            Some(&[len, marker, tag]) => (usize::from(len), marker, tag),
+            _ => {
+                return Err(DecodeError::BadTlv {
+                    offset: at,
+                    reason: "truncated TLV header",
+                })
+            }
+        };
+        if marker != MARKER {
+            return Err(DecodeError::BadTlv {
+                offset: at,
+                reason: "marker byte is not 0x01",
+            });
+        }
+        if len < 2 {
+            return Err(DecodeError::BadTlv {
+                offset: at,
+                reason: "length below 2",
+            });
+        }
+        let start = pos + 3;
+        let end = pos + 1 + len;
+        let value = buf.get(start..end).ok_or(DecodeError::BadTlv {
+            offset: at,
+            reason: "value runs past the packet",
+        })?;
+        let value = if NESTED_TAGS.contains(&tag) {
+            TlvValue::Nested(parse_nested(value, base + start, depth + 1)?)
+        } else {
+            TlvValue::Bytes(value.to_vec())
+        };
+        out.push(Tlv { tag, value });
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Writes a TLV list. A value too long for the u8 length (over 253 bytes)
+/// is truncated rather than mis-framed; no legitimate packet comes close.
+pub(crate) fn write_list(list: &[Tlv], out: &mut BytesMut) {
+    for t in list {
+        let len = t.value_len().min(253);
+        out.put_u8((len + 2) as u8);
+        out.put_u8(MARKER);
+        out.put_u8(t.tag);
+        match &t.value {
+            TlvValue::Bytes(b) => out.put_slice(b.get(..len).unwrap_or(b)),
+            TlvValue::Nested(list) => {
+                let mut inner = BytesMut::new();
+                write_list(list, &mut inner);
+                inner.truncate(len);
+                out.put_slice(&inner);
+            }
+        }
+    }
+}
+
+/// The three TLVs every packet opens with, minus the command (which the
+/// message variant implies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TlvHeader {
+    /// Tag 0x02: the packet sequence (device uplink 0; a reply echoes).
+    pub seq: u64,
+    /// Tag 0x03: the gateway ID again.
+    pub gateway_id: GatewayId,
+}
+
+/// Splits a packet into its BKV command, header and body TLVs.
+pub(crate) fn split_packet(payload: &[u8]) -> Result<(u16, TlvHeader, Vec<Tlv>), DecodeError> {
+    let mut list = parse_list(payload, 0)?.into_iter();
+    let bad = |reason| DecodeError::BadTlv { offset: 0, reason };
+    let cmd = match list.next() {
+        Some(Tlv {
+            tag: 0x01,
+            value: TlvValue::Bytes(v),
+        }) => match v.as_slice() {
+            [a, b] => u16::from_be_bytes([*a, *b]),
+            _ => return Err(bad("tag 0x01 (command) is not 2 bytes")),
+        },
+        _ => return Err(bad("packet does not open with tag 0x01")),
+    };
+    let seq = match list.next() {
+        Some(Tlv {
+            tag: 0x02,
+            value: TlvValue::Bytes(v),
+        }) => {
+            let arr: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("tag 0x02 (sequence) is not 8 bytes"))?;
+            u64::from_be_bytes(arr)
+        }
+        _ => return Err(bad("tag 0x02 (sequence) missing")),
+    };
+    let gateway_id = match list.next() {
+        Some(Tlv {
+            tag: 0x03,
+            value: TlvValue::Bytes(v),
+        }) => {
+            let arr: [u8; 7] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("tag 0x03 (gateway id) is not 7 bytes"))?;
+            GatewayId::from_bcd(arr)?
+        }
+        _ => return Err(bad("tag 0x03 (gateway id) missing")),
+    };
+    Ok((cmd, TlvHeader { seq, gateway_id }, list.collect()))
+}
+
+pub(crate) fn write_packet(cmd: u16, hdr: &TlvHeader, body: &[Tlv], out: &mut BytesMut) {
+    let head = [
+        Tlv::u16(0x01, cmd),
+        Tlv::bytes(0x02, hdr.seq.to_be_bytes().to_vec()),
+        Tlv::bytes(0x03, hdr.gateway_id.0.to_vec()),
+    ];
+    write_list(&head, out);
+    write_list(body, out);
+}
+
+/// A TLV the typed view did not recognise, with its index in the body list so
+/// that re-encoding puts it back where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtraTlv {
+    pub index: usize,
+    pub tlv: Tlv,
+}
+
+/// Reads typed fields out of a TLV list, remembering which entries were used;
+/// the rest become [`ExtraTlv`]s.
+pub(crate) struct View<'a> {
+    list: &'a [Tlv],
+    used: Vec<bool>,
+    what: &'static str,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn new(list: &'a [Tlv], what: &'static str) -> Self {
+        View {
+            list,
+            used: vec![false; list.len()],
+            what,
+        }
+    }
+
+    fn missing(&self, tag: u8) -> DecodeError {
+        DecodeError::InvalidField {
+            what: self.what,
+            field: "tlv",
+            reason: format!("tag {tag:#04x} missing or malformed"),
+        }
+    }
+
+    fn opt_bytes(&mut self, tag: u8) -> Option<&'a [u8]> {
+        let list = self.list;
+        let i = list
+            .iter()
+            .zip(self.used.iter())
+            .position(|(t, used)| !used && t.tag == tag && t.as_bytes().is_some())?;
+        if let Some(u) = self.used.get_mut(i) {
+            *u = true;
+        }
+        list.get(i).and_then(Tlv::as_bytes)
+    }
+
+    pub(crate) fn bytes(&mut self, tag: u8) -> Result<&'a [u8], DecodeError> {
+        self.opt_bytes(tag).ok_or_else(|| self.missing(tag))
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self, tag: u8) -> Result<[u8; N], DecodeError> {
+        let b = self.bytes(tag)?;
+        b.try_into().map_err(|_| DecodeError::InvalidField {
+            what: self.what,
+            field: "tlv",
+            reason: format!("tag {tag:#04x} has {} byte(s), expected {N}", b.len()),
+        })
+    }
+
+    pub(crate) fn u8(&mut self, tag: u8) -> Result<u8, DecodeError> {
+        Ok(u8::from_be_bytes(self.array(tag)?))
+    }
+
+    pub(crate) fn u16(&mut self, tag: u8) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array(tag)?))
+    }
+
+    /// Every unused nested TLV with this tag, in order.
+    pub(crate) fn all_nested(&mut self, tag: u8) -> Vec<&'a [Tlv]> {
+        let mut out = Vec::new();
+        for (t, used) in self.list.iter().zip(self.used.iter_mut()) {
+            if let (false, true, TlvValue::Nested(list)) = (*used, t.tag == tag, &t.value) {
+                *used = true;
+                out.push(list.as_slice());
+            }
+        }
+        out
+    }
+
+    /// The TLVs no typed field claimed, with their positions.
+    pub(crate) fn extra(self) -> Vec<ExtraTlv> {
+        self.list
+            .iter()
+            .zip(self.used)
+            .enumerate()
+            .filter(|(_, (_, used))| !used)
+            .map(|(index, (tlv, _))| ExtraTlv {
+                index,
+                tlv: tlv.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Puts extras back at their recorded positions among the known TLVs.
+pub(crate) fn merge(mut known: Vec<Tlv>, extra: &[ExtraTlv]) -> Vec<Tlv> {
+    for e in extra {
+        let at = e.index.min(known.len());
+        known.insert(at, e.tlv.clone());
+    }
+    known
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_lists_round_trip() {
+        let list = vec![
+            Tlv::u8(0x4A, 1),
+            Tlv::nested(0x5B, vec![Tlv::u8(0x08, 0), Tlv::u16(0x95, 2275)]),
+            Tlv::bytes(0xF4, vec![2]),
+        ];
+        let mut out = BytesMut::new();
+        write_list(&list, &mut out);
+        assert_eq!(parse_list(&out, 0).unwrap(), list);
+    }
+
+    #[test]
+    fn malformed_lists_are_errors_not_panics() {
+        for bad in [
+            &[0x05, 0x01, 0x4A][..],
+            &[0x01, 0x01, 0x4A],
+            &[0x03, 0x02, 0x4A, 0x00],
+            &[0x03],
+        ] {
+            assert!(
+                matches!(parse_list(bad, 0), Err(DecodeError::BadTlv { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}

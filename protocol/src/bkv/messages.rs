@@ -7,7 +7,7 @@
 use bytes::{BufMut, BytesMut};
 use serde::{Serialize, Serializer};
 
-use super::tlv::{self, merge, ExtraTlv, Tlv, TlvHeader, View};
+use super::tlv::{self, merge, ExtraTlv, Tlv, TlvHeader, TlvRef, View};
 use super::wire::{fixed_layout, Reader, Wire};
 use super::{BcdTime, BinTime, Direction, HourMinute, Mac, SocketStatus};
 use crate::port::bkv_port_no;
@@ -605,7 +605,7 @@ pub struct StatusReport {
     pub extra: Vec<ExtraTlv>,
 }
 
-fn hole_from_tlv(list: &[Tlv]) -> Result<Option<HoleState>, DecodeError> {
+fn hole_from_tlv(list: Vec<TlvRef<'_>>) -> Result<Option<HoleState>, DecodeError> {
     let mut v = View::new(list, "0x1017 hole (0x5B)");
     let h = HoleState {
         hole: v.u8(0x08)?,
@@ -617,7 +617,7 @@ fn hole_from_tlv(list: &[Tlv]) -> Result<Option<HoleState>, DecodeError> {
         energy_wh: v.u16(0x0D)?,
         minutes: v.u16(0x0E)?,
     };
-    Ok(clean(v).then_some(h))
+    Ok(clean(&v).then_some(h))
 }
 
 fn hole_to_tlv(h: &HoleState) -> Tlv {
@@ -638,16 +638,16 @@ fn hole_to_tlv(h: &HoleState) -> Tlv {
 
 /// Inside nested clusters there is nowhere to keep unknown tags: `Ok(false)`
 /// tells the caller to keep the whole packet as a generic tree instead.
-fn clean(v: View<'_>) -> bool {
-    v.extra().is_empty()
+fn clean(v: &View<'_>) -> bool {
+    v.is_exhausted()
 }
 
 impl StatusReport {
     /// `Ok(None)` when a cluster holds tags this view cannot keep.
-    fn from_tlv(header: TlvHeader, body: &[Tlv]) -> Result<Option<Self>, DecodeError> {
-        let mut v = View::new(body, "0x1017 status report");
+    fn from_tlv(header: TlvHeader, body: &[TlvRef<'_>]) -> Result<Option<Self>, DecodeError> {
+        let mut v = View::new(body.to_vec(), "0x1017 status report");
         let mut sockets = Vec::new();
-        for cluster in v.all_nested(0x94) {
+        for cluster in v.all_nested(0x94)? {
             let mut c = View::new(cluster, "0x1017 socket cluster (0x94)");
             let mut s = SocketState {
                 socket: c.u8(0x4A)?,
@@ -656,13 +656,13 @@ impl StatusReport {
                 rssi: c.u8(0x96)?,
                 holes: Vec::new(),
             };
-            for hole in c.all_nested(0x5B) {
+            for hole in c.all_nested(0x5B)? {
                 match hole_from_tlv(hole)? {
                     Some(h) => s.holes.push(h),
                     None => return Ok(None),
                 }
             }
-            if !clean(c) {
+            if !clean(&c) {
                 return Ok(None);
             }
             sockets.push(s);
@@ -670,7 +670,7 @@ impl StatusReport {
         Ok(Some(StatusReport {
             header,
             sockets,
-            extra: v.extra(),
+            extra: v.extra()?,
         }))
     }
 
@@ -702,12 +702,12 @@ pub struct TlvAck {
 }
 
 impl TlvAck {
-    fn from_tlv(header: TlvHeader, body: &[Tlv]) -> Result<Self, DecodeError> {
+    fn from_tlv(header: TlvHeader, body: Vec<TlvRef<'_>>) -> Result<Self, DecodeError> {
         let mut v = View::new(body, "BKV-TLV ack");
         Ok(TlvAck {
             header,
             result: v.u8(0x0F)?,
-            extra: v.extra(),
+            extra: v.extra()?,
         })
     }
     fn to_tlv(&self) -> Vec<Tlv> {
@@ -727,14 +727,14 @@ pub struct TlvPortAck {
 }
 
 impl TlvPortAck {
-    fn from_tlv(header: TlvHeader, body: &[Tlv]) -> Result<Self, DecodeError> {
+    fn from_tlv(header: TlvHeader, body: Vec<TlvRef<'_>>) -> Result<Self, DecodeError> {
         let mut v = View::new(body, "BKV-TLV port ack");
         Ok(TlvPortAck {
             header,
             result: v.u8(0x0F)?,
             socket: v.u8(0x4A)?,
             hole: v.u8(0x08)?,
-            extra: v.extra(),
+            extra: v.extra()?,
         })
     }
     fn to_tlv(&self) -> Vec<Tlv> {
@@ -778,7 +778,7 @@ pub struct ChargeEndReport {
 }
 
 impl ChargeEndReport {
-    fn from_tlv(header: TlvHeader, body: &[Tlv]) -> Result<Self, DecodeError> {
+    fn from_tlv(header: TlvHeader, body: Vec<TlvRef<'_>>) -> Result<Self, DecodeError> {
         let mut v = View::new(body, "0x1004 charge end");
         Ok(ChargeEndReport {
             header,
@@ -798,7 +798,7 @@ impl ChargeEndReport {
             service_fee_fen: v.u16(0x86)?,
             tier_count: v.u8(0x89)?,
             tier_usage: v.bytes(0x84)?.to_vec(),
-            extra: v.extra(),
+            extra: v.extra()?,
         })
     }
     fn to_tlv(&self) -> Vec<Tlv> {
@@ -853,7 +853,7 @@ pub struct FeeCharge {
 }
 
 impl FeeCharge {
-    fn from_tlv(header: TlvHeader, body: &[Tlv]) -> Result<Self, DecodeError> {
+    fn from_tlv(header: TlvHeader, body: Vec<TlvRef<'_>>) -> Result<Self, DecodeError> {
         let mut v = View::new(body, "0x1007 fee charge");
         let socket = v.u8(0x4A)?;
         let hole = v.u8(0x08)?;
@@ -880,7 +880,7 @@ impl FeeCharge {
             service_fee_mode,
             tier_count,
             tiers,
-            extra: v.extra(),
+            extra: v.extra()?,
         })
     }
     fn to_tlv(&self) -> Vec<Tlv> {
@@ -922,11 +922,11 @@ pub struct SocketParams {
 }
 
 impl SocketParams {
-    fn from_tlv(header: TlvHeader, body: &[Tlv]) -> Result<Self, DecodeError> {
+    fn from_tlv(header: TlvHeader, body: Vec<TlvRef<'_>>) -> Result<Self, DecodeError> {
         let mut iter = body.iter().peekable();
         let socket = match iter.next() {
-            Some(t) if t.tag == 0x4A => match t.as_bytes() {
-                Some([s]) => *s,
+            Some(t) if t.tag == 0x4A => match t.value {
+                [s] => *s,
                 _ => return Err(field_err("BKV-TLV socket params", "tag 0x4A is not 1 byte")),
             },
             _ => {
@@ -937,8 +937,8 @@ impl SocketParams {
             }
         };
         let result = match iter.peek() {
-            Some(t) if t.tag == 0x0F => match t.as_bytes() {
-                Some([r]) => {
+            Some(t) if t.tag == 0x0F => match t.value {
+                [r] => {
                     let r = *r;
                     iter.next();
                     Some(r)
@@ -951,7 +951,7 @@ impl SocketParams {
             header,
             socket,
             result,
-            params: iter.cloned().collect(),
+            params: iter.map(|t| t.owned(0)).collect::<Result<_, _>>()?,
         })
     }
     fn to_tlv(&self) -> Vec<Tlv> {
@@ -1463,32 +1463,36 @@ fn decode_tlv(dir: Direction, payload: &[u8]) -> Result<Message, DecodeError> {
             None => Message::TlvPacket(TlvPacket {
                 bkv_cmd: bkv,
                 header,
-                body,
+                body: owned(&body)?,
             }),
         },
-        (bkv_cmd::STATUS, Down) => Message::StatusReportAck(TlvAck::from_tlv(header, &body)?),
+        (bkv_cmd::STATUS, Down) => Message::StatusReportAck(TlvAck::from_tlv(header, body)?),
         (bkv_cmd::CHARGE_END, Up) => {
-            Message::ChargeEndReport(ChargeEndReport::from_tlv(header, &body)?)
+            Message::ChargeEndReport(ChargeEndReport::from_tlv(header, body)?)
         }
         (bkv_cmd::CHARGE_END, Down) => {
-            Message::ChargeEndReportAck(TlvPortAck::from_tlv(header, &body)?)
+            Message::ChargeEndReportAck(TlvPortAck::from_tlv(header, body)?)
         }
-        (bkv_cmd::FEE_CHARGE, Down) => Message::FeeCharge(FeeCharge::from_tlv(header, &body)?),
-        (bkv_cmd::FEE_CHARGE, Up) => Message::FeeChargeReply(TlvPortAck::from_tlv(header, &body)?),
-        (bkv_cmd::EXCEPTION, Up) => Message::ExceptionEvent(SocketParams::from_tlv(header, &body)?),
-        (bkv_cmd::EXCEPTION, Down) => Message::ExceptionAck(SocketParams::from_tlv(header, &body)?),
-        (bkv_cmd::PARAM_SET, Down) => Message::ParamSet(SocketParams::from_tlv(header, &body)?),
-        (bkv_cmd::PARAM_SET, Up) => Message::ParamSetReply(SocketParams::from_tlv(header, &body)?),
-        (bkv_cmd::PARAM_QUERY, Down) => Message::ParamQuery(SocketParams::from_tlv(header, &body)?),
+        (bkv_cmd::FEE_CHARGE, Down) => Message::FeeCharge(FeeCharge::from_tlv(header, body)?),
+        (bkv_cmd::FEE_CHARGE, Up) => Message::FeeChargeReply(TlvPortAck::from_tlv(header, body)?),
+        (bkv_cmd::EXCEPTION, Up) => Message::ExceptionEvent(SocketParams::from_tlv(header, body)?),
+        (bkv_cmd::EXCEPTION, Down) => Message::ExceptionAck(SocketParams::from_tlv(header, body)?),
+        (bkv_cmd::PARAM_SET, Down) => Message::ParamSet(SocketParams::from_tlv(header, body)?),
+        (bkv_cmd::PARAM_SET, Up) => Message::ParamSetReply(SocketParams::from_tlv(header, body)?),
+        (bkv_cmd::PARAM_QUERY, Down) => Message::ParamQuery(SocketParams::from_tlv(header, body)?),
         (bkv_cmd::PARAM_QUERY, Up) => {
-            Message::ParamQueryReply(SocketParams::from_tlv(header, &body)?)
+            Message::ParamQueryReply(SocketParams::from_tlv(header, body)?)
         }
         _ => Message::TlvPacket(TlvPacket {
             bkv_cmd: bkv,
             header,
-            body,
+            body: owned(&body)?,
         }),
     })
+}
+
+fn owned(body: &[TlvRef<'_>]) -> Result<Vec<Tlv>, DecodeError> {
+    body.iter().map(|t| t.owned(0)).collect()
 }
 
 /// `port_no()` for every message type that addresses one hole.

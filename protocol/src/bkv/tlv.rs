@@ -80,22 +80,58 @@ pub(crate) fn encoded_len(list: &[Tlv]) -> usize {
 
 /// Parses a whole TLV list; `base` is the list's offset in the payload, for
 /// error messages.
+#[cfg(test)]
 pub(crate) fn parse_list(buf: &[u8], base: usize) -> Result<Vec<Tlv>, DecodeError> {
-    parse_nested(buf, base, 0)
+    parse_refs(buf, base)?.iter().map(|t| t.owned(0)).collect()
 }
 
 /// Real packets nest two levels (0x94 → 0x5B); the bound keeps hostile input
 /// from recursing deeply.
 const MAX_DEPTH: usize = 4;
 
-fn parse_nested(buf: &[u8], base: usize, depth: usize) -> Result<Vec<Tlv>, DecodeError> {
-    if depth > MAX_DEPTH {
-        return Err(DecodeError::BadTlv {
-            offset: base,
-            reason: "TLV nesting too deep",
-        });
+/// A TLV borrowed from the payload. Typed views read these directly so that a
+/// status report costs a few small vectors, not one allocation per field;
+/// nested values are parsed only when asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TlvRef<'a> {
+    pub(crate) tag: u8,
+    pub(crate) value: &'a [u8],
+    /// Offset of the value in the packet, for error messages.
+    pub(crate) offset: usize,
+}
+
+impl<'a> TlvRef<'a> {
+    pub(crate) fn nested(&self) -> Result<Vec<TlvRef<'a>>, DecodeError> {
+        parse_refs(self.value, self.offset)
     }
-    let mut out = Vec::new();
+
+    pub(crate) fn owned(&self, depth: usize) -> Result<Tlv, DecodeError> {
+        let value = if NESTED_TAGS.contains(&self.tag) {
+            if depth >= MAX_DEPTH {
+                return Err(DecodeError::BadTlv {
+                    offset: self.offset,
+                    reason: "TLV nesting too deep",
+                });
+            }
+            let list = self.nested()?;
+            TlvValue::Nested(
+                list.iter()
+                    .map(|t| t.owned(depth + 1))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            TlvValue::Bytes(self.value.to_vec())
+        };
+        Ok(Tlv {
+            tag: self.tag,
+            value,
+        })
+    }
+}
+
+/// One level of a TLV list, values borrowed.
+pub(crate) fn parse_refs(buf: &[u8], base: usize) -> Result<Vec<TlvRef<'_>>, DecodeError> {
+    let mut out = Vec::with_capacity(buf.len() / 4);
     let mut pos = 0usize;
     while pos < buf.len() {
         let at = base + pos;
@@ -126,12 +162,11 @@ fn parse_nested(buf: &[u8], base: usize, depth: usize) -> Result<Vec<Tlv>, Decod
             offset: at,
             reason: "value runs past the packet",
         })?;
-        let value = if NESTED_TAGS.contains(&tag) {
-            TlvValue::Nested(parse_nested(value, base + start, depth + 1)?)
-        } else {
-            TlvValue::Bytes(value.to_vec())
-        };
-        out.push(Tlv { tag, value });
+        out.push(TlvRef {
+            tag,
+            value,
+            offset: base + start,
+        });
         pos = end;
     }
     Ok(out)
@@ -168,46 +203,32 @@ pub struct TlvHeader {
 }
 
 /// Splits a packet into its BKV command, header and body TLVs.
-pub(crate) fn split_packet(payload: &[u8]) -> Result<(u16, TlvHeader, Vec<Tlv>), DecodeError> {
-    let mut list = parse_list(payload, 0)?.into_iter();
+pub(crate) fn split_packet(
+    payload: &[u8],
+) -> Result<(u16, TlvHeader, Vec<TlvRef<'_>>), DecodeError> {
+    let mut list = parse_refs(payload, 0)?;
     let bad = |reason| DecodeError::BadTlv { offset: 0, reason };
-    let cmd = match list.next() {
-        Some(Tlv {
-            tag: 0x01,
-            value: TlvValue::Bytes(v),
-        }) => match v.as_slice() {
-            [a, b] => u16::from_be_bytes([*a, *b]),
-            _ => return Err(bad("tag 0x01 (command) is not 2 bytes")),
-        },
-        _ => return Err(bad("packet does not open with tag 0x01")),
-    };
-    let seq = match list.next() {
-        Some(Tlv {
-            tag: 0x02,
-            value: TlvValue::Bytes(v),
-        }) => {
-            let arr: [u8; 8] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("tag 0x02 (sequence) is not 8 bytes"))?;
-            u64::from_be_bytes(arr)
+    let (cmd, seq, gw) = match list.get(..3) {
+        Some([c, s, g]) if c.tag == 0x01 && s.tag == 0x02 && g.tag == 0x03 => {
+            (c.value, s.value, g.value)
         }
-        _ => return Err(bad("tag 0x02 (sequence) missing")),
+        _ => return Err(bad("packet does not open with tags 0x01, 0x02, 0x03")),
     };
-    let gateway_id = match list.next() {
-        Some(Tlv {
-            tag: 0x03,
-            value: TlvValue::Bytes(v),
-        }) => {
-            let arr: [u8; 7] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("tag 0x03 (gateway id) is not 7 bytes"))?;
-            GatewayId::from_bcd(arr)?
-        }
-        _ => return Err(bad("tag 0x03 (gateway id) missing")),
+    let cmd: [u8; 2] = cmd
+        .try_into()
+        .map_err(|_| bad("tag 0x01 (command) is not 2 bytes"))?;
+    let seq: [u8; 8] = seq
+        .try_into()
+        .map_err(|_| bad("tag 0x02 (sequence) is not 8 bytes"))?;
+    let gw: [u8; 7] = gw
+        .try_into()
+        .map_err(|_| bad("tag 0x03 (gateway id) is not 7 bytes"))?;
+    let header = TlvHeader {
+        seq: u64::from_be_bytes(seq),
+        gateway_id: GatewayId::from_bcd(gw)?,
     };
-    Ok((cmd, TlvHeader { seq, gateway_id }, list.collect()))
+    list.drain(..3);
+    Ok((u16::from_be_bytes(cmd), header, list))
 }
 
 pub(crate) fn write_packet(cmd: u16, hdr: &TlvHeader, body: &[Tlv], out: &mut BytesMut) {
@@ -228,19 +249,17 @@ pub struct ExtraTlv {
     pub tlv: Tlv,
 }
 
-/// Reads typed fields out of a TLV list, remembering which entries were used;
-/// the rest become [`ExtraTlv`]s.
+/// Reads typed fields out of a TLV list, taking each entry it uses; the rest
+/// become [`ExtraTlv`]s.
 pub(crate) struct View<'a> {
-    list: &'a [Tlv],
-    used: Vec<bool>,
+    list: Vec<Option<TlvRef<'a>>>,
     what: &'static str,
 }
 
 impl<'a> View<'a> {
-    pub(crate) fn new(list: &'a [Tlv], what: &'static str) -> Self {
+    pub(crate) fn new(list: Vec<TlvRef<'a>>, what: &'static str) -> Self {
         View {
-            list,
-            used: vec![false; list.len()],
+            list: list.into_iter().map(Some).collect(),
             what,
         }
     }
@@ -249,24 +268,22 @@ impl<'a> View<'a> {
         DecodeError::InvalidField {
             what: self.what,
             field: "tlv",
-            reason: format!("tag {tag:#04x} missing or malformed"),
+            reason: format!("tag {tag:#04x} missing"),
         }
     }
 
-    fn opt_bytes(&mut self, tag: u8) -> Option<&'a [u8]> {
-        let list = self.list;
-        let i = list
-            .iter()
-            .zip(self.used.iter())
-            .position(|(t, used)| !used && t.tag == tag && t.as_bytes().is_some())?;
-        if let Some(u) = self.used.get_mut(i) {
-            *u = true;
-        }
-        list.get(i).and_then(Tlv::as_bytes)
+    /// Takes the first unused TLV with this tag.
+    fn take(&mut self, tag: u8) -> Option<TlvRef<'a>> {
+        self.list
+            .iter_mut()
+            .find(|t| matches!(t, Some(t) if t.tag == tag))?
+            .take()
     }
 
     pub(crate) fn bytes(&mut self, tag: u8) -> Result<&'a [u8], DecodeError> {
-        self.opt_bytes(tag).ok_or_else(|| self.missing(tag))
+        self.take(tag)
+            .map(|t| t.value)
+            .ok_or_else(|| self.missing(tag))
     }
 
     pub(crate) fn array<const N: usize>(&mut self, tag: u8) -> Result<[u8; N], DecodeError> {
@@ -286,28 +303,34 @@ impl<'a> View<'a> {
         Ok(u16::from_be_bytes(self.array(tag)?))
     }
 
-    /// Every unused nested TLV with this tag, in order.
-    pub(crate) fn all_nested(&mut self, tag: u8) -> Vec<&'a [Tlv]> {
+    /// Takes every unused TLV with this tag, in order, parsing each as a list.
+    pub(crate) fn all_nested(&mut self, tag: u8) -> Result<Vec<Vec<TlvRef<'a>>>, DecodeError> {
         let mut out = Vec::new();
-        for (t, used) in self.list.iter().zip(self.used.iter_mut()) {
-            if let (false, true, TlvValue::Nested(list)) = (*used, t.tag == tag, &t.value) {
-                *used = true;
-                out.push(list.as_slice());
+        for slot in self.list.iter_mut() {
+            if let Some(t) = slot.filter(|t| t.tag == tag) {
+                *slot = None;
+                out.push(t.nested()?);
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// True when every entry was claimed by a typed field.
+    pub(crate) fn is_exhausted(&self) -> bool {
+        self.list.iter().all(Option::is_none)
     }
 
     /// The TLVs no typed field claimed, with their positions.
-    pub(crate) fn extra(self) -> Vec<ExtraTlv> {
+    pub(crate) fn extra(self) -> Result<Vec<ExtraTlv>, DecodeError> {
         self.list
             .iter()
-            .zip(self.used)
             .enumerate()
-            .filter(|(_, (_, used))| !used)
-            .map(|(index, (tlv, _))| ExtraTlv {
-                index,
-                tlv: tlv.clone(),
+            .filter_map(|(index, t)| t.map(|t| (index, t)))
+            .map(|(index, t)| {
+                Ok(ExtraTlv {
+                    index,
+                    tlv: t.owned(0)?,
+                })
             })
             .collect()
     }

@@ -1081,6 +1081,29 @@ mod props {
         }
 
         #[test]
+        fn mutated_vectors_never_panic_and_whatever_decodes_round_trips(
+            pick in any::<proptest::sample::Index>(),
+            edits in vec((any::<proptest::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            // Mutate payload bytes of a real frame and fix the checksum, so the
+            // message decoders (not just framing) see hostile input.
+            let valid: Vec<Vector> = vectors::of("bkv").into_iter().filter(|v| v.valid).collect();
+            let mut bytes = pick.get(&valid).bytes.clone();
+            let n = bytes.len();
+            for (at, b) in &edits {
+                let i = 18 + at.index(n - 21);
+                bytes[i] = *b;
+            }
+            bytes[n - 3] = bytes[2..n - 3].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+            if let Ok(frame) = decode_frame(&bytes) {
+                prop_assert_eq!(decode_frame(&frame.to_vec()), Ok(frame.clone()));
+                let _ = frame.summary();
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            prop_assert!(Decoder::new().decode(&mut buf).is_some());
+        }
+
+        #[test]
         fn frames_in_garbage_split_anywhere_all_come_out_in_order(
             frames in vec(frame(), 1..5),
             garbage in vec(vec(any::<u8>().prop_filter("no FC", |b| *b != 0xFC), 0..20), 5),

@@ -584,3 +584,75 @@ impl ChargeEnd {
         }
     }
 }
+
+impl HoleState {
+    /// A hole that is online and idle at `voltage_dv`.
+    pub fn idle(hole: u8, voltage_dv: u16) -> Self {
+        HoleState {
+            hole,
+            status: SocketStatus::IDLE,
+            business_no: 0,
+            voltage_dv,
+            power_dw: 0,
+            current_ma: 0,
+            energy_wh: 0,
+            minutes: 0,
+        }
+    }
+}
+
+impl SocketState {
+    /// A socket with both holes (A = 0, B = 1) given; version, temperature
+    /// and RSSI as a typical socket reports them.
+    pub fn new(socket: u8, holes: Vec<HoleState>) -> Self {
+        SocketState {
+            socket,
+            socket_version: 0x5136,
+            temperature_c: 30,
+            rssi: 31,
+            holes,
+        }
+    }
+}
+
+impl ChargeEndReport {
+    /// A 0x1004 report for one hole with no fees and a single tier; the
+    /// header is filled in by [`Frame::charge_end_report`].
+    pub fn new(
+        socket: u8,
+        hole: u8,
+        business_no: u16,
+        energy_wh: u16,
+        minutes: u16,
+        end_time: BcdTime,
+        end_reason: u8,
+    ) -> Self {
+        ChargeEndReport {
+            header: TlvHeader {
+                seq: 0,
+                gateway_id: GatewayId([0; 7]),
+            },
+            mcu_temperature_c: 30,
+            socket,
+            hole,
+            status: SocketStatus::IDLE,
+            business_no,
+            power_dw: 0,
+            current_ma: 0,
+            energy_wh,
+            minutes,
+            end_time,
+            end_reason,
+            mode: 4,
+            energy_fee_fen: 0,
+            service_fee_fen: 0,
+            tier_count: 1,
+            tier_usage: {
+                let mut t = minutes.to_be_bytes().to_vec();
+                t.extend_from_slice(&u32::from(energy_wh).to_be_bytes());
+                t
+            },
+            extra: Vec::new(),
+        }
+    }
+}

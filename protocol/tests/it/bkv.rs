@@ -527,6 +527,87 @@ fn constructors_produce_what_the_vectors_show() {
 }
 
 #[test]
+fn simulator_side_constructors_decode_to_what_they_say() {
+    let gw: GatewayId = "82241218000382".parse().unwrap();
+    let sockets = vec![SocketState::new(
+        3,
+        vec![HoleState::idle(0, 2200), HoleState::idle(1, 2200)],
+    )];
+    let report = Frame::status_report(gw, sockets.clone());
+    let back = decode_frame(&report.to_vec()).unwrap();
+    assert_eq!(back, report);
+    let ack = Frame::status_report_ack(&back, true);
+    assert!(matches!(
+        decode_frame(&ack.to_vec()).unwrap().message,
+        Message::StatusReportAck(TlvAck { result: 1, .. })
+    ));
+    assert_eq!(
+        Frame::socket_state(gw, 5, sockets[0].clone())
+            .message
+            .name(),
+        "socket_state"
+    );
+
+    let t = BcdTime {
+        year: 2026,
+        month: 11,
+        day: 24,
+        hour: 20,
+        minute: 0,
+        second: 0,
+    };
+    let end = Frame::charge_end_report(gw, ChargeEndReport::new(3, 1, 77, 500, 42, t, 1));
+    let back = decode_frame(&end.to_vec()).unwrap();
+    assert_eq!(back, end);
+    let Message::ChargeEndReport(r) = &back.message else {
+        panic!()
+    };
+    assert_eq!(
+        (r.header.gateway_id, r.port_no(), r.tier_usage.len()),
+        (gw, Some(6), 6)
+    );
+    assert!(
+        back.summary()
+            .starts_with("up 0x1000/0x1004 charge_end_report"),
+        "{}",
+        back.summary()
+    );
+
+    let fee = Frame::fee_charge(
+        gw,
+        0x2154_45a5,
+        1,
+        0,
+        true,
+        4,
+        100,
+        1,
+        vec![FeeTier {
+            time: HourMinute {
+                hour: 23,
+                minute: 59,
+            },
+            energy_price_fen: 50,
+            service_fee_fen: 50,
+        }],
+    );
+    assert_eq!(decode_frame(&fee.to_vec()).unwrap(), fee);
+    let reply = Frame::fee_charge_reply(&fee, 1, 0, true);
+    assert_eq!(decode_frame(&reply.to_vec()).unwrap(), reply);
+
+    let e = Frame::charge_end(gw, ChargeEnd::new(1, 0, 104, 80, 5));
+    assert!(e.summary().contains("0x0015/0x02 charge_end"));
+    let ack = Frame::charge_end_ack(gw, e.seq, 1, 0, true);
+    assert_eq!(decode_frame(&ack.to_vec()).unwrap(), ack);
+    for f in [
+        Frame::start_by_energy(gw, 1, 1, 1, 1000),
+        Frame::stop(gw, 2, 1, 1),
+    ] {
+        assert_eq!(decode_frame(&f.to_vec()).unwrap(), f);
+    }
+}
+
+#[test]
 fn summary_is_one_readable_line() {
     let f = decode_frame(&vector("bkv.charge_end_02.up").bytes).unwrap();
     let s = f.summary();

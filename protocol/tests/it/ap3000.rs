@@ -543,7 +543,9 @@ proptest! {
             Ok(frame) => {
                 prop_assert_eq!(frame.command(), cmd);
                 prop_assert_eq!(&frame.to_vec(), &bytes);
-                prop_assert_eq!(decode_frame(&frame.to_vec(), dir).unwrap(), frame);
+                prop_assert_eq!(decode_frame(&frame.to_vec(), dir).unwrap(), frame.clone());
+                prop_assert!(serde_json::to_string(&frame).is_ok());
+                prop_assert!(!frame.summary().contains('\n'));
             }
             Err(DecodeError::ShortPayload { .. } | DecodeError::InvalidField { .. }) => {}
             Err(e) => prop_assert!(false, "unexpected error {e}"),

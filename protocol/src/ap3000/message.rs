@@ -5,7 +5,8 @@
 //! (vendor §2.0.1), so trailing fields that older firmware omits are `Option`s
 //! read while bytes remain, and whatever is left after the last known field is
 //! kept in `extra` so that re-encoding is byte-exact. Once one optional field
-//! is missing, all later ones are `None` (a partial field goes to `extra`).
+//! is missing, all later ones are `None` (a partial field goes to `extra`);
+//! when encoding, optional fields after the first `None` are not written.
 
 use bytes::{BufMut, BytesMut};
 use serde::{Serialize, Serializer};
@@ -647,19 +648,38 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_opt_u8(out: &mut BytesMut, v: Option<u8>) {
-    if let Some(v) = v {
-        out.put_u8(v);
-    }
+/// Writes optional trailing fields in order and stops at the first `None`:
+/// a later field can only be on the wire if every earlier one is, so a later
+/// `Some` after a gap is dropped rather than written into the wrong slot.
+struct Tail<'a> {
+    out: &'a mut BytesMut,
+    open: bool,
 }
-fn put_opt_u16(out: &mut BytesMut, v: Option<u16>) {
-    if let Some(v) = v {
-        out.put_u16_le(v);
+
+impl<'a> Tail<'a> {
+    fn new(out: &'a mut BytesMut) -> Self {
+        Tail { out, open: true }
     }
-}
-fn put_opt_u32(out: &mut BytesMut, v: Option<u32>) {
-    if let Some(v) = v {
-        out.put_u32_le(v);
+    fn u8(&mut self, v: Option<u8>) -> &mut Self {
+        match v {
+            Some(v) if self.open => self.out.put_u8(v),
+            _ => self.open = false,
+        }
+        self
+    }
+    fn u16(&mut self, v: Option<u16>) -> &mut Self {
+        match v {
+            Some(v) if self.open => self.out.put_u16_le(v),
+            _ => self.open = false,
+        }
+        self
+    }
+    fn u32(&mut self, v: Option<u32>) -> &mut Self {
+        match v {
+            Some(v) if self.open => self.out.put_u32_le(v),
+            _ => self.open = false,
+        }
+        self
     }
 }
 
@@ -699,9 +719,10 @@ fn write_settlement(s: &Settlement, out: &mut BytesMut) {
     out.put_u32_le(s.card_id);
     out.put_u8(s.stop_reason.0);
     out.put_slice(&s.order_no.0);
-    put_opt_u16(out, s.second_max_power_dw);
-    put_opt_u32(out, s.timestamp);
-    put_opt_u16(out, s.occupancy_min);
+    Tail::new(out)
+        .u16(s.second_max_power_dw)
+        .u32(s.timestamp)
+        .u16(s.occupancy_min);
     out.put_slice(&s.extra);
 }
 
@@ -1018,7 +1039,7 @@ impl Message {
                 out.put_u8(m.card_type);
                 out.put_u8(m.port);
                 out.put_u16_le(m.balance_fen);
-                put_opt_u32(out, m.timestamp);
+                Tail::new(out).u32(m.timestamp);
                 out.put_slice(&m.extra);
             }
             Message::Settlement(s) | Message::ChargeFinished(s) => write_settlement(s, out),
@@ -1059,20 +1080,21 @@ impl Message {
                 out.put_u16_le(m.min_power_dw);
                 out.put_u16_le(m.avg_power_dw);
                 out.put_slice(&m.order_no.0);
-                put_opt_u16(out, m.period_energy_raw);
-                put_opt_u16(out, m.peak_power_dw);
-                put_opt_u16(out, m.voltage_dv);
-                put_opt_u16(out, m.current_ma);
-                put_opt_u8(out, m.ambient_temperature_raw);
-                put_opt_u8(out, m.port_temperature_raw);
-                put_opt_u32(out, m.timestamp);
-                put_opt_u16(out, m.occupancy_min);
+                Tail::new(out)
+                    .u16(m.period_energy_raw)
+                    .u16(m.peak_power_dw)
+                    .u16(m.voltage_dv)
+                    .u16(m.current_ma)
+                    .u8(m.ambient_temperature_raw)
+                    .u8(m.port_temperature_raw)
+                    .u32(m.timestamp)
+                    .u16(m.occupancy_min);
                 out.put_slice(&m.extra);
             }
             Message::Register(m) => {
                 out.put_u16_le(m.firmware);
                 out.put_slice(&[m.port_count, m.virtual_id, m.device_type, m.work_mode]);
-                put_opt_u16(out, m.power_board_version);
+                Tail::new(out).u16(m.power_board_version);
                 out.put_slice(&m.extra);
             }
             Message::Heartbeat(m) => {
@@ -1154,7 +1176,7 @@ impl Message {
                 out.put_slice(&m.order_no.0);
                 out.put_u16_le(m.max_duration_s);
                 out.put_u16_le(m.overload_power_dw);
-                put_opt_u8(out, m.qr_light);
+                Tail::new(out).u8(m.qr_light);
                 out.put_slice(&m.extension);
             }
             Message::SetRunParams1 {
@@ -1202,8 +1224,7 @@ impl Message {
             } => {
                 out.put_u16_le(*max_duration_s);
                 out.put_u16_le(*overload_power_dw);
-                put_opt_u16(out, *over_voltage_dv);
-                put_opt_u16(out, *under_voltage_dv);
+                Tail::new(out).u16(*over_voltage_dv).u16(*under_voltage_dv);
                 out.put_slice(extra);
             }
             Message::SetCardParams {

@@ -597,3 +597,236 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+/// Keeps the first `present` of the optional fields, as firmware of some age
+/// would send them.
+fn keep<T>(v: T, index: usize, present: usize) -> Option<T> {
+    (index < present).then_some(v)
+}
+
+fn power_heartbeat() -> impl Strategy<Value = PowerHeartbeat> {
+    (
+        (
+            any::<u8>(),
+            any::<u8>(),
+            any::<u16>(),
+            any::<u16>(),
+            any::<u8>(),
+            any::<[u16; 4]>(),
+            any::<[u8; 16]>(),
+        ),
+        (
+            any::<[u16; 4]>(),
+            any::<[u8; 2]>(),
+            any::<u32>(),
+            any::<u16>(),
+            0usize..=8,
+        ),
+    )
+        .prop_map(
+            |(
+                (port, status, duration_s, energy_cwh, start_mode, p, order),
+                (t, temps, ts, occ, n),
+            )| PowerHeartbeat {
+                port,
+                status: PortStatus(status),
+                duration_s,
+                energy_cwh,
+                start_mode,
+                power_dw: p[0],
+                max_power_dw: p[1],
+                min_power_dw: p[2],
+                avg_power_dw: p[3],
+                order_no: OrderNo::from_bytes(order),
+                period_energy_raw: keep(t[0], 0, n),
+                peak_power_dw: keep(t[1], 1, n),
+                voltage_dv: keep(t[2], 2, n),
+                current_ma: keep(t[3], 3, n),
+                ambient_temperature_raw: keep(temps[0], 4, n),
+                port_temperature_raw: keep(temps[1], 5, n),
+                timestamp: keep(ts, 6, n),
+                occupancy_min: keep(occ, 7, n),
+                extra: Vec::new(),
+            },
+        )
+}
+
+fn settlement() -> impl Strategy<Value = Settlement> {
+    (
+        any::<[u16; 3]>(),
+        any::<[u8; 2]>(),
+        any::<u32>(),
+        any::<u8>(),
+        any::<[u8; 16]>(),
+        any::<u16>(),
+        any::<u32>(),
+        any::<u16>(),
+        0usize..=3,
+    )
+        .prop_map(
+            |(v, b, card_id, reason, order, smax, ts, occ, n)| Settlement {
+                duration_s: v[0],
+                max_power_dw: v[1],
+                energy_cwh: v[2],
+                port: b[0],
+                start_mode: b[1],
+                card_id,
+                stop_reason: StopReason(reason),
+                order_no: OrderNo::from_bytes(order),
+                second_max_power_dw: keep(smax, 0, n),
+                timestamp: keep(ts, 1, n),
+                occupancy_min: keep(occ, 2, n),
+                extra: Vec::new(),
+            },
+        )
+}
+
+fn device_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        power_heartbeat().prop_map(Message::PowerHeartbeat),
+        settlement().prop_map(Message::Settlement),
+        (
+            any::<u16>(),
+            prop::collection::vec(any::<u8>(), 0..=PortStatuses::CAPACITY),
+            any::<u8>(),
+            any::<u8>()
+        )
+            .prop_map(|(v, p, s, t)| {
+                let p: Vec<PortStatus> = p.into_iter().map(PortStatus).collect();
+                Message::Heartbeat(Heartbeat::new(v, &p, s, t).unwrap())
+            }),
+        (
+            any::<u16>(),
+            any::<[u8; 4]>(),
+            proptest::option::of(any::<u16>())
+        )
+            .prop_map(
+                |(firmware, b, power_board_version)| Message::Register(Register {
+                    firmware,
+                    port_count: b[0],
+                    virtual_id: b[1],
+                    device_type: b[2],
+                    work_mode: b[3],
+                    power_board_version,
+                    extra: Vec::new(),
+                })
+            ),
+        (any::<u8>(), any::<[u8; 16]>(), any::<u8>(), any::<u16>()).prop_map(
+            |(r, o, port, waiting_ports)| Message::StartStopReply(StartStopReply {
+                result: StartResult(r),
+                order_no: OrderNo::from_bytes(o),
+                port,
+                waiting_ports,
+                extra: Vec::new(),
+            })
+        ),
+        Just(Message::TimeRequest),
+    ]
+}
+
+fn server_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            any::<u8>(),
+            any::<u32>(),
+            any::<[u8; 2]>(),
+            any::<[u16; 3]>(),
+            any::<[u8; 16]>(),
+            proptest::option::of(any::<u8>()),
+            prop::collection::vec(any::<u8>(), 0..9)
+        )
+            .prop_map(|(rate_mode, balance_fen, b, v, o, qr_light, extension)| {
+                let extension = if qr_light.is_some() {
+                    extension
+                } else {
+                    Vec::new()
+                };
+                Message::StartStop(StartStop {
+                    rate_mode,
+                    balance_fen,
+                    port: b[0],
+                    command: b[1],
+                    amount: v[0],
+                    order_no: OrderNo::from_bytes(o),
+                    max_duration_s: v[1],
+                    overload_power_dw: v[2],
+                    qr_light,
+                    extension,
+                })
+            }),
+        prop::sample::select(vec![0x01u8, 0x03, 0x20, 0x21]).prop_map(|command| Message::Ack {
+            command,
+            result: 0,
+            extra: Vec::new()
+        }),
+        any::<u32>().prop_map(|unix_time| Message::TimeReply { unix_time }),
+        Just(Message::Query),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn typed_messages_round_trip(dev in device_message(), srv in server_message(), mid: u16, id: u32) {
+        for (message, dir) in [(dev, Direction::FromDevice), (srv, Direction::FromServer)] {
+            let frame = Frame::new(PhysicalId(id), mid, message);
+            prop_assert_eq!(decode_frame(&frame.to_vec(), dir).unwrap(), frame);
+        }
+    }
+
+    /// Valid frames with bytes flipped, cut or inserted never panic the
+    /// decoder, and every item consumes something.
+    #[test]
+    fn mutated_frames_never_panic(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)) {
+        let mut stream = Vec::new();
+        for v in vectors::of("ap3000") {
+            stream.extend_from_slice(&v.bytes);
+        }
+        for (at, byte, kind) in edits {
+            let i = at.index(stream.len());
+            match kind {
+                0 => stream[i] = byte,
+                1 => { stream.remove(i); }
+                _ => stream.insert(i, byte),
+            }
+        }
+        for dir in [Direction::FromDevice, Direction::FromServer] {
+            let mut dec = Decoder::new(dir);
+            let mut buf = BytesMut::from(&stream[..]);
+            loop {
+                let before = buf.len();
+                if dec.decode(&mut buf).is_none() {
+                    break;
+                }
+                prop_assert!(buf.len() < before, "an item consumed nothing");
+            }
+            // Only a frame still waiting for its declared length may remain.
+            prop_assert!(buf.len() < DEFAULT_MAX_FRAME, "stuck with {} bytes", buf.len());
+        }
+    }
+}
+
+#[test]
+fn optional_fields_after_a_gap_are_not_written_into_the_wrong_slot() {
+    let Message::PowerHeartbeat(mut p) = decode_vector("ap3000.cmd_06.first").message else {
+        panic!()
+    };
+    p.voltage_dv = None;
+    p.timestamp = Some(1);
+    let back = decode_frame(
+        &Frame::power_heartbeat(pid(), 1, p.clone()).to_vec(),
+        Direction::FromDevice,
+    )
+    .unwrap();
+    let Message::PowerHeartbeat(back) = back.message else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            back.peak_power_dw,
+            back.voltage_dv,
+            back.current_ma,
+            back.timestamp
+        ),
+        (p.peak_power_dw, None, None, None)
+    );
+}

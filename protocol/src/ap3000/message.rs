@@ -337,6 +337,13 @@ pub struct CardSwipe {
     pub extra: Vec<u8>,
 }
 
+impl CardSwipe {
+    /// `None` for 0xFF (a balance enquiry, not a port request).
+    pub fn port_no(&self) -> Option<u16> {
+        crate::port::ap3000_port_no(self.port)
+    }
+}
+
 /// Server's `0x02` answer to a card swipe.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CardReply {

@@ -303,6 +303,65 @@ impl StartStop {
     }
 }
 
+impl StartStop {
+    /// The typed view of [`StartStop::extension`].
+    pub fn extension_fields(&self) -> StartExtension {
+        StartExtension::parse(&self.extension)
+    }
+}
+
+/// The optional `0x82` extension (vendor §4.2), each field present only if
+/// the bytes reach it: long-charge u8 | extra float time s u16 |
+/// short-circuit check u8 | ignore unplug u8 | force auto-stop u8 |
+/// full power W u8 (1 W, not 0.1 W) | full-power max judging time min u8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct StartExtension {
+    /// 1 = keep power after float charging.
+    pub long_charge: Option<u8>,
+    /// 0xFFFF cancels float charging.
+    pub extra_float_s: Option<u16>,
+    /// 2 = check for short circuits; 0 and 1 = do not.
+    pub short_circuit_check: Option<u8>,
+    /// 1 = do not detect unplugging.
+    pub ignore_unplug: Option<u8>,
+    /// 1 = stop when full even with a duration.
+    pub force_auto_stop: Option<u8>,
+    /// 0 or 0xFF = off.
+    pub full_power_w: Option<u8>,
+    pub full_power_max_min: Option<u8>,
+}
+
+impl StartExtension {
+    /// Reads as many fields as `bytes` holds; bytes beyond the last field are
+    /// ignored here (they stay in `StartStop::extension`).
+    pub fn parse(bytes: &[u8]) -> Self {
+        let r = &mut Reader::new(bytes, "start_stop extension");
+        StartExtension {
+            long_charge: r.opt_u8(),
+            extra_float_s: r.opt_u16(),
+            short_circuit_check: r.opt_u8(),
+            ignore_unplug: r.opt_u8(),
+            force_auto_stop: r.opt_u8(),
+            full_power_w: r.opt_u8(),
+            full_power_max_min: r.opt_u8(),
+        }
+    }
+
+    /// Wire bytes for `StartStop::extension` (fields up to the first `None`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Tail::new(&mut out)
+            .u8(self.long_charge)
+            .u16(self.extra_float_s)
+            .u8(self.short_circuit_check)
+            .u8(self.ignore_unplug)
+            .u8(self.force_auto_stop)
+            .u8(self.full_power_w)
+            .u8(self.full_power_max_min);
+        out.to_vec()
+    }
+}
+
 /// The device's `0x82` reply.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StartStopReply {
@@ -1432,5 +1491,28 @@ fn put_statuses(out: &mut BytesMut, ports: &PortStatuses) {
     out.put_u8(u8::try_from(ports.len()).unwrap_or(u8::MAX));
     for s in ports.as_slice() {
         out.put_u8(s.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_extension_reads_what_is_there_and_writes_it_back() {
+        let bytes = [1, 0x2C, 0x01, 2, 0, 1, 5];
+        let ext = StartExtension::parse(&bytes);
+        assert_eq!(ext.extra_float_s, Some(300));
+        assert_eq!(ext.full_power_w, Some(5));
+        assert_eq!(ext.full_power_max_min, None);
+        assert_eq!(ext.to_bytes(), bytes);
+        assert_eq!(StartExtension::parse(&[]), StartExtension::default());
+    }
+
+    #[test]
+    fn temperature_zero_means_no_sensor() {
+        assert_eq!(temperature_c(0), None);
+        assert_eq!(temperature_c(65), Some(0));
+        assert_eq!(temperature_c(1), Some(-64));
     }
 }

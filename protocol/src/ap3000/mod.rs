@@ -30,8 +30,8 @@ pub use codes::{platform_end_reason, PortStatus, StartResult, StopReason};
 pub use ids::{OrderNo, PhysicalId};
 pub use message::{
     command_name, temperature_c, CardReply, CardSwipe, Direction, Heartbeat, LegacyHeartbeat,
-    Message, PortStatuses, PowerHeartbeat, Register, RunParams2, Settlement, StartStop,
-    StartStopReply,
+    Message, PortStatuses, PowerHeartbeat, Register, RunParams2, Settlement, StartExtension,
+    StartStop, StartStopReply,
 };
 
 use std::fmt::Write as _;

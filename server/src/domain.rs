@@ -91,7 +91,7 @@ pub fn validate_charge(
     }
     let mode = ChargeMode::from_code(mode)
         .ok_or_else(|| FieldError::new("charge_mode", "must be 1, 2, 3 or 4"))?;
-    if duration < 0 || duration > MAX_DURATION_SEC {
+    if !(0..=MAX_DURATION_SEC).contains(&duration) {
         return Err(FieldError::new(
             "duration",
             format!("must be between 0 and {MAX_DURATION_SEC}"),

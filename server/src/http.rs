@@ -159,6 +159,9 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Per key hash: (second, requests in it).
+type RateWindows = HashMap<[u8; 32], (u64, u32)>;
+
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
@@ -167,7 +170,7 @@ pub struct AppState {
     pub device_listener_up: Arc<AtomicBool>,
     pub started: Instant,
     pub rate_limit: Option<u32>,
-    rate_windows: Arc<Mutex<HashMap<[u8; 32], (u64, u32)>>>,
+    rate_windows: Arc<Mutex<RateWindows>>,
     pub body_limit: usize,
 }
 

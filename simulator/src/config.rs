@@ -118,6 +118,8 @@ pub struct FleetConfig {
     pub progress_kept: usize,
     /// Scheduler shards (0 = one per core).
     pub scheduler_shards: usize,
+    /// How late answers are under the `delay_answers` fault.
+    pub answer_delay: Duration,
 }
 
 impl Default for FleetConfig {
@@ -141,6 +143,7 @@ impl Default for FleetConfig {
             link_after: Duration::from_secs(30),
             progress_kept: 64,
             scheduler_shards: 0,
+            answer_delay: Duration::from_secs(5),
         }
     }
 }
@@ -164,7 +167,7 @@ impl FleetConfig {
         if self.heartbeat.is_zero() {
             return Err(ConfigError::Invalid("--heartbeat must be positive"));
         }
-        if !(self.ramp_per_sec > 0.0) {
+        if self.ramp_per_sec.is_nan() || self.ramp_per_sec <= 0.0 {
             return Err(ConfigError::Invalid("--ramp must be positive"));
         }
         if !(self.power_w > 0.0 && self.power_w.is_finite()) {

@@ -8,6 +8,11 @@
 
 pub mod charger;
 pub mod config;
+pub mod control;
+pub mod fault;
+pub mod fleet;
+pub mod msg;
+pub mod pile;
 pub mod replay;
 pub mod sched;
 pub mod seed;

@@ -167,9 +167,16 @@ async fn unplug(
 async fn drop_network(
     State(fleet): State<FleetHandle>,
     Path(id): Path<String>,
-    body: Option<Json<DropBody>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<PileSnapshot> {
-    let secs = body.and_then(|Json(b)| b.secs);
+    // The body is optional: no body (or `{}`) drops until restored.
+    let secs = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<DropBody>(&body)
+            .map_err(|e| ControlError::BadRequest(format!("invalid body: {e}")))?
+            .secs
+    };
     fleet.drop_network(&id, secs)?;
     Ok(Json(fleet.pile_snapshot(&id)?))
 }

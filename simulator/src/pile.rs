@@ -1509,7 +1509,10 @@ mod tests {
         let msg_id = ends[0].msg_id;
         r.down(316, Down::EndAck(AckMatch::MsgId(msg_id)));
         assert!(r.ends().is_empty());
-        assert!(r.pile.state.ports[0].plugged, "AP3000 charger stays plugged");
+        assert!(
+            r.pile.state.ports[0].plugged,
+            "AP3000 charger stays plugged"
+        );
     }
 
     #[test]

@@ -151,6 +151,17 @@ async fn duration_mode_stops_and_counts_what_the_server_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_each_connection_costs_reconnects_not_errors() {
+    let server = spawn_server().await;
+
+    let report = load(closed(server.url("/close"), 20, 2)).await;
+
+    assert_eq!(server.served.total(), 20);
+    assert_eq!((report.success, report.failed), (20, 0));
+    assert_eq!(report.errors.total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_is_sent_as_x_api_key() {
     let server = spawn_server().await;
     let mut config = closed(server.url("/key"), 20, 2);

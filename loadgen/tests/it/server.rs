@@ -46,7 +46,8 @@ impl TestServer {
 
 /// Routes: `/ok`; `/delay/{ms}`; `/flaky` (every 4th request answers 500); `/alternating`
 /// (every other request is delayed 40 ms); `/key` (401 unless `X-Api-Key: secret`);
-/// `/echo` (records method, a custom header and the body).
+/// `/echo` (records method, a custom header and the body); `/close` (answers, then closes the
+/// connection).
 pub async fn spawn_server() -> TestServer {
     let served = Arc::new(Served::default());
     let app = Router::new()
@@ -56,6 +57,7 @@ pub async fn spawn_server() -> TestServer {
         .route("/alternating", get(alternating))
         .route("/key", get(key))
         .route("/echo", any(echo))
+        .route("/close", get(close))
         .with_state(Arc::clone(&served));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -130,4 +132,11 @@ async fn echo(
         .expect("bodies lock")
         .push((method.to_string(), tag, body));
     count(&s, StatusCode::OK)
+}
+
+async fn close(State(s): St) -> (StatusCode, [(axum::http::HeaderName, &'static str); 1]) {
+    (
+        count(&s, StatusCode::OK),
+        [(axum::http::header::CONNECTION, "close")],
+    )
 }

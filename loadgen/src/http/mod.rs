@@ -356,7 +356,9 @@ async fn drive<F: Future>(
         }
         if !*done {
             let Poll::Ready(result) = driver.as_mut().poll(cx) else {
-                return Poll::Pending;
+                // The driver may just have handed `fut` its answer: take it now rather than
+                // after a trip through the scheduler.
+                return fut.as_mut().poll(cx).map(Ok);
             };
             *done = true;
             ended = Some(result);

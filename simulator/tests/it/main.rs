@@ -1,0 +1,3 @@
+//! pile-sim integration tests: fleets over real sockets.
+
+mod fleet;

@@ -72,7 +72,9 @@ impl GatewayProcess {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", spec.exe.display()))?;
-        let pid = child.id().ok_or_else(|| anyhow!("gateway exited at once"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("gateway exited at once"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
@@ -81,7 +83,10 @@ impl GatewayProcess {
                     return Ok::<_, anyhow::Error>(rest.trim().to_string());
                 }
             }
-            bail!("gateway exited before it was ready (see {})", spec.log_path.display())
+            bail!(
+                "gateway exited before it was ready (see {})",
+                spec.log_path.display()
+            )
         })
         .await
         .map_err(|_| anyhow!("gateway not ready within 30 s"))??;
@@ -200,10 +205,7 @@ pub async fn child_main(cli: pile_server::config::Cli) -> anyhow::Result<()> {
         .with_context(|| format!("binding devices {}", config.device_listen))?;
     let shutdown = CancellationToken::new();
     let app = pile_server::start(config, http, devices, shutdown.clone()).await?;
-    println!(
-        "{READY} http={} device={}",
-        app.http_addr, app.device_addr
-    );
+    println!("{READY} http={} device={}", app.http_addr, app.device_addr);
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -231,7 +233,11 @@ pub fn count_log_levels(path: &Path) -> std::collections::BTreeMap<String, u64> 
         for line in text.lines() {
             let level = serde_json::from_str::<serde_json::Value>(line)
                 .ok()
-                .and_then(|v| v.get("level").and_then(|l| l.as_str()).map(str::to_lowercase));
+                .and_then(|v| {
+                    v.get("level")
+                        .and_then(|l| l.as_str())
+                        .map(str::to_lowercase)
+                });
             if let Some(level) = level {
                 *out.entry(level).or_insert(0) += 1;
             }

@@ -63,7 +63,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -71,13 +74,15 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Gateway(args)) => match rt.block_on(pile_scenarios::gateway::child_main(args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("gateway: {e:#}");
-                ExitCode::from(2)
+        Some(Command::Gateway(args)) => {
+            match rt.block_on(pile_scenarios::gateway::child_main(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gateway: {e:#}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
         Some(Command::List) => {
             for c in pile_scenarios::cases::all() {
                 println!("{:<4} {:?}\t{}", c.id, c.phase, c.title);

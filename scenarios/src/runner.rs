@@ -36,10 +36,7 @@ pub fn select(ids: &[String]) -> anyhow::Result<Vec<CaseDef>> {
     }
     for id in ids {
         if !all.iter().any(|c| c.id.eq_ignore_ascii_case(id)) {
-            bail!(
-                "unknown case {id:?}; known: {}",
-                cases::ids().join(", ")
-            );
+            bail!("unknown case {id:?}; known: {}", cases::ids().join(", "));
         }
     }
     Ok(all
@@ -144,7 +141,11 @@ pub fn summary_table(r: &RunReport) -> String {
         "\n{passed}/{} passed, score {}/100, {} in {:.0} s\n",
         r.cases.len(),
         sc.total,
-        if sc.accepted { "ACCEPTED" } else { "NOT ACCEPTED" },
+        if sc.accepted {
+            "ACCEPTED"
+        } else {
+            "NOT ACCEPTED"
+        },
         r.elapsed_s
     ));
     s
@@ -182,7 +183,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunReport, PathBuf)> {
         defs.len(),
         out.display()
     );
-    let ctx = Ctx::start(opts.profile.clone(), opts.seed, opts.target.clone(), out.clone()).await?;
+    let ctx = Ctx::start(
+        opts.profile.clone(),
+        opts.seed,
+        opts.target.clone(),
+        out.clone(),
+    )
+    .await?;
     if let Err(e) = &ctx.fleets {
         println!("! simulated piles unavailable: {e}");
     }

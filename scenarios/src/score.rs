@@ -111,12 +111,20 @@ pub fn compute(r: &RunReport) -> Score {
             items: vec![
                 item(r, "设备上线注册和心跳", &[("1.2", "*")]),
                 item(r, "充电指令下发成功", &[("2.1", "command_sent")]),
-                item(r, "订单创建和确认", &[("2.1", "order_pending"), ("2.1", "charging")]),
+                item(
+                    r,
+                    "订单创建和确认",
+                    &[("2.1", "order_pending"), ("2.1", "charging")],
+                ),
                 item(r, "充电进度实时上报", &[("2.1", "progress")]),
                 item(r, "订单正常结算", &[("2.1", "completed")]),
                 item(r, "远程停止充电", &[("2.2", "*")]),
                 item(r, "第三方Webhook推送", &[("1.3", "*"), ("2.1", "webhooks")]),
-                item(r, "异常场景恢复", &[("3.1", "*"), ("X.1", "*"), ("X.3", "*")]),
+                item(
+                    r,
+                    "异常场景恢复",
+                    &[("3.1", "*"), ("X.1", "*"), ("X.3", "*")],
+                ),
             ],
         },
         Group {
@@ -179,11 +187,7 @@ pub fn compute(r: &RunReport) -> Score {
     ];
     let ticked: usize = groups.iter().map(Group::done).sum();
     let items: usize = groups.iter().map(|g| g.items.len()).sum();
-    let total = if items == 0 {
-        0
-    } else {
-        (ticked * 100 / items) as u32
-    };
+    let total = (ticked * 100).checked_div(items).unwrap_or(0) as u32;
     let problems = r
         .cases
         .iter()

@@ -158,6 +158,8 @@ pub async fn start_fleets(
 }
 
 /// Where the gateway under test runs.
+// One value per run: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     /// A child process of this binary; X.3 may stop and restart it.
     Embedded {
@@ -295,9 +297,7 @@ impl Ctx {
     /// A pile by ID, or why there is none.
     pub fn pile(&self, id: &str) -> Result<PileHandle, String> {
         match &self.fleets {
-            Ok(f) => f
-                .pile(id)
-                .ok_or_else(|| format!("no simulated pile {id}")),
+            Ok(f) => f.pile(id).ok_or_else(|| format!("no simulated pile {id}")),
             Err(e) => Err(format!("simulated piles unavailable: {e}")),
         }
     }

@@ -41,8 +41,7 @@ pub fn progress_checks(samples: &[ProgressSample], period_s: u64, charged_s: i64
     gaps.sort_unstable();
     let median = gaps.get(gaps.len() / 2).copied();
     let want = ((charged_s as f64 / period_s.max(1) as f64) * 0.5).floor() as usize;
-    let ok = samples.len() >= want.max(2)
-        && median.is_some_and(|m| m <= period_s as i64 + 1);
+    let ok = samples.len() >= want.max(2) && median.is_some_and(|m| m <= period_s as i64 + 1);
     Check::new(
         "progress",
         "充电进度",
@@ -103,7 +102,11 @@ pub async fn by_time_on(
         created.clone(),
         created == "pending",
     ));
-    let cmd_expect = if want_0x82 { "0x82 sent" } else { "启动指令下发" };
+    let cmd_expect = if want_0x82 {
+        "0x82 sent"
+    } else {
+        "启动指令下发"
+    };
     let cmd_ok = s.lit_after_ms.is_some()
         && s.command
             .as_ref()
@@ -145,8 +148,20 @@ pub async fn by_time_on(
         s.charging_after_ms.is_some(),
     ));
     let Some(order_no) = order_no else {
-        r.push(Check::new("progress", "充电进度", "每周期更新", "无订单", false));
-        r.push(Check::new("completed", "充电结束", "completed", "无订单", false));
+        r.push(Check::new(
+            "progress",
+            "充电进度",
+            "每周期更新",
+            "无订单",
+            false,
+        ));
+        r.push(Check::new(
+            "completed",
+            "充电结束",
+            "completed",
+            "无订单",
+            false,
+        ));
         return r;
     };
     // Follow the charge live, one line per period.
@@ -201,13 +216,14 @@ pub async fn by_time_on(
 /// × n, `order.completed`, each verified by the receiver.
 pub async fn webhook_checks(ctx: &Ctx, r: &mut CaseResult, order_no: &str, settled: bool) {
     let want_done = |ev: &[crate::receiver::Received]| {
-        ev.iter().any(|e| {
-            e.order_no.as_deref() == Some(order_no) && e.event_type == "order.completed"
-        })
+        ev.iter()
+            .any(|e| e.order_no.as_deref() == Some(order_no) && e.event_type == "order.completed")
     };
     if settled {
         // Deliveries may be retrying (X.4 runs at the same time): backoff 1+2+4+8+16 s.
-        ctx.receiver.wait_for(Duration::from_secs(35), want_done).await;
+        ctx.receiver
+            .wait_for(Duration::from_secs(35), want_done)
+            .await;
     }
     let ev = ctx.receiver.events_for_order(order_no);
     let count = |t: &str| ev.iter().filter(|e| e.event_type == t).count();
@@ -228,9 +244,7 @@ pub async fn webhook_checks(ctx: &Ctx, r: &mut CaseResult, order_no: &str, settl
         "webhooks",
         "Webhook事件接收",
         "charging.started, charging.progress × n, order.completed, 签名通过",
-        format!(
-            "started {started}, progress {progress}, completed {completed}, 签名错误 {bad}"
-        ),
+        format!("started {started}, progress {progress}, completed {completed}, 签名错误 {bad}"),
         started >= 1 && progress >= 1 && completed >= 1 && bad == 0,
     ));
 }
@@ -346,7 +360,8 @@ pub async fn remote_stop_on(
         &format!("等待{}秒", wait.as_secs()),
         "charging",
         mid.as_ref().map_or("n/a".into(), |o| o.status.to_string()),
-        mid.as_ref().is_some_and(|o| o.status == OrderStatus::Charging),
+        mid.as_ref()
+            .is_some_and(|o| o.status == OrderStatus::Charging),
     ));
     let stop_at_ms = crate::report::now_unix_ms();
     let t = Instant::now();
@@ -362,9 +377,11 @@ pub async fn remote_stop_on(
         .await
         .map(|_| ())
         .map_err(|e| client_err(&e));
-    let stopped = poll(Duration::from_secs(15), Duration::from_millis(100), || async {
-        (!sim_port_has_charge(&pile, port as u16)).then_some(())
-    })
+    let stopped = poll(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async { (!sim_port_has_charge(&pile, port as u16)).then_some(()) },
+    )
     .await
     .map(|_| t.elapsed().as_millis() as i64);
     // Unplug afterwards, as a user would; the port is free for the next case.

@@ -207,7 +207,10 @@ pub async fn start_charge(
         ctx.progress(id, format!("charge API refused: {}", out.api_status()));
         return out;
     };
-    ctx.progress(id, format!("order {order_no} created on {device} port {port}"));
+    ctx.progress(
+        id,
+        format!("order {order_no} created on {device} port {port}"),
+    );
     // The command on the wire and the port lighting up.
     let since = out.called_at_ms;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -229,9 +232,7 @@ pub async fn start_charge(
     if lit.is_some() {
         out.lit_after_ms = Some(t0.elapsed().as_millis() as i64);
         if out.command.is_none() {
-            out.command = down_frames_since(pile, since)
-                .into_iter()
-                .find(is_command);
+            out.command = down_frames_since(pile, since).into_iter().find(is_command);
             out.command_delay_ms = out.command.as_ref().map(|f| f.at_ms - since);
         }
         out.plugged = pile.plug(port).is_ok();
@@ -243,7 +244,11 @@ pub async fn start_charge(
         o.status != OrderStatus::Pending
     })
     .await;
-    if ok && view.as_ref().is_some_and(|o| o.status == OrderStatus::Charging) {
+    if ok
+        && view
+            .as_ref()
+            .is_some_and(|o| o.status == OrderStatus::Charging)
+    {
         out.charging_after_ms = Some(t0.elapsed().as_millis() as i64);
         ctx.progress(id, "gateway reports charging");
     }

@@ -33,7 +33,11 @@ pub async fn offline_start(ctx: &Ctx) -> CaseResult {
         "offline",
         "设备离线",
         "offline",
-        if off.is_some() { "offline" } else { "仍显示在线" },
+        if off.is_some() {
+            "offline"
+        } else {
+            "仍显示在线"
+        },
         off.is_some(),
     ));
     let req = time_request(1, 60);
@@ -64,15 +68,20 @@ pub async fn offline_start(ctx: &Ctx) -> CaseResult {
     let t = Instant::now();
     pile.restore_network();
     ctx.progress("X.1", "network restored; no further API call");
-    let lit = poll(Duration::from_secs(30), Duration::from_millis(100), || async {
-        sim_port_has_charge(&pile, 1).then_some(())
-    })
+    let lit = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { sim_port_has_charge(&pile, 1).then_some(()) },
+    )
     .await
     .map(|_| t.elapsed());
     let cmd = down_frames_since(&pile, restore_ms)
         .into_iter()
         .find(is_command);
-    r.set("command_after_reconnect_s", json!(lit.map(|d| d.as_secs_f64())));
+    r.set(
+        "command_after_reconnect_s",
+        json!(lit.map(|d| d.as_secs_f64())),
+    );
     r.push(Check::new(
         "delivered",
         "上线后指令下发",
@@ -95,7 +104,8 @@ pub async fn offline_start(ctx: &Ctx) -> CaseResult {
         fin.as_ref().map_or("未结算".into(), |o| {
             format!("{} ({} 秒)", o.status, o.duration_sec)
         }),
-        fin.as_ref().is_some_and(|o| o.status == OrderStatus::Completed),
+        fin.as_ref()
+            .is_some_and(|o| o.status == OrderStatus::Completed),
     ));
     if let Some(o) = &fin {
         record_order(&mut r, "", o);
@@ -144,12 +154,17 @@ pub async fn idempotent(ctx: &Ctx) -> CaseResult {
             .filter(|o| o.order_no == no || a.as_ref().is_ok_and(|x| x.order_no == o.order_no))
             .count()
     });
-    r.set("orders_for_device", json!(list.as_ref().map(|p| p.total).ok()));
+    r.set(
+        "orders_for_device",
+        json!(list.as_ref().map(|p| p.total).ok()),
+    );
     r.push(Check::new(
         "one_order",
         "订单数",
         "1",
-        count.as_ref().map_or_else(|e| e.to_string(), |c| c.to_string()),
+        count
+            .as_ref()
+            .map_or_else(|e| e.to_string(), |c| c.to_string()),
         count.as_ref().is_ok_and(|c| *c == 1) && list.as_ref().is_ok_and(|p| p.total == 1),
     ));
     if let Ok(o) = &a {
@@ -237,7 +252,13 @@ pub async fn restart(ctx: &Ctx) -> CaseResult {
             ));
         }
         Err(e) => {
-            r.push(Check::new("restarted", "重新启动", "启动", e.to_string(), false));
+            r.push(Check::new(
+                "restarted",
+                "重新启动",
+                "启动",
+                e.to_string(),
+                false,
+            ));
             return r;
         }
     }
@@ -249,7 +270,9 @@ pub async fn restart(ctx: &Ctx) -> CaseResult {
         "reconnected",
         "设备重连",
         "重连",
-        back.map_or("30 秒内未重连".into(), |d| format!("{:.1} 秒", d.as_secs_f64())),
+        back.map_or("30 秒内未重连".into(), |d| {
+            format!("{:.1} 秒", d.as_secs_f64())
+        }),
         back.is_some(),
     ));
     let fin = wait_settled(ctx, &order_no, Duration::from_secs(120)).await;
@@ -260,7 +283,8 @@ pub async fn restart(ctx: &Ctx) -> CaseResult {
         fin.as_ref().map_or("未结算".into(), |o| {
             format!("{} ({} 秒)", o.status, o.duration_sec)
         }),
-        fin.as_ref().is_some_and(|o| o.status == OrderStatus::Completed),
+        fin.as_ref()
+            .is_some_and(|o| o.status == OrderStatus::Completed),
     ));
     if let Some(o) = &fin {
         record_order(&mut r, "", o);
@@ -281,7 +305,10 @@ pub async fn restart(ctx: &Ctx) -> CaseResult {
     let progress_events = count("charging.progress");
     let lifecycle_ok = count("charging.started") == 1 && count("order.completed") == 1;
     let dup = ctx.receiver.stats().duplicates;
-    r.set("events", json!(ev.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>()));
+    r.set(
+        "events",
+        json!(ev.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>()),
+    );
     r.set("progress_samples", samples.len());
     r.set("progress_events", progress_events);
     r.set("receiver_duplicates_deduped", dup);
@@ -325,7 +352,13 @@ pub async fn webhook_outage(ctx: &Ctx) -> CaseResult {
     let req = time_request(1, 60);
     let s = start_charge(ctx, "X.4", &pile, &device, &req).await;
     let Some(order_no) = s.order_no().map(str::to_string) else {
-        r.push(Check::new("started", "启动充电", "成功", s.api_status(), false));
+        r.push(Check::new(
+            "started",
+            "启动充电",
+            "成功",
+            s.api_status(),
+            false,
+        ));
         return r;
     };
     r.set("order_no", order_no.clone());
@@ -345,8 +378,14 @@ pub async fn webhook_outage(ctx: &Ctx) -> CaseResult {
     webhook_checks(ctx, &mut r, &order_no, fin.is_some()).await;
     // Progress events are optional here (a 3 s charge may have none).
     if let Some(c) = r.checks.iter_mut().find(|c| c.key == "webhooks") {
-        let started = r.values.get("webhook.charging_started").and_then(|v| v.as_u64());
-        let done = r.values.get("webhook.order_completed").and_then(|v| v.as_u64());
+        let started = r
+            .values
+            .get("webhook.charging_started")
+            .and_then(|v| v.as_u64());
+        let done = r
+            .values
+            .get("webhook.order_completed")
+            .and_then(|v| v.as_u64());
         c.expected = "charging.started, order.completed 最终送达, 签名通过".into();
         c.ok = started.unwrap_or(0) >= 1 && done.unwrap_or(0) >= 1;
     }
@@ -372,7 +411,11 @@ pub async fn webhook_outage(ctx: &Ctx) -> CaseResult {
             let total = v
                 .pointer("/data/total")
                 .and_then(|t| t.as_i64())
-                .or_else(|| v.pointer("/data").and_then(|d| d.as_array()).map(|a| a.len() as i64));
+                .or_else(|| {
+                    v.pointer("/data")
+                        .and_then(|d| d.as_array())
+                        .map(|a| a.len() as i64)
+                });
             (code, total)
         }
         Err(_) => (0, None),
@@ -472,7 +515,10 @@ pub async fn bad_frames(ctx: &Ctx) -> CaseResult {
         "gateway_up",
         "网关保持运行",
         "healthz 全部 200, 进程存活",
-        format!("healthz 成功 {ok}, 失败 {bad}, 进程{}", if alive { "存活" } else { "已退出" }),
+        format!(
+            "healthz 成功 {ok}, 失败 {bad}, 进程{}",
+            if alive { "存活" } else { "已退出" }
+        ),
         bad == 0 && ok > 0 && alive,
     ));
     let good = outcomes.iter().filter(|(_, ok)| *ok).count();
@@ -523,7 +569,15 @@ pub async fn ap3000(ctx: &Ctx) -> CaseResult {
         }
         for mut c in sub.checks {
             c.key = format!("{prefix}.{}", c.key);
-            c.label = format!("{} {}", if prefix == "by_time" { "按时长" } else { "远程停止" }, c.label);
+            c.label = format!(
+                "{} {}",
+                if prefix == "by_time" {
+                    "按时长"
+                } else {
+                    "远程停止"
+                },
+                c.label
+            );
             r.push(c);
         }
         for (k, v) in sub.values {

@@ -58,15 +58,26 @@ pub async fn network_drop(ctx: &Ctx) -> CaseResult {
     pile.drop_network(None);
     ctx.progress("3.1", "network cable pulled");
     let limit = p.offline_after + Duration::from_secs(2);
-    let offline = wait_device(ctx, &device, false, p.offline_after * 3 + Duration::from_secs(5))
-        .await
-        .map(|_| t_drop.elapsed());
+    let offline = wait_device(
+        ctx,
+        &device,
+        false,
+        p.offline_after * 3 + Duration::from_secs(5),
+    )
+    .await
+    .map(|_| t_drop.elapsed());
     r.set("offline_detect_s", json!(offline.map(|d| d.as_secs_f64())));
     r.push(Check::new(
         "offline_detected",
         "断开网络",
-        format!("{}秒后离线 (≤{} 秒)", p.offline_after.as_secs(), limit.as_secs()),
-        offline.map_or("未标记离线".into(), |d| format!("{:.1}", d.as_secs_f64())),
+        format!(
+            "{}秒后离线 (≤{} 秒)",
+            p.offline_after.as_secs(),
+            limit.as_secs()
+        ),
+        offline.map_or("未标记离线".into(), |d| {
+            format!("{:.1}", d.as_secs_f64())
+        }),
         offline.is_some_and(|d| d <= limit),
     ));
     // The pile keeps charging on its own.
@@ -93,7 +104,9 @@ pub async fn network_drop(ctx: &Ctx) -> CaseResult {
         "reconnected",
         "恢复网络",
         "5-10秒重连",
-        back.map_or("30 秒内未重连".into(), |d| format!("{:.1}", d.as_secs_f64())),
+        back.map_or("30 秒内未重连".into(), |d| {
+            format!("{:.1}", d.as_secs_f64())
+        }),
         back.is_some_and(|d| d <= Duration::from_secs(10)),
     ));
     let fin = wait_settled(ctx, &order_no, Duration::from_secs(target as u64 + 60)).await;
@@ -108,7 +121,9 @@ pub async fn network_drop(ctx: &Ctx) -> CaseResult {
     let before_wh = before
         .as_ref()
         .map_or(0, |o| (o.total_kwh * 1000.0).round() as i64);
-    let final_wh = fin.as_ref().map_or(0, |o| (o.total_kwh * 1000.0).round() as i64);
+    let final_wh = fin
+        .as_ref()
+        .map_or(0, |o| (o.total_kwh * 1000.0).round() as i64);
     let replayed = fin.as_ref().is_some_and(|o| o.offline_replayed);
     r.set("samples_during_drop", during.len());
     r.set("energy_monotonic", monotonic);
@@ -118,7 +133,9 @@ pub async fn network_drop(ctx: &Ctx) -> CaseResult {
     if let Some(o) = &fin {
         record_order(&mut r, "", o);
     }
-    let ok = fin.as_ref().is_some_and(|o| o.status == OrderStatus::Completed)
+    let ok = fin
+        .as_ref()
+        .is_some_and(|o| o.status == OrderStatus::Completed)
         && replayed
         && !during.is_empty()
         && monotonic
@@ -129,7 +146,8 @@ pub async fn network_drop(ctx: &Ctx) -> CaseResult {
         "包含离线数据 (离线期间进度补传, 电量连续, offline_replayed)",
         format!(
             "{}, 离线期间进度 {} 条, 电量连续 {}, offline_replayed {}, 电量 {}→{} Wh",
-            fin.as_ref().map_or("未结算".into(), |o| o.status.to_string()),
+            fin.as_ref()
+                .map_or("未结算".into(), |o| o.status.to_string()),
             during.len(),
             if monotonic { "是" } else { "否" },
             replayed,
@@ -275,12 +293,8 @@ pub async fn four_ports(ctx: &Ctx) -> CaseResult {
             Some(no) => wait_settled(ctx, no, Duration::from_secs(target as u64 + 60)).await,
             None => None,
         };
-        let checks = crate::cases::common::settlement_checks(
-            fin.as_ref(),
-            target,
-            &reqs[i],
-            NOMINAL_W,
-        );
+        let checks =
+            crate::cases::common::settlement_checks(fin.as_ref(), target, &reqs[i], NOMINAL_W);
         let ok = checks.iter().all(|c| c.ok) && fin.as_ref().is_some_and(|o| o.port_no == port);
         all_ok &= ok;
         total_peak += fin.as_ref().map_or(0.0, |o| o.peak_power);
@@ -289,11 +303,19 @@ pub async fn four_ports(ctx: &Ctx) -> CaseResult {
         row.insert("order_no".into(), json!(s.order_no()));
         row.insert(
             "status".into(),
-            json!(fin.as_ref().map_or("未结算".to_string(), |o| o.status.to_string())),
+            json!(fin
+                .as_ref()
+                .map_or("未结算".to_string(), |o| o.status.to_string())),
         );
-        row.insert("duration_sec".into(), json!(fin.as_ref().map(|o| o.duration_sec)));
+        row.insert(
+            "duration_sec".into(),
+            json!(fin.as_ref().map(|o| o.duration_sec)),
+        );
         row.insert("total_kwh".into(), json!(fin.as_ref().map(|o| o.total_kwh)));
-        row.insert("peak_power_w".into(), json!(fin.as_ref().map(|o| o.peak_power)));
+        row.insert(
+            "peak_power_w".into(),
+            json!(fin.as_ref().map(|o| o.peak_power)),
+        );
         row.insert(
             "remark".into(),
             json!(checks
@@ -311,7 +333,11 @@ pub async fn four_ports(ctx: &Ctx) -> CaseResult {
         "independent",
         "4个端口独立工作",
         "各自完成, 时长 ±5 秒, 电量与金额正确",
-        if all_ok { "全部独立完成".to_string() } else { "见端口表备注".to_string() },
+        if all_ok {
+            "全部独立完成".to_string()
+        } else {
+            "见端口表备注".to_string()
+        },
         all_ok && created == 4,
     ));
     r.push(Check::new(

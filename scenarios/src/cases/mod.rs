@@ -70,10 +70,20 @@ pub fn all() -> Vec<CaseDef> {
         case!("6.1", "Prometheus指标", After, ops::metrics),
         case!("6.2", "日志完整性", After, ops::logs),
         case!("6.3", "事件推送成功率", After, ops::push),
-        case!("X.1", "离线设备下单, 上线后下发", Main, extra::offline_start),
+        case!(
+            "X.1",
+            "离线设备下单, 上线后下发",
+            Main,
+            extra::offline_start
+        ),
         case!("X.2", "重复订单号幂等", Main, extra::idempotent),
         case!("X.3", "充电中重启网关", Exclusive, extra::restart),
-        case!("X.4", "Webhook接收端故障后恢复", Main, extra::webhook_outage),
+        case!(
+            "X.4",
+            "Webhook接收端故障后恢复",
+            Main,
+            extra::webhook_outage
+        ),
         case!("X.5", "异常报文与正常充电并存", Main, extra::bad_frames),
         case!("X.6", "AP3000 按时长充电与远程停止", Main, extra::ap3000),
     ]

@@ -65,7 +65,12 @@ pub async fn commands(ctx: &Ctx) -> CaseResult {
         "match_rate",
         "匹配率",
         "≥99% (且确有下行命令)",
-        format!("{:.2}", m.match_rate * 100.0),
+        format!(
+            "{:.2} (下行 {} 条, 匹配 {} 条)",
+            m.match_rate * 100.0,
+            m.sent,
+            m.matched
+        ),
         m.sent > 0 && m.match_rate >= 0.99,
     ));
     r
@@ -115,7 +120,7 @@ pub async fn ports(ctx: &Ctx) -> CaseResult {
         "mismatches",
         "状态不一致",
         "0 (且检查端口数 > 0)",
-        bad.to_string(),
+        format!("{bad} (检查端口 {checked} 个)"),
         bad == 0 && checked > 0,
     ));
     r
@@ -153,7 +158,13 @@ pub async fn metrics(ctx: &Ctx) -> CaseResult {
     {
         Ok(resp) => resp.text().await.unwrap_or_default(),
         Err(e) => {
-            r.push(Check::new("metrics", "/metrics", "200", e.to_string(), false));
+            r.push(Check::new(
+                "metrics",
+                "/metrics",
+                "200",
+                e.to_string(),
+                false,
+            ));
             return r;
         }
     };
@@ -192,8 +203,10 @@ pub async fn logs(ctx: &Ctx) -> CaseResult {
         serde_json::to_value(&from_gateway).unwrap_or_default(),
     );
     // The whole run's log (both processes around X.3's restart), when this runner owns it.
-    let from_file: Option<BTreeMap<String, u64>> =
-        ctx.log_path.as_deref().map(crate::gateway::count_log_levels);
+    let from_file: Option<BTreeMap<String, u64>> = ctx
+        .log_path
+        .as_deref()
+        .map(crate::gateway::count_log_levels);
     r.set("log_file_counts", json!(from_file));
     let pick = |level: &str| -> Option<u64> {
         match &from_file {
@@ -234,7 +247,13 @@ pub async fn push(ctx: &Ctx) -> CaseResult {
     let s = match ctx.client.stats().await {
         Ok(s) => s,
         Err(e) => {
-            r.push(Check::new("stats", "统计接口", "可读", e.to_string(), false));
+            r.push(Check::new(
+                "stats",
+                "统计接口",
+                "可读",
+                e.to_string(),
+                false,
+            ));
             return r;
         }
     };

@@ -30,7 +30,13 @@ pub async fn api_load(ctx: &Ctx) -> CaseResult {
         Ok(rep) => rep,
         Err(e) => {
             r.note(format!("pile-load 无法运行: {e}"));
-            r.push(Check::new("success_rate", "成功率", ">99%", e.to_string(), false));
+            r.push(Check::new(
+                "success_rate",
+                "成功率",
+                ">99%",
+                e.to_string(),
+                false,
+            ));
             return r;
         }
     };
@@ -54,11 +60,21 @@ pub async fn api_load(ctx: &Ctx) -> CaseResult {
     r.set("success", rep.success);
     r.set("failed", rep.failed);
     r.set("status_codes", json!(rep.status_codes));
+    let codes = rep
+        .status_codes
+        .iter()
+        .map(|(c, n)| format!("{c}×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     r.push(Check::new(
         "success_rate",
         "成功率",
         ">99%",
-        format!("{:.2}", rep.success_rate),
+        if rep.success_rate > 99.0 {
+            format!("{:.2}", rep.success_rate)
+        } else {
+            format!("{:.2} (状态码 {codes})", rep.success_rate)
+        },
         rep.success_rate > 99.0,
     ));
     r.push(Check::new(

@@ -29,7 +29,10 @@ pub async fn health(ctx: &Ctx) -> CaseResult {
             Err(e) => (0, e.to_string()),
         };
         r.set(&format!("{key}_status"), code);
-        r.set(&format!("{key}_body"), body.chars().take(300).collect::<String>());
+        r.set(
+            &format!("{key}_body"),
+            body.chars().take(300).collect::<String>(),
+        );
         let actual = if code == 0 {
             format!("无应答: {body}")
         } else {
@@ -72,12 +75,18 @@ pub async fn health(ctx: &Ctx) -> CaseResult {
     }
     match ctx.client.stats().await {
         Ok(s) => {
-            r.set("log_counts", serde_json::to_value(&s.log_counts).unwrap_or(Value::Null));
+            r.set(
+                "log_counts",
+                serde_json::to_value(&s.log_counts).unwrap_or(Value::Null),
+            );
             r.push(Check::new(
                 "no_errors",
                 "日志状态",
                 "无ERROR",
-                format!("ERROR {} 条, WARN {} 条", s.log_counts.error, s.log_counts.warn),
+                format!(
+                    "ERROR {} 条, WARN {} 条",
+                    s.log_counts.error, s.log_counts.warn
+                ),
                 s.log_counts.error == 0,
             ));
         }
@@ -161,9 +170,8 @@ pub async fn devices_online(ctx: &Ctx) -> CaseResult {
 pub async fn webhook(ctx: &Ctx) -> CaseResult {
     let mut r = CaseResult::new("1.3", "Webhook配置");
     let Some((url, secret)) = ctx.webhook_configured.clone() else {
-        r.status = Status::NotRun(
-            "外部目标: 其 Webhook 由目标自身配置, 本工具的接收端未接入".into(),
-        );
+        r.status =
+            Status::NotRun("外部目标: 其 Webhook 由目标自身配置, 本工具的接收端未接入".into());
         return r;
     };
     r.set("webhook_url", url.clone());
@@ -172,7 +180,11 @@ pub async fn webhook(ctx: &Ctx) -> CaseResult {
         "secret",
         "Webhook密钥已配置",
         "已配置",
-        if secret { "已配置 (HMAC-SHA256)" } else { "未配置" },
+        if secret {
+            "已配置 (HMAC-SHA256)"
+        } else {
+            "未配置"
+        },
         secret,
     ));
     r.push(Check::new(
@@ -187,7 +199,10 @@ pub async fn webhook(ctx: &Ctx) -> CaseResult {
     let got = ctx.receiver.wait_for(wait, |ev| !ev.is_empty()).await;
     let st = ctx.receiver.stats();
     let events = ctx.receiver.events();
-    r.set("receiver_stats", serde_json::to_value(&st).unwrap_or(Value::Null));
+    r.set(
+        "receiver_stats",
+        serde_json::to_value(&st).unwrap_or(Value::Null),
+    );
     r.set("events_so_far", events.len());
     if let Some(first) = events.first() {
         r.set("first_event_type", first.event_type.clone());
@@ -236,7 +251,10 @@ pub async fn auth(ctx: &Ctx) -> CaseResult {
         .send()
         .await;
     let (good_code, good_body) = match good {
-        Ok(resp) => (resp.status().as_u16(), resp.text().await.unwrap_or_default()),
+        Ok(resp) => (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        ),
         Err(e) => (0, e.to_string()),
     };
     let bad_code = bad.map(|r| r.status().as_u16()).unwrap_or(0);

@@ -42,7 +42,11 @@ fn decided(checks: Vec<crate::report::Check>) -> CaseResult {
 #[test]
 fn a_remote_stop_settled_with_the_right_reason_passes() {
     let o = order(OrderStatus::Completed, 12, 3);
-    assert!(decided(remote_stop_checks(&Ok(()), Some(300), Some(&o), 12)).status.passed());
+    assert!(
+        decided(remote_stop_checks(&Ok(()), Some(300), Some(&o), 12))
+            .status
+            .passed()
+    );
 }
 
 #[test]
@@ -58,8 +62,19 @@ fn a_wrong_end_reason_fails_2_2() {
 #[test]
 fn a_stop_that_never_reaches_the_device_fails_2_2() {
     let o = order(OrderStatus::Charging, 30, 0);
-    let r = decided(remote_stop_checks(&Err((409, "nothing running".into())), None, Some(&o), 12));
-    for k in ["stop_api", "device_stopped", "completed", "duration", "end_reason"] {
+    let r = decided(remote_stop_checks(
+        &Err((409, "nothing running".into())),
+        None,
+        Some(&o),
+        12,
+    ));
+    for k in [
+        "stop_api",
+        "device_stopped",
+        "completed",
+        "duration",
+        "end_reason",
+    ] {
         assert!(!r.check_ok(k), "{k} should fail");
     }
 }
@@ -77,7 +92,11 @@ fn duration_and_billing_errors_fail_settlement() {
     o.duration_sec = 70; // 10 s late
     o.final_amount = 7; // not what 0.003 kWh costs
     let bad = settlement_checks(Some(&o), 60, &req, 180.0);
-    let failed: Vec<_> = bad.iter().filter(|c| !c.ok).map(|c| c.key.as_str()).collect();
+    let failed: Vec<_> = bad
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.key.as_str())
+        .collect();
     assert_eq!(failed, ["duration_error", "amount_correct"]);
     assert!(!settlement_checks(None, 60, &req, 180.0)[0].ok);
 }

@@ -44,7 +44,8 @@ impl<'a> Rec<'a> {
         match self.case(id) {
             None => "n/a (本次未选择运行)".into(),
             Some(c) => match &c.status {
-                Status::NotRun(why) => format!("n/a (未运行: {why})"),
+                // The reason itself is printed once, on the case's result line.
+                Status::NotRun(_) => "n/a (用例未运行, 原因见测试结果)".into(),
                 _ => "n/a (未测得)".into(),
             },
         }
@@ -190,7 +191,10 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     // ---- 1
     let _ = writeln!(w, "## 第一阶段：环境验证与准备\n");
     let _ = writeln!(w, "### 1.1 服务器健康检查\n");
-    let _ = writeln!(w, "| 检查项 | 预期 | 实际 | 状态 |\n|--------|------|------|------|");
+    let _ = writeln!(
+        w,
+        "| 检查项 | 预期 | 实际 | 状态 |\n|--------|------|------|------|"
+    );
     for (key, label, exp) in [
         ("healthz", "healthz接口", "200 OK"),
         ("readyz", "readyz接口", "200 OK"),
@@ -226,7 +230,9 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
             "| {id} | {boxes} | {} | {} {} |",
             x.actual("1.2", &format!("{id}.heartbeat")),
             x.bx("1.2", &format!("{id}.heartbeat")),
-            if x.case("1.2").is_some_and(|c| c.check_ok(&format!("{id}.heartbeat"))) {
+            if x.case("1.2")
+                .is_some_and(|c| c.check_ok(&format!("{id}.heartbeat")))
+            {
                 "心跳正常"
             } else {
                 "心跳未见更新"
@@ -429,7 +435,11 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     for (i, (key, label, exp)) in [
         ("started", "启动充电".to_string(), "成功".to_string()),
         ("charged", charged_label, "正常".to_string()),
-        ("offline_detected", "断开网络".into(), exp_of("offline_detected", "阈值内离线")),
+        (
+            "offline_detected",
+            "断开网络".into(),
+            exp_of("offline_detected", "阈值内离线"),
+        ),
         ("local_charging", "设备本地充电".into(), "继续".into()),
         ("reconnected", "恢复网络".into(), "5-10秒重连".into()),
         ("data_synced", "数据同步".into(), "包含离线数据".into()),
@@ -439,9 +449,9 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     {
         let mut line = x.row("3.1", i + 1, key, label, exp);
         if matches!(*key, "offline_detected" | "reconnected")
-            && x.case("3.1").and_then(|c| c.check(key)).is_some_and(|c| {
-                c.actual.parse::<f64>().is_ok()
-            })
+            && x.case("3.1")
+                .and_then(|c| c.check(key))
+                .is_some_and(|c| c.actual.parse::<f64>().is_ok())
         {
             line = line.replacen(
                 &format!("| {} |", x.actual("3.1", key)),
@@ -457,7 +467,10 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
 
     let _ = writeln!(w, "### 测试用例 3.2: 端口占用冲突\n");
     let _ = writeln!(w, "**测试记录:**\n");
-    let _ = writeln!(w, "| 检查项 | 预期 | 实际 | 状态 |\n|--------|------|------|------|");
+    let _ = writeln!(
+        w,
+        "| 检查项 | 预期 | 实际 | 状态 |\n|--------|------|------|------|"
+    );
     for (key, label, exp) in [
         ("first", "第一次充电", "成功"),
         ("second", "第二次充电(同端口)", "409错误"),
@@ -497,22 +510,46 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
             .map(str::to_string)
-            .unwrap_or_else(|| if row.is_some() { "正常".into() } else { na.clone() });
+            .unwrap_or_else(|| {
+                if row.is_some() {
+                    "正常".into()
+                } else {
+                    na.clone()
+                }
+            });
         let _ = writeln!(
             w,
             "| {port} | {} | {} | {}{} | {}{} | {} |",
             g("order_no"),
             g("status"),
             g("duration_sec"),
-            if row.and_then(|r| r.get("duration_sec")).is_some_and(|v| !v.is_null()) { "秒" } else { "" },
+            if row
+                .and_then(|r| r.get("duration_sec"))
+                .is_some_and(|v| !v.is_null())
+            {
+                "秒"
+            } else {
+                ""
+            },
             g("total_kwh"),
-            if row.and_then(|r| r.get("total_kwh")).is_some_and(|v| !v.is_null()) { "度" } else { "" },
+            if row
+                .and_then(|r| r.get("total_kwh"))
+                .is_some_and(|v| !v.is_null())
+            {
+                "度"
+            } else {
+                ""
+            },
             remark.replace('|', "/")
         );
     }
     let _ = writeln!(w, "\n**验证项:**\n");
     let _ = writeln!(w, "{}", x.check_item("3.3", "created", "4个订单同时创建"));
-    let _ = writeln!(w, "{}", x.check_item("3.3", "independent", "4个端口独立工作"));
+    let _ = writeln!(
+        w,
+        "{}",
+        x.check_item("3.3", "independent", "4个端口独立工作")
+    );
     let _ = writeln!(w, "{}", x.check_item("3.3", "no_crosstalk", "数据互不干扰"));
     let _ = writeln!(w, "{}", x.check_item("3.3", "total_power", "总功率合理"));
     let _ = writeln!(w, "\n**测试结果:** {}\n", x.result("3.3"));
@@ -521,28 +558,28 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     // ---- 4
     let _ = writeln!(w, "## 第四阶段：性能与压力测试\n");
     let _ = writeln!(w, "### 4.1 API并发测试\n");
-    let _ = writeln!(w, "**测试工具:** pile-load (代替 Apache Bench, 闭环模型 -n 1000 -c 10)\n");
+    let _ = writeln!(
+        w,
+        "**测试工具:** pile-load (代替 Apache Bench, 闭环模型 -n 1000 -c 10)\n"
+    );
     let _ = writeln!(w, "**测试参数:**\n");
     let _ = writeln!(w, "- 请求总数: 1000");
     let _ = writeln!(w, "- 并发数: 10");
     let _ = writeln!(w, "- 目标设备: 82210225000520\n");
     let _ = writeln!(w, "**测试结果:**\n");
-    let _ = writeln!(w, "| 指标 | 预期 | 实际 | 状态 |\n|------|------|------|------|");
+    let _ = writeln!(
+        w,
+        "| 指标 | 预期 | 实际 | 状态 |\n|------|------|------|------|"
+    );
     for (key, label, exp, unit) in [
         ("success_rate", "成功率", ">99%", "%"),
         ("mean", "平均响应时间", "<200ms", "ms"),
         ("qps", "QPS", ">50", ""),
         ("error_rate", "错误率", "<1%", "%"),
     ] {
-        let has = x.case("4.1").and_then(|c| c.check(key)).is_some()
-            && x.case("4.1").and_then(|c| c.value("total")).is_some();
-        let _ = writeln!(
-            w,
-            "| {label} | {exp} | {}{} | {} |",
-            x.actual("4.1", key),
-            if has { unit } else { "" },
-            x.bx("4.1", key)
-        );
+        let a = x.actual("4.1", key);
+        let unit = if a.parse::<f64>().is_ok() { unit } else { "" };
+        let _ = writeln!(w, "| {label} | {exp} | {a}{unit} | {} |", x.bx("4.1", key));
     }
     let _ = writeln!(w, "\n**详细数据:**\n");
     let ms = |k: &str| {
@@ -604,7 +641,11 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
         x.val("4.3", "slow_queries"),
         x.val("4.3", "slow_query_threshold_ms")
     );
-    let _ = writeln!(w, "**最慢查询时间:** {}ms", x.val("4.3", "slowest_query_ms"));
+    let _ = writeln!(
+        w,
+        "**最慢查询时间:** {}ms",
+        x.val("4.3", "slowest_query_ms")
+    );
     let _ = writeln!(
         w,
         "**数据库连接池:** 使用{}/最大{}\n",
@@ -621,7 +662,11 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     // ---- 5
     let _ = writeln!(w, "## 第五阶段：数据一致性验证\n");
     let _ = writeln!(w, "### 5.1 订单完整性\n");
-    let _ = writeln!(w, "- 孤立订单数: {} (预期: 0)", x.val("5.1", "orphan_orders"));
+    let _ = writeln!(
+        w,
+        "- 孤立订单数: {} (预期: 0)",
+        x.val("5.1", "orphan_orders")
+    );
     let _ = writeln!(
         w,
         "- 长时间未完成订单: {} (预期: 0)",
@@ -658,7 +703,12 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
         "orders_settled_total",
         "outbound_messages_sent_total",
     ] {
-        let _ = writeln!(w, "- {} {name}: {}", x.bx("6.1", name), x.actual("6.1", name));
+        let _ = writeln!(
+            w,
+            "- {} {name}: {}",
+            x.bx("6.1", name),
+            x.actual("6.1", name)
+        );
     }
     let _ = writeln!(w, "\n**测试结果:** {}\n", x.result("6.1"));
     let _ = writeln!(w, "---\n");
@@ -695,7 +745,10 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
 
     // ---- extra cases (not in the paper record)
     let _ = writeln!(w, "## 附加场景 (X.1–X.6)\n");
-    let _ = writeln!(w, "| 编号 | 场景 | 结果 | 实测 |\n|------|------|------|------|");
+    let _ = writeln!(
+        w,
+        "| 编号 | 场景 | 结果 | 实测 |\n|------|------|------|------|"
+    );
     for id in ["X.1", "X.2", "X.3", "X.4", "X.5", "X.6"] {
         let (title, detail) = match x.case(id) {
             Some(c) => (
@@ -714,7 +767,11 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
             ),
             None => ("-".into(), x.na(id)),
         };
-        let res = if x.ok(id) { "☑ 通过" } else { "☒ 未通过" };
+        let res = if x.ok(id) {
+            "☑ 通过"
+        } else {
+            "☒ 未通过"
+        };
         let _ = writeln!(
             w,
             "| {id} | {title} | {res} | {} |",
@@ -742,7 +799,7 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
             "\n**完成度:** {}/{} ({}%)\n",
             g.done(),
             n,
-            if n == 0 { 0 } else { g.done() * 100 / n }
+            (g.done() * 100).checked_div(n).unwrap_or(0)
         );
         let _ = writeln!(w, "---\n");
     }

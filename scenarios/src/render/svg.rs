@@ -71,7 +71,11 @@ fn nice_max(v: f64) -> f64 {
 /// samples.
 pub fn power_energy(rows: &[BTreeMap<String, Value>]) -> String {
     let mut s = header("2.1 按时长充电: 功率与电量");
-    let t_max = nice_max(rows.iter().map(|r| num(r, "duration_sec")).fold(0.0, f64::max));
+    let t_max = nice_max(
+        rows.iter()
+            .map(|r| num(r, "duration_sec"))
+            .fold(0.0, f64::max),
+    );
     let p_max = nice_max(rows.iter().map(|r| num(r, "power_w")).fold(0.0, f64::max));
     let e_max = nice_max(rows.iter().map(|r| num(r, "energy_wh")).fold(0.0, f64::max));
     axes(&mut s, "时长 (秒)", "功率 (W)", Some("电量 (Wh)"));
@@ -105,7 +109,13 @@ pub fn power_energy(rows: &[BTreeMap<String, Value>]) -> String {
     } else {
         let line = |key: &str, max: f64| {
             rows.iter()
-                .map(|r| format!("{:.1},{:.1}", x(num(r, "duration_sec")), y(num(r, key), max)))
+                .map(|r| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x(num(r, "duration_sec")),
+                        y(num(r, key), max)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         };

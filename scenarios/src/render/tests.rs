@@ -86,15 +86,33 @@ fn every_template_section_and_table_is_kept() {
             assert!(md.contains(h), "missing heading {h:?}");
         }
         // Every table header row of the template is there too.
-        for line in TEMPLATE.lines().filter(|l| l.starts_with("| ") && l.contains("|--") == false) {
+        for line in TEMPLATE
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.contains("|--"))
+        {
             if line.contains("____") || line.contains("☐") || line.starts_with("| 1 ") {
                 continue;
             }
-            if line.starts_with("| 步骤") || line.starts_with("| 检查项") || line.starts_with("| 设备ID") || line.starts_with("| 时间") || line.starts_with("| 端口") || line.starts_with("| 指标") || line.starts_with("| 编号") {
+            if line.starts_with("| 步骤")
+                || line.starts_with("| 检查项")
+                || line.starts_with("| 设备ID")
+                || line.starts_with("| 时间")
+                || line.starts_with("| 端口")
+                || line.starts_with("| 指标")
+                || line.starts_with("| 编号")
+            {
                 assert!(md.contains(line), "missing table header {line:?}");
             }
         }
-        for label in ["healthz接口", "Webhook连通性测试通过", "平均响应时间", "cmd_logs", "tcp_connections_accepted_total", "异常场景恢复", "CPU使用 < 50%"] {
+        for label in [
+            "healthz接口",
+            "Webhook连通性测试通过",
+            "平均响应时间",
+            "cmd_logs",
+            "tcp_connections_accepted_total",
+            "异常场景恢复",
+            "CPU使用 < 50%",
+        ] {
             assert!(md.contains(label), "missing {label}");
         }
     }
@@ -109,15 +127,28 @@ fn no_blank_or_unmarked_box_is_left() {
         }
     }
     let md = record::render(&not_run(), &[]);
-    assert!(md.contains("n/a (未运行: no piles)"));
+    assert!(md.contains("n/a (用例未运行, 原因见测试结果)"));
+    assert!(md.contains("☒ 通过 ☑ 失败 (未运行: no piles)"));
 }
 
 #[test]
 fn boxes_follow_the_results() {
     let mut ok = CaseResult::new("3.2", "端口占用冲突");
     ok.push(Check::new("first", "第一次充电", "成功", "200 A", true));
-    ok.push(Check::new("second", "第二次充电(同端口)", "409错误", "409", true));
-    ok.push(Check::new("message", "错误信息", "port is busy", "port is busy", true));
+    ok.push(Check::new(
+        "second",
+        "第二次充电(同端口)",
+        "409错误",
+        "409",
+        true,
+    ));
+    ok.push(Check::new(
+        "message",
+        "错误信息",
+        "port is busy",
+        "port is busy",
+        true,
+    ));
     ok.decide();
     let md = record::render(&report(vec![ok.clone()]), &[]);
     assert!(md.contains("| 第二次充电(同端口) | 409错误 | 409 | ☑ |"));
@@ -138,7 +169,10 @@ fn boxes_follow_the_results() {
 #[test]
 fn the_score_counts_ticked_items() {
     let s = crate::score::compute(&passing());
-    assert_eq!(s.groups.iter().map(|g| g.items.len()).collect::<Vec<_>>(), [8, 4, 4, 4]);
+    assert_eq!(
+        s.groups.iter().map(|g| g.items.len()).collect::<Vec<_>>(),
+        [8, 4, 4, 4]
+    );
     assert_eq!(s.total, 100);
     assert!(s.accepted && s.problems.is_empty());
     let md = record::render(&passing(), &[]);
@@ -154,7 +188,11 @@ fn the_score_counts_ticked_items() {
     // One failed check costs exactly its item: 2.1's amount → accuracy 3/4, 95 points.
     let mut r = passing();
     let c = r.cases.iter_mut().find(|c| c.id == "2.1").unwrap();
-    c.checks.iter_mut().find(|k| k.key == "amount_correct").unwrap().ok = false;
+    c.checks
+        .iter_mut()
+        .find(|k| k.key == "amount_correct")
+        .unwrap()
+        .ok = false;
     c.decide();
     let s = crate::score::compute(&r);
     assert_eq!(s.total, 95);
@@ -164,7 +202,11 @@ fn the_score_counts_ticked_items() {
     assert_eq!(s.problems[0].severity, "P0");
     // Low QPS unticks "100+ QPS" though 4.1's own criteria (> 50) hold.
     let mut r = passing();
-    r.cases.iter_mut().find(|c| c.id == "4.1").unwrap().set("qps", 80.0);
+    r.cases
+        .iter_mut()
+        .find(|c| c.id == "4.1")
+        .unwrap()
+        .set("qps", 80.0);
     assert_eq!(crate::score::compute(&r).total, 95);
 }
 
@@ -190,7 +232,10 @@ fn junit_has_one_testcase_per_case_and_never_skips() {
 fn json_keeps_every_value_and_the_score() {
     let mut r = passing();
     r.cases[0].set("healthz_status", 200);
-    r.cases[0].tables.insert("t".into(), vec![[("a".to_string(), json!(1))].into_iter().collect()]);
+    r.cases[0].tables.insert(
+        "t".into(),
+        vec![[("a".to_string(), json!(1))].into_iter().collect()],
+    );
     let v = json(&r);
     assert_eq!(v["schema_version"], 1);
     assert_eq!(v["cases"].as_array().unwrap().len(), cases::all().len());
@@ -206,7 +251,11 @@ fn json_keeps_every_value_and_the_score() {
 #[test]
 fn charts_are_linked_from_the_record() {
     let mut r = passing();
-    r.cases.iter_mut().find(|c| c.id == "4.1").unwrap().set("p50_ms", 1.0);
+    r.cases
+        .iter_mut()
+        .find(|c| c.id == "4.1")
+        .unwrap()
+        .set("p50_ms", 1.0);
     let c21 = r.cases.iter_mut().find(|c| c.id == "2.1").unwrap();
     c21.tables.insert("progress".into(), vec![]);
     let names: Vec<String> = charts(&r).into_iter().map(|(n, _)| n).collect();

@@ -183,11 +183,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<(RunReport, PathBuf)> {
         defs.len(),
         out.display()
     );
+    let with_load = defs.iter().any(|d| d.id == "4.2");
     let ctx = Ctx::start(
         opts.profile.clone(),
         opts.seed,
         opts.target.clone(),
         out.clone(),
+        with_load,
     )
     .await?;
     if let Err(e) = &ctx.fleets {

@@ -52,31 +52,24 @@ pub struct Fleets {
     pub seed_b: FleetHandle,
     pub ap3000: FleetHandle,
     pub work: FleetHandle,
-    pub load: FleetHandle,
+    /// Only when 4.2 runs.
+    pub load: Option<FleetHandle>,
 }
 
 impl Fleets {
     /// The pile with this ID, in whichever fleet holds it.
     pub fn pile(&self, id: &str) -> Option<PileHandle> {
-        [
-            &self.seed_a,
-            &self.seed_b,
-            &self.ap3000,
-            &self.work,
-            &self.load,
-        ]
-        .into_iter()
-        .find_map(|f| f.pile(id))
+        self.all().find_map(|f| f.pile(id))
+    }
+
+    fn all(&self) -> impl Iterator<Item = &FleetHandle> {
+        [&self.seed_a, &self.seed_b, &self.ap3000, &self.work]
+            .into_iter()
+            .chain(self.load.as_ref())
     }
 
     pub async fn shutdown(&self) {
-        for f in [
-            &self.seed_a,
-            &self.seed_b,
-            &self.ap3000,
-            &self.work,
-            &self.load,
-        ] {
+        for f in self.all() {
             f.shutdown().await;
         }
     }
@@ -97,6 +90,7 @@ pub async fn start_fleets(
     profile: &Profile,
     device_addr: &str,
     seed: u64,
+    with_load: bool,
 ) -> Result<Fleets, String> {
     let base = FleetConfig {
         server: device_addr.to_string(),
@@ -138,16 +132,22 @@ pub async fn start_fleets(
         ..base.clone()
     })
     .await?;
-    let load = start_fleet(FleetConfig {
-        devices: profile.fleet,
-        protocol: ProtocolChoice::Mixed,
-        first_bkv_id: LOAD_FIRST_BKV.to_string(),
-        first_ap3000_id: LOAD_FIRST_AP3000.to_string(),
-        ramp_per_sec: 200.0,
-        frames_kept: 0,
-        ..base
-    })
-    .await?;
+    let load = if !with_load {
+        None
+    } else {
+        Some(
+            start_fleet(FleetConfig {
+                devices: profile.fleet,
+                protocol: ProtocolChoice::Mixed,
+                first_bkv_id: LOAD_FIRST_BKV.to_string(),
+                first_ap3000_id: LOAD_FIRST_AP3000.to_string(),
+                ramp_per_sec: 200.0,
+                frames_kept: 0,
+                ..base
+            })
+            .await?,
+        )
+    };
     Ok(Fleets {
         seed_a,
         seed_b,
@@ -215,6 +215,7 @@ impl Ctx {
         seed: u64,
         target: TargetSpec,
         out_dir: PathBuf,
+        with_load_fleet: bool,
     ) -> anyhow::Result<Arc<Ctx>> {
         let shutdown = CancellationToken::new();
         let receiver = Receiver::start(WEBHOOK_SECRET, shutdown.clone()).await?;
@@ -269,7 +270,7 @@ impl Ctx {
             ),
         };
         let client = Client::with_http(http.clone(), base_url.clone(), api_key.clone());
-        let fleets = start_fleets(&profile, &device_addr, seed).await;
+        let fleets = start_fleets(&profile, &device_addr, seed, with_load_fleet).await;
         Ok(Arc::new(Ctx {
             profile,
             seed,

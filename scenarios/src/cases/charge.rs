@@ -205,7 +205,13 @@ pub async fn by_time_on(
         );
         r.set("peak_power_w", o.peak_power);
     }
-    for c in settlement_checks(fin.as_ref(), target, &req, NOMINAL_W) {
+    for c in settlement_checks(
+        fin.as_ref(),
+        target,
+        &req,
+        NOMINAL_W,
+        energy_resolution_kwh(device),
+    ) {
         r.push(c);
     }
     webhook_checks(ctx, &mut r, &order_no, fin.is_some()).await;

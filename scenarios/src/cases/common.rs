@@ -304,6 +304,7 @@ pub fn settlement_checks(
     target_s: i64,
     req: &ChargeRequest,
     nominal_power_w: f64,
+    resolution_kwh: f64,
 ) -> Vec<Check> {
     let mut v = Vec::new();
     let Some(o) = o else {
@@ -336,13 +337,17 @@ pub fn settlement_checks(
     } else {
         nominal_power_w
     };
-    let max_kwh = power * o.duration_sec as f64 / 3_600_000.0 * 1.1 + 0.001;
+    // Energy the power seen could have delivered, widened by the protocol's resolution
+    // (AP3000 reports whole 0.01 kWh, BKV whole Wh).
+    let full = power * o.duration_sec as f64 / 3_600_000.0;
+    let max_kwh = full * 1.1 + resolution_kwh;
+    let min_kwh = (full * 0.5 - resolution_kwh).max(0.0);
     v.push(Check::new(
         "energy_plausible",
         "电量计量合理",
-        format!("0 < 电量 ≤ {max_kwh:.4} 度 (峰值功率×时长)"),
+        format!("{min_kwh:.4}–{max_kwh:.4} 度 (峰值功率×时长, 含协议分辨率 {resolution_kwh} 度)"),
         format!("{:.4} 度", o.total_kwh),
-        o.total_kwh > 0.0 && o.total_kwh <= max_kwh,
+        o.total_kwh >= min_kwh && o.total_kwh <= max_kwh && (o.total_kwh > 0.0 || min_kwh == 0.0),
     ));
     let want = expected_amount(o.total_kwh, req.price_per_kwh, req.service_fee, req.amount);
     v.push(Check::new(
@@ -368,4 +373,14 @@ pub fn whole_minutes(d: Duration) -> i64 {
 /// Elapsed milliseconds as seconds with one decimal, for the record.
 pub fn secs(ms: i64) -> String {
     format!("{:.1}", ms as f64 / 1000.0)
+}
+
+/// The smallest energy step a device ID's protocol reports, in kWh: AP3000 (8 hex digits)
+/// counts 0.01 kWh, BKV counts Wh.
+pub fn energy_resolution_kwh(device_id: &str) -> f64 {
+    if device_id.len() == 8 {
+        0.01
+    } else {
+        0.001
+    }
 }

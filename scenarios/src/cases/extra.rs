@@ -290,9 +290,14 @@ pub async fn restart(ctx: &Ctx) -> CaseResult {
         record_order(&mut r, "", o);
     }
     // Events: every progress sample has its event, lifecycle events once each.
+    let wait = if ctx.receiver.stats().requests > 0 {
+        Duration::from_secs(35)
+    } else {
+        Duration::from_secs(5)
+    };
     let _ = ctx
         .receiver
-        .wait_for(Duration::from_secs(35), |ev| {
+        .wait_for(wait, |ev| {
             ev.iter().any(|e| {
                 e.order_no.as_deref() == Some(order_no.as_str())
                     && e.event_type == "order.completed"
@@ -487,7 +492,7 @@ pub async fn bad_frames(ctx: &Ctx) -> CaseResult {
             Some(no) => wait_settled(ctx, no, Duration::from_secs(120)).await,
             None => None,
         };
-        for c in settlement_checks(fin.as_ref(), 60, &req, NOMINAL_W) {
+        for c in settlement_checks(fin.as_ref(), 60, &req, NOMINAL_W, energy_resolution_kwh(id)) {
             sub.push(c);
         }
         (id.clone(), fin, sub)

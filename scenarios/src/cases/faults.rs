@@ -258,30 +258,60 @@ pub async fn four_ports(ctx: &Ctx) -> CaseResult {
         format!("{created} 个 ({} 个不同)", nos.len()),
         created == 4 && nos.len() == 4,
     ));
-    // Mid-charge: the gateway's per-port power against each simulated port's own.
-    tokio::time::sleep(Duration::from_secs(5).max(ctx.profile.heartbeat * 3)).await;
-    let snap = pile.snapshot();
-    let view = ctx.client.device(device).await.ok();
+    // Mid-charge: the gateway's per-port power against each simulated port's own, averaged
+    // over several periods (the two are read a moment apart and the charger's power wanders).
+    tokio::time::sleep(Duration::from_secs(3).max(ctx.profile.heartbeat * 2)).await;
+    let mut sim_sum = [0.0f64; 4];
+    let mut gw_sum = [0.0f64; 4];
+    let mut n = [0u32; 4];
+    for _ in 0..8 {
+        let snap = pile.snapshot();
+        if let Ok(view) = ctx.client.device(device).await {
+            for p in 0..4usize {
+                let sim_w = snap
+                    .ports
+                    .iter()
+                    .find(|x| usize::from(x.port_no) == p + 1)
+                    .and_then(|x| x.charge.as_ref())
+                    .map(|c| c.power_w);
+                let gw_w = view
+                    .ports
+                    .iter()
+                    .find(|x| x.port_no as usize == p + 1)
+                    .map(|x| x.power_w);
+                if let (Some(s), Some(g)) = (sim_w, gw_w) {
+                    sim_sum[p] += s;
+                    gw_sum[p] += g;
+                    n[p] += 1;
+                }
+            }
+        }
+        tokio::time::sleep(ctx.profile.heartbeat.max(Duration::from_millis(500))).await;
+    }
+    let avg = |sum: &[f64; 4], p: usize| (n[p] > 0).then(|| sum[p] / f64::from(n[p]));
     let mut crosstalk = Vec::new();
     let mut compared = 0;
-    for p in 1..=4u32 {
-        let sim_w = snap
-            .ports
-            .iter()
-            .find(|x| u32::from(x.port_no) == p)
-            .and_then(|x| x.charge.as_ref())
-            .map(|c| c.power_w);
-        let gw_w = view
-            .as_ref()
-            .and_then(|v| v.ports.iter().find(|x| x.port_no == p))
-            .map(|x| x.power_w);
-        r.set(&format!("port{p}.sim_power_w"), json!(sim_w));
-        r.set(&format!("port{p}.gateway_power_w"), json!(gw_w));
-        if let (Some(s), Some(g)) = (sim_w, gw_w) {
-            compared += 1;
-            if (s - g).abs() > (s * 0.2).max(10.0) {
-                crosstalk.push(format!("端口{p}: 设备 {s:.0} W, 网关 {g:.0} W"));
-            }
+    for p in 0..4usize {
+        let (Some(s), Some(g)) = (avg(&sim_sum, p), avg(&gw_sum, p)) else {
+            continue;
+        };
+        r.set(
+            &format!("port{}.sim_power_w", p + 1),
+            (s * 10.0).round() / 10.0,
+        );
+        r.set(
+            &format!("port{}.gateway_power_w", p + 1),
+            (g * 10.0).round() / 10.0,
+        );
+        compared += 1;
+        // Cross-talk shows as a port's figure matching another port better than its own.
+        let own = (s - g).abs();
+        let closer_elsewhere = (0..4)
+            .filter(|q| *q != p)
+            .filter_map(|q| avg(&sim_sum, q))
+            .any(|o| (o - g).abs() + 1.0 < own);
+        if own > (s * 0.25).max(20.0) || (own > 10.0 && closer_elsewhere) {
+            crosstalk.push(format!("端口{}: 设备 {s:.0} W, 网关 {g:.0} W", p + 1));
         }
     }
     let mut rows = Vec::new();
@@ -293,8 +323,13 @@ pub async fn four_ports(ctx: &Ctx) -> CaseResult {
             Some(no) => wait_settled(ctx, no, Duration::from_secs(target as u64 + 60)).await,
             None => None,
         };
-        let checks =
-            crate::cases::common::settlement_checks(fin.as_ref(), target, &reqs[i], NOMINAL_W);
+        let checks = settlement_checks(
+            fin.as_ref(),
+            target,
+            &reqs[i],
+            NOMINAL_W,
+            energy_resolution_kwh(device),
+        );
         let ok = checks.iter().all(|c| c.ok) && fin.as_ref().is_some_and(|o| o.port_no == port);
         all_ok &= ok;
         total_peak += fin.as_ref().map_or(0.0, |o| o.peak_power);
@@ -343,7 +378,7 @@ pub async fn four_ports(ctx: &Ctx) -> CaseResult {
     r.push(Check::new(
         "no_crosstalk",
         "数据互不干扰",
-        "网关各端口功率与设备各端口一致 (±20%)",
+        "网关各端口平均功率与设备同端口一致 (±25%)",
         if compared == 0 {
             "无法比较 (无充电中端口数据)".to_string()
         } else if crosstalk.is_empty() {

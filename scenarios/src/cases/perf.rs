@@ -137,7 +137,10 @@ pub async fn heartbeats(ctx: &Ctx) -> CaseResult {
 
 async fn heartbeats_inner(ctx: &Ctx, r: &mut CaseResult) -> Result<(), String> {
     let fleet = match &ctx.fleets {
-        Ok(f) => f.load.clone(),
+        Ok(f) => match &f.load {
+            Some(l) => l.clone(),
+            None => return Err("负载设备群未启动".into()),
+        },
         Err(e) => return Err(format!("模拟设备不可用: {e}")),
     };
     let ids: HashSet<String> = fleet.piles().map(|p| p.id()).collect();

@@ -87,18 +87,26 @@ fn duration_and_billing_errors_fail_settlement() {
     o.energy_fee = 0;
     o.service_fee_amount = 0;
     o.final_amount = 0;
-    let ok = settlement_checks(Some(&o), 60, &req, 180.0);
+    let ok = settlement_checks(Some(&o), 60, &req, 180.0, 0.001);
     assert!(ok.iter().all(|c| c.ok), "{ok:?}");
     o.duration_sec = 70; // 10 s late
     o.final_amount = 7; // not what 0.003 kWh costs
-    let bad = settlement_checks(Some(&o), 60, &req, 180.0);
+    let bad = settlement_checks(Some(&o), 60, &req, 180.0, 0.001);
     let failed: Vec<_> = bad
         .iter()
         .filter(|c| !c.ok)
         .map(|c| c.key.as_str())
         .collect();
     assert_eq!(failed, ["duration_error", "amount_correct"]);
-    assert!(!settlement_checks(None, 60, &req, 180.0)[0].ok);
+    // A BKV order that reports no energy after a minute at 180 W fails; on AP3000 (0.01 kWh
+    // steps) 3 Wh legitimately reads as 0.
+    o.duration_sec = 60;
+    o.total_kwh = 0.0;
+    o.final_amount = 0;
+    let zero = |res| settlement_checks(Some(&o), 60, &req, 180.0, res)[2].ok;
+    assert!(!zero(0.001));
+    assert!(zero(0.01));
+    assert!(!settlement_checks(None, 60, &req, 180.0, 0.001)[0].ok);
 }
 
 #[test]

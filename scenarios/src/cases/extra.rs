@@ -291,7 +291,7 @@ pub async fn restart(ctx: &Ctx) -> CaseResult {
     }
     // Events: every progress sample has its event, lifecycle events once each.
     let wait = if ctx.receiver.stats().requests > 0 {
-        Duration::from_secs(35)
+        crate::cases::charge::webhook_wait(ctx)
     } else {
         Duration::from_secs(5)
     };

@@ -21,10 +21,16 @@ fn value_text(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(match n.as_f64() {
             Some(f) if n.is_f64() => {
-                if f.fract() == 0.0 {
-                    format!("{f:.0}")
+                // Small figures (kWh of a one-minute charge) keep four decimals.
+                let t = if f.abs() < 1.0 {
+                    format!("{f:.4}")
                 } else {
                     format!("{f:.2}")
+                };
+                if t.contains('.') {
+                    t.trim_end_matches('0').trim_end_matches('.').to_string()
+                } else {
+                    t
                 }
             }
             _ => n.to_string(),
@@ -877,4 +883,20 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     let _ = writeln!(w, "**审核人签名:** 待人工审核");
     let _ = writeln!(w, "**日期:** {}", fmt_time(r.ended_at));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::value_text;
+    use serde_json::json;
+
+    #[test]
+    fn numbers_keep_their_meaningful_digits() {
+        assert_eq!(value_text(&json!(0.002)).unwrap(), "0.002");
+        assert_eq!(value_text(&json!(185.3)).unwrap(), "185.3");
+        assert_eq!(value_text(&json!(60.0)).unwrap(), "60");
+        assert_eq!(value_text(&json!(12)).unwrap(), "12");
+        assert_eq!(value_text(&json!(true)).unwrap(), "是");
+        assert!(value_text(&json!(null)).is_none());
+    }
 }

@@ -285,6 +285,8 @@ pub struct PortReport {
     pub hole: Option<u32>,
     pub status: pile_api::PortStatus,
     pub power_dw: i64,
+    /// The status differs from the last report (set by the session).
+    pub status_changed: bool,
 }
 
 /// A progress sample from a charging port.
@@ -311,6 +313,8 @@ pub struct EndReport {
     pub energy_wh: i64,
     pub peak_power_dw: Option<i64>,
     pub end_reason: EndReason,
+    /// BKV: the socket status byte; the reason is then worked out against the order's target.
+    pub bkv_status: Option<u8>,
     /// Hex of the raw frame, kept in `end_reports`.
     pub raw_hex: String,
 }
@@ -650,9 +654,22 @@ impl Service {
                     status: p.status.as_str().to_string(),
                     power_dw: p.power_dw,
                     at,
+                    status_changed: p.status_changed,
                 })
                 .await;
         }
+    }
+
+    /// A device alarm: recorded as a `device.alarm` event.
+    pub async fn alarm(&self, device_id: &str, data: serde_json::Value) -> Result<()> {
+        let ev = crate::store::Event {
+            event_type: "device.alarm",
+            device_id: device_id.to_string(),
+            order_no: None,
+            data,
+        };
+        self.store.record_event(&ev, self.clock.now_ms()).await?;
+        Ok(())
     }
 
     /// The device accepted a start: the order is charging from now (the gateway's clock).
@@ -808,10 +825,16 @@ impl Service {
             }
         }
         // A stop the API asked for is a remote stop whatever the device calls it.
-        let reason = if order.stop_requested {
-            EndReason::RemoteStop
-        } else {
-            r.end_reason
+        let reason = match r.bkv_status {
+            Some(status) => {
+                let target_reached = (order.target_duration > 0
+                    && r.device_duration_sec.unwrap_or(duration) + r.duration_resolution_sec
+                        >= order.target_duration)
+                    || (order.target_energy_wh > 0 && r.energy_wh >= order.target_energy_wh);
+                EndReason::from_bkv(order.stop_requested, status, target_reached)
+            }
+            None if order.stop_requested => EndReason::RemoteStop,
+            None => r.end_reason,
         };
         let tariff = Tariff {
             amount: order.amount,

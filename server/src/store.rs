@@ -234,6 +234,8 @@ pub enum BatchOp {
         status: String,
         power_dw: i64,
         at: i64,
+        /// Writes a `socket.state_changed` event.
+        status_changed: bool,
     },
     Progress {
         order_no: String,
@@ -536,6 +538,14 @@ impl Store {
         tx.commit().await?;
         self.observe(started);
         Ok(existed.is_none())
+    }
+
+    /// Writes one event on its own (alarms and other events without a state change).
+    pub async fn record_event(&self, ev: &Event, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_event(&mut tx, ev, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Firmware, signal and port count learnt from registration or heartbeat frames.
@@ -888,6 +898,16 @@ impl Store {
         Ok(id)
     }
 
+    /// Replaces the device's handle of an order (BKV: the business number from the reply).
+    pub async fn set_device_ref(&self, order_no: &str, device_ref: &str) -> Result<()> {
+        sqlx::query("UPDATE orders SET device_ref = $2 WHERE order_no = $1")
+            .bind(order_no)
+            .bind(device_ref)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn mark_stop_requested(&self, order_no: &str) -> Result<()> {
         sqlx::query("UPDATE orders SET stop_requested = 1 WHERE order_no = $1")
             .bind(order_no)
@@ -1221,7 +1241,24 @@ impl Store {
                     status,
                     power_dw,
                     at,
+                    status_changed,
                 } => {
+                    if *status_changed {
+                        insert_event(
+                            &mut tx,
+                            &Event {
+                                event_type: "socket.state_changed",
+                                device_id: device_id.clone(),
+                                order_no: None,
+                                data: serde_json::json!({
+                                    "port_no": port_no, "socket_no": socket_no, "hole": hole,
+                                    "status": status, "power_w": *power_dw as f64 / 10.0,
+                                }),
+                            },
+                            *at * 1000,
+                        )
+                        .await?;
+                    }
                     sqlx::query(
                         "INSERT INTO ports (device_id, port_no, socket_no, hole, status, power_dw, \
                          reported_status, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $5, $7) \

@@ -6,6 +6,8 @@
 mod helpers;
 
 mod api;
+mod devices;
 mod orders;
+mod piles;
 
 pub use helpers::*;

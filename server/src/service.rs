@@ -262,9 +262,12 @@ pub struct Live {
     pub remote_addr: String,
     pub firmware: Option<String>,
     pub signal: Option<i64>,
-    /// A charging device that went offline keeps this: its orders get `offline_replayed`.
-    pub was_offline_during_charge: bool,
+    /// When `last_seen` was last handed to the batched writer.
+    pub persisted_seen_ms: i64,
 }
+
+/// How often a connected device's `last_seen_at` is written to the database.
+pub const LIVENESS_PERSIST_MS: i64 = 30_000;
 
 /// Hello of a device that identified itself on a new connection.
 #[derive(Debug, Clone)]
@@ -551,24 +554,18 @@ impl Service {
     pub async fn device_online(&self, hello: DeviceHello) -> Result<Vec<Outgoing>> {
         let now_ms = self.clock.now_ms();
         let now = now_ms / 1000;
-        let previous = {
-            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            let prev = live.get(&hello.device_id).cloned();
-            live.insert(
-                hello.device_id.clone(),
-                Live {
-                    protocol: hello.protocol.to_string(),
-                    last_seen_ms: now_ms,
-                    connected_at: now,
-                    remote_addr: hello.remote_addr.clone(),
-                    firmware: hello.firmware.clone(),
-                    signal: hello.signal,
-                    was_offline_during_charge: false,
-                },
-            );
-            prev
-        };
-        let _ = previous;
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            hello.device_id.clone(),
+            Live {
+                protocol: hello.protocol.to_string(),
+                last_seen_ms: now_ms,
+                connected_at: now,
+                remote_addr: hello.remote_addr.clone(),
+                firmware: hello.firmware.clone(),
+                signal: hello.signal,
+                persisted_seen_ms: now_ms,
+            },
+        );
         self.store
             .device_online(
                 &hello.device_id,
@@ -594,11 +591,24 @@ impl Service {
             .collect())
     }
 
-    /// Any valid frame: liveness in memory, flushed in batches.
+    /// Any valid frame: liveness in memory; the database copy (for offline devices' views) is
+    /// refreshed at most every [`LIVENESS_PERSIST_MS`], in batches.
     pub fn seen(&self, device_id: &str) {
         let now_ms = self.clock.now_ms();
-        self.live_mut(device_id, |l| l.last_seen_ms = now_ms);
-        self.writer.liveness(device_id, now_ms / 1000);
+        let persist = self
+            .live_mut(device_id, |l| {
+                l.last_seen_ms = now_ms;
+                if now_ms - l.persisted_seen_ms >= LIVENESS_PERSIST_MS {
+                    l.persisted_seen_ms = now_ms;
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if persist {
+            self.writer.liveness(device_id, now_ms / 1000);
+        }
     }
 
     /// A heartbeat: answered from memory by the session; firmware and signal remembered.

@@ -435,8 +435,14 @@ impl Store {
         self.stats.slowest_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
+    /// SQLite transactions take the write lock up front (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that reads first and then writes fails at once with SQLITE_BUSY when
+    /// another connection wrote in between, without waiting for the busy timeout.
     async fn begin(&self) -> Result<Tx> {
-        Ok(self.pool.begin().await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Readiness: the database answers.

@@ -43,7 +43,7 @@ impl Session {
         {
             return;
         }
-        self.record_up(&raw, frame.summary());
+        self.record_up(&raw);
         let Some(device_id) = self.device_id.clone() else {
             return;
         };
@@ -199,8 +199,7 @@ impl Session {
     }
 
     fn reply(&mut self, frame: Frame) {
-        let summary = frame.summary();
-        self.send(Bytes::from(frame.to_vec()), summary, "reply");
+        self.send(Bytes::from(frame.to_vec()), "reply");
     }
 
     /// Encodes a command as `0x82`; the key is the message ID.

@@ -75,7 +75,7 @@ impl Session {
         {
             return;
         }
-        self.record_up(&raw, frame.summary());
+        self.record_up(&raw);
         let Some(device_id) = self.device_id.clone() else {
             return;
         };
@@ -276,8 +276,7 @@ impl Session {
     }
 
     fn reply_bkv(&mut self, frame: Frame) {
-        let summary = frame.summary();
-        self.send(frame.to_bytes(), summary, "reply");
+        self.send(frame.to_bytes(), "reply");
     }
 
     /// Encodes a command as 0x0015/0x07 (time, energy, stop) or 0x1000/0x1007 (amount);

@@ -47,7 +47,7 @@ impl Limits {
             offline_after: c.offline_after,
             max_frame: 2048,
             command_spacing: Duration::from_millis(500),
-            resend_after: Duration::from_secs(15),
+            resend_after: c.command_resend_after,
         }
     }
 }

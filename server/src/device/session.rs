@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pacing::{retry_step, Pacer, RetryStep};
 use super::Limits;
-use crate::gateway::{Outgoing, PortCommand, SessionHandle};
+use crate::gateway::{FrameNote, Outgoing, PortCommand, SessionHandle};
 use crate::metrics as m;
 use crate::service::{DeviceHello, PortReport, Service};
 
@@ -76,8 +76,8 @@ pub(super) struct Session {
     pub device_id: Option<Arc<str>>,
     /// AP3000 ICCID preamble, kept for the hello.
     pub iccid: Option<String>,
-    /// Frames to write, with their ring summaries.
-    pub out: Vec<(Bytes, String)>,
+    /// Frames to write.
+    pub out: Vec<Bytes>,
     pub pacer: Pacer,
     pub queue: VecDeque<Outgoing>,
     pub inflight: Vec<Inflight>,
@@ -307,12 +307,13 @@ impl Session {
             .increment(1);
         tracing::debug!(error = %d.error, skipped = d.skipped, "skipped bytes");
         if let Some(id) = &self.device_id {
+            let note = format!("skipped {} byte(s): {}", d.skipped, d.error);
             self.service.gateway.record_frame(
                 id,
                 Direction::Up,
                 self.service.clock.now_ms(),
-                d.raw.clone(),
-                format!("skipped {} byte(s): {}", d.skipped, d.error),
+                &d.raw,
+                FrameNote::Text(&note),
             );
         }
     }
@@ -369,23 +370,31 @@ impl Session {
     }
 
     /// Queues a frame for writing and keeps it in the ring.
-    pub fn send(&mut self, bytes: Bytes, summary: String, kind: &'static str) {
+    pub fn send(&mut self, bytes: Bytes, kind: &'static str) {
         metrics::counter!(m::OUTBOUND_MESSAGES, "protocol" => self.family_label(), "kind" => kind)
             .increment(1);
-        self.out.push((bytes, summary));
+        self.out.push(bytes);
     }
 
     /// Records an uplink frame in the ring.
-    pub fn record_up(&self, raw: &Bytes, summary: String) {
+    pub fn record_up(&self, raw: &Bytes) {
         metrics::counter!(m::INBOUND_FRAMES, "protocol" => self.family_label()).increment(1);
-        if let Some(id) = &self.device_id {
+        if let (Some(id), Some(family)) = (&self.device_id, self.family()) {
             self.service.gateway.record_frame(
                 id,
                 Direction::Up,
                 self.service.clock.now_ms(),
-                raw.clone(),
-                summary,
+                raw,
+                FrameNote::Frame(family),
             );
+        }
+    }
+
+    fn family(&self) -> Option<Family> {
+        match self.proto {
+            Some(Proto::Ap3000(_)) => Some(Family::Ap3000),
+            Some(Proto::Bkv(_)) => Some(Family::Bkv),
+            None => None,
         }
     }
 
@@ -396,14 +405,15 @@ impl Session {
         let out = std::mem::take(&mut self.out);
         let now_ms = self.service.clock.now_ms();
         let mut all = BytesMut::new();
-        for (bytes, summary) in out {
-            if let Some(id) = &self.device_id {
+        let family = self.family();
+        for bytes in out {
+            if let (Some(id), Some(family)) = (&self.device_id, family) {
                 self.service.gateway.record_frame(
                     id,
                     Direction::Down,
                     now_ms,
-                    bytes.clone(),
-                    summary,
+                    &bytes,
+                    FrameNote::Frame(family),
                 );
             }
             all.extend_from_slice(&bytes);
@@ -431,7 +441,8 @@ impl Session {
                     f.sent_at = now;
                     let (bytes, summary) = (f.bytes.clone(), format!("resend: {}", f.summary));
                     self.pacer.sent(now);
-                    self.send(bytes, summary, "resend");
+                    tracing::info!(command = %summary, "resending an unanswered command");
+                    self.send(bytes, "resend");
                     i += 1;
                 }
                 RetryStep::Resend => i += 1,
@@ -573,7 +584,8 @@ impl Session {
             sent_at: now,
             attempts: 1,
         });
-        self.send(bytes, summary, "command");
+        tracing::debug!(command = %summary, "command sent");
+        self.send(bytes, "command");
     }
 
     /// Takes the in-flight command answered by `key`.

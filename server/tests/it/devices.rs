@@ -570,3 +570,233 @@ async fn port_changes_and_alarms_become_outbox_events() {
     eventually(|| async { (store.outbox_figures().await.ok()?.0 >= 6).then_some(()) }).await;
     assert!(backlog >= 5);
 }
+
+#[tokio::test]
+async fn an_unanswered_command_is_resent_once_with_the_same_id_then_logged_unanswered() {
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.command_resend_after = Duration::from_millis(600)
+    })
+    .await
+    .unwrap();
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    envelope(
+        app.charge(
+            "04AB373B",
+            json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "ap-resend"}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let first = pile.expect().await;
+    let t0 = std::time::Instant::now();
+    let again = pile.expect().await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        first.message_id, again.message_id,
+        "a resend reuses the message ID"
+    );
+    assert_eq!(first.to_vec(), again.to_vec());
+    // No third copy: after the resend goes unanswered the command is given up.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1_500), pile.recv())
+            .await
+            .is_err()
+    );
+    let c = app.client.consistency().await.unwrap();
+    assert_eq!((c.commands.sent, c.commands.matched), (1, 0));
+    assert_eq!(
+        app.client.order("ap-resend").await.unwrap().status,
+        OrderStatus::Pending
+    );
+}
+
+#[tokio::test]
+async fn commands_to_one_device_leave_half_a_second_between_them() {
+    let app = spawn_app().await;
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    for port in 1..=2 {
+        envelope(
+            app.charge("04AB373B", json!({"port_no": port, "charge_mode": 4}))
+                .await,
+            200,
+        )
+        .await;
+    }
+    let _first = pile.expect().await;
+    let t0 = std::time::Instant::now();
+    let _second = pile.expect().await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_bkv_charge_by_amount_uses_the_fee_packet_and_settles_from_the_tlv_end_report() {
+    let app = spawn_app().await;
+    let mut pile = BkvPile::connect(app.device_addr, "82241218000382").await;
+    pile.heartbeat().await;
+    pile.report_idle(2).await;
+    envelope(
+        app.charge(
+            "82241218000382",
+            json!({"port_no": 2, "charge_mode": 3, "amount": 300,
+        "price_per_kwh": 150, "service_fee": 50, "order_no": "bkv-amount"}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let cmd = pile.expect().await;
+    let bkv::Message::FeeCharge(f) = &cmd.message else {
+        panic!("{cmd:?}")
+    };
+    assert_eq!((f.socket, f.hole, f.switch, f.paid_fen), (1, 1, 1, 300));
+    assert_eq!(
+        (f.tiers[0].energy_price_fen, f.tiers[0].service_fee_fen),
+        (150, 50)
+    );
+    pile.send(bkv::Frame::fee_charge_reply(&cmd, 1, 1, true))
+        .await;
+    wait_status(&app, "bkv-amount", OrderStatus::Charging).await;
+
+    let report = bkv::ChargeEndReport {
+        header: bkv::TlvHeader {
+            seq: 0,
+            gateway_id: pile.id,
+        },
+        mcu_temperature_c: 30,
+        socket: 1,
+        hole: 1,
+        status: bkv::SocketStatus(0x80),
+        business_no: 0,
+        power_dw: 0,
+        current_ma: 0,
+        energy_wh: 1_000,
+        minutes: 10,
+        end_time: bkv::BcdTime {
+            year: 2026,
+            month: 11,
+            day: 24,
+            hour: 20,
+            minute: 15,
+            second: 0,
+        },
+        end_reason: 1,
+        mode: 1,
+        energy_fee_fen: 150,
+        service_fee_fen: 50,
+        tier_count: 0,
+        tier_usage: Vec::new(),
+        extra: Vec::new(),
+    };
+    pile.send(bkv::Frame::charge_end_report(pile.id, report))
+        .await;
+    let ack = pile.expect().await;
+    assert!(
+        matches!(ack.message, bkv::Message::ChargeEndReportAck(_)),
+        "{ack:?}"
+    );
+    let o = wait_status(&app, "bkv-amount", OrderStatus::Completed).await;
+    // 1 kWh × (150 + 50) = 200 fen, under the 300 paid.
+    assert_eq!(
+        (o.energy_fee, o.service_fee_amount, o.final_amount),
+        (150, 50, 200)
+    );
+}
+
+#[tokio::test]
+async fn a_bkv_remote_stop_sends_switch_off_and_settles_with_reason_3() {
+    let app = spawn_app().await;
+    let mut pile = BkvPile::connect(app.device_addr, "82210225000520").await;
+    pile.heartbeat().await;
+    pile.report_idle(1).await;
+    envelope(
+        app.charge(
+            "82210225000520",
+            json!({"port_no": 1, "charge_mode": 1, "duration": 600, "order_no": "bkv-stop"}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let cmd = pile.expect().await;
+    pile.send(bkv::Frame::control_reply(pile.id, cmd.seq, 1, 0, true, 12))
+        .await;
+    wait_status(&app, "bkv-stop", OrderStatus::Charging).await;
+    envelope(
+        app.post(
+            "/api/v1/third/devices/82210225000520/stop",
+            json!({"port_no": 1, "order_no": "bkv-stop"}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
+    let stop = pile.expect().await;
+    let bkv::Message::Control(c) = &stop.message else {
+        panic!("{stop:?}")
+    };
+    assert_eq!((c.socket, c.hole, c.switch), (1, 0, 0));
+    pile.send(bkv::Frame::control_reply(pile.id, stop.seq, 1, 0, true, 12))
+        .await;
+    pile.send(bkv::Frame::charge_end(
+        pile.id,
+        bkv::ChargeEnd::new(1, 0, 12, 40, 2),
+    ))
+    .await;
+    let _ack = pile.expect().await;
+    let o = wait_status(&app, "bkv-stop", OrderStatus::Completed).await;
+    assert_eq!(o.end_reason, Some(3));
+}
+
+#[tokio::test]
+async fn a_settlement_replayed_after_an_offline_spell_marks_the_order_and_keeps_the_device_figures()
+{
+    let app = spawn_app().await;
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    envelope(app.charge("04AB373B", json!({"port_no": 1, "charge_mode": 1, "duration": 120, "amount": 240, "order_no": "ap-replay"})).await, 200).await;
+    let cmd = pile.expect().await;
+    let start = start_of(&cmd).clone();
+    pile.send(ap3000::Frame::start_stop_reply(
+        pile.id,
+        cmd.message_id,
+        ap3000::StartResult::DONE,
+        start.order_no,
+        0,
+    ))
+    .await;
+    wait_status(&app, "ap-replay", OrderStatus::Charging).await;
+    // The network drops; the pile keeps charging and finishes while away.
+    drop(pile);
+    wait_online(&app, "04AB373B", false).await;
+    assert_eq!(
+        app.client.order("ap-replay").await.unwrap().status,
+        OrderStatus::Charging
+    );
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    let end = pile.settlement(3, 0, start.order_no, 120, 20, 3);
+    pile.send(end).await;
+    assert!(matches!(
+        pile.expect().await.message,
+        ap3000::Message::Ack { command: 0x03, .. }
+    ));
+    let o = wait_status(&app, "ap-replay", OrderStatus::Completed).await;
+    assert!(o.offline_replayed);
+    assert_eq!(
+        (o.duration_sec, o.total_kwh, o.final_amount),
+        (120, 0.2, 240)
+    );
+}

@@ -566,17 +566,23 @@ impl Service {
                 persisted_seen_ms: now_ms,
             },
         );
-        self.store
-            .device_online(
-                &hello.device_id,
-                hello.protocol,
-                &hello.remote_addr,
-                hello.firmware.as_deref(),
-                hello.iccid.as_deref(),
-                hello.signal,
-                now,
-            )
-            .await?;
+        let d = crate::store::DeviceOnline {
+            device_id: hello.device_id.clone(),
+            protocol: hello.protocol.to_string(),
+            remote_addr: hello.remote_addr.clone(),
+            firmware: hello.firmware.clone(),
+            iccid: hello.iccid.clone(),
+            signal: hello.signal,
+            now,
+        };
+        // A known device's reconnect goes through the batched writer (a reconnect storm after
+        // a restart must not cost one fsync per pile); a new device is written at once so the
+        // API knows it immediately.
+        if self.store.device_exists(&hello.device_id).await? {
+            self.writer.push(BatchOp::Online(d)).await;
+        } else {
+            self.store.device_online(&d).await?;
+        }
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
         let queued = self.store.queued_commands(&hello.device_id, now_ms).await?;
         Ok(queued
@@ -805,6 +811,9 @@ impl Service {
     /// committed and the session may acknowledge; `Err` means do not acknowledge (the device
     /// resends).
     pub async fn end_report(&self, device_id: &str, r: &EndReport) -> Result<EndOutcome> {
+        // Batched state (offline marks, progress) is committed first, so the order read below
+        // is current and events of one order stay in order.
+        self.writer.flush().await;
         let order = self
             .order_for_report(device_id, r.port_no, r.device_ref.as_deref())
             .await?;
@@ -813,9 +822,6 @@ impl Service {
             tracing::warn!(%device_id, port_no = r.port_no, "end report without an order");
             return Ok(EndOutcome::Duplicate { order_no: None });
         };
-        // Progress samples queued before this report are committed first, so events of one
-        // order stay in order.
-        self.writer.flush().await;
         let now_ms = self.clock.now_ms();
         let started = order.started_at_ms.unwrap_or(now_ms);
         let mut duration = domain::duration_sec(started, now_ms);
@@ -952,10 +958,13 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .remove(device_id);
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
-        self.writer.flush().await;
-        self.store
-            .device_offline(device_id, last_seen_ms / 1000, self.clock.now_sec())
-            .await?;
+        self.writer
+            .push(BatchOp::Offline {
+                device_id: device_id.to_string(),
+                last_seen_at: last_seen_ms / 1000,
+                now: self.clock.now_sec(),
+            })
+            .await;
         tracing::info!(%device_id, "device offline");
         Ok(())
     }

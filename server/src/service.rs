@@ -304,6 +304,14 @@ pub struct ProgressReport {
     pub peak_power_dw: Option<i64>,
 }
 
+/// What a progress sample meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressOutcome {
+    pub order_no: String,
+    /// A charge by amount has used its money: the gateway stops the port (reason 1).
+    pub amount_used_up: bool,
+}
+
 /// A device's end report (settlement).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndReport {
@@ -776,7 +784,11 @@ impl Service {
 
     /// A progress sample: stored (batched) against its order; a pending order whose device
     /// reports charging is confirmed.
-    pub async fn progress(&self, device_id: &str, p: &ProgressReport) -> Result<Option<String>> {
+    pub async fn progress(
+        &self,
+        device_id: &str,
+        p: &ProgressReport,
+    ) -> Result<Option<ProgressOutcome>> {
         let Some(order) = self
             .order_for_report(device_id, p.port_no, p.device_ref.as_deref())
             .await?
@@ -803,7 +815,28 @@ impl Service {
                 status: "charging".into(),
             })
             .await;
-        Ok(Some(order.order_no))
+        // Charging by amount: is the money used up at this energy?
+        let amount_used_up = order.charge_mode == 3
+            && order.amount > 0
+            && (order.price_per_kwh > 0 || order.service_fee > 0)
+            && {
+                let b = domain::bill(
+                    &Tariff {
+                        amount: 0,
+                        price_per_kwh: order.price_per_kwh,
+                        service_fee: order.service_fee,
+                        target_duration: 0,
+                        target_energy_wh: 0,
+                    },
+                    p.energy_wh,
+                    p.duration_sec,
+                );
+                b.final_amount >= order.amount
+            };
+        Ok(Some(ProgressOutcome {
+            order_no: order.order_no,
+            amount_used_up,
+        }))
     }
 
     /// An end report. Settles the order exactly once (duration from the gateway's clock,
@@ -850,6 +883,10 @@ impl Service {
                 EndReason::from_bkv(order.stop_requested, status, target_reached)
             }
             None if order.stop_requested => EndReason::RemoteStop,
+            // The gateway stopped a charge by amount whose money was used up.
+            None if order.charge_mode == 3 && r.end_reason == EndReason::RemoteStop => {
+                EndReason::TargetReached
+            }
             None => r.end_reason,
         };
         let tariff = Tariff {

@@ -107,8 +107,13 @@ impl Session {
                     power_dw: i64::from(p.power_dw),
                     peak_power_dw: p.peak_power_dw.map(i64::from),
                 };
-                if let Err(e) = self.service.progress(&device_id, &report).await {
-                    tracing::warn!(error = %e, "progress not stored");
+                match self.service.progress(&device_id, &report).await {
+                    Ok(Some(outcome)) if outcome.amount_used_up => {
+                        self.gateway_stop(&outcome.order_no, u32::from(port_no))
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "progress not stored"),
                 }
                 self.report_ports(vec![PortReport {
                     port_no: u32::from(port_no),

@@ -91,6 +91,8 @@ pub(super) struct Session {
     pub ports: HashMap<u32, (PortStatus, i64)>,
     pub port_count: i64,
     pub timers: Vec<StopTimer>,
+    /// Orders the gateway already stopped on its own.
+    pub gateway_stops: HashSet<String>,
     pub mailbox: Option<mpsc::Receiver<Outgoing>>,
     pub close: CancellationToken,
 }
@@ -130,6 +132,7 @@ pub async fn run(
         ports: HashMap::new(),
         port_count: 0,
         timers: Vec::new(),
+        gateway_stops: HashSet::new(),
         mailbox: None,
         close: CancellationToken::new(),
     };
@@ -479,14 +482,23 @@ impl Session {
         }
     }
 
-    async fn exact_stop(&mut self, t: StopTimer) {
+    /// A stop the gateway decides itself (target reached at the exact second, amount used
+    /// up): logged in `cmd_logs` like any command, sent once per order.
+    pub async fn gateway_stop(&mut self, order_no: &str, port_no: u32) {
         let Some(id) = self.device_id.clone() else {
             return;
         };
+        if !self.gateway_stops.insert(order_no.to_string()) {
+            return;
+        }
+        let device_ref = match self.service.store.order(order_no).await {
+            Ok(Some(o)) => o.device_ref.unwrap_or_default(),
+            _ => String::new(),
+        };
         let command = PortCommand::Stop {
-            order_no: t.order_no.clone(),
-            port_no: t.port_no,
-            device_ref: String::new(),
+            order_no: order_no.to_string(),
+            port_no,
+            device_ref,
         };
         let now_ms = self.service.clock.now_ms();
         let payload = serde_json::to_string(&command).unwrap_or_default();
@@ -495,7 +507,7 @@ impl Session {
             .store
             .queue_command(
                 &id,
-                Some(&t.order_no),
+                Some(order_no),
                 "stop",
                 &payload,
                 now_ms,
@@ -507,8 +519,12 @@ impl Session {
                 command_id,
                 command,
             }),
-            Err(e) => tracing::warn!(error = %e, "could not queue the exact-second stop"),
+            Err(e) => tracing::warn!(error = %e, "could not queue the gateway's stop"),
         }
+    }
+
+    async fn exact_stop(&mut self, t: StopTimer) {
+        self.gateway_stop(&t.order_no, t.port_no).await;
         match self
             .service
             .settle_by_gateway(&t.order_no, crate::domain::EndReason::TargetReached)

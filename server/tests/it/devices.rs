@@ -800,3 +800,57 @@ async fn a_settlement_replayed_after_an_offline_spell_marks_the_order_and_keeps_
         (120, 0.2, 240)
     );
 }
+
+#[tokio::test]
+async fn an_ap3000_charge_by_amount_is_stopped_by_the_gateway_when_the_money_is_used_up() {
+    let app = spawn_app().await;
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    envelope(
+        app.charge(
+            "04AB373B",
+            json!({"port_no": 1, "charge_mode": 3, "amount": 20,
+        "price_per_kwh": 150, "service_fee": 50, "order_no": "ap-amount"}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let cmd = pile.expect().await;
+    let start = start_of(&cmd).clone();
+    assert_eq!(
+        (start.amount, start.balance_fen),
+        (0, 20),
+        "until full, balance = amount"
+    );
+    pile.send(ap3000::Frame::start_stop_reply(
+        pile.id,
+        cmd.message_id,
+        ap3000::StartResult::DONE,
+        start.order_no,
+        0,
+    ))
+    .await;
+    wait_status(&app, "ap-amount", OrderStatus::Charging).await;
+    // 0.05 kWh: 10 fen, keep going; 0.10 kWh: 20 fen, the money is used up.
+    let ph = pile.power_heartbeat(0, start.order_no, 60, 5, 2000);
+    pile.send(ph).await;
+    let ph = pile.power_heartbeat(0, start.order_no, 120, 10, 2000);
+    pile.send(ph).await;
+    let stop_cmd = pile.expect().await;
+    let stop = start_of(&stop_cmd).clone();
+    assert_eq!((stop.command, stop.order_no), (0, start.order_no));
+    pile.send(ap3000::Frame::start_stop_reply(
+        pile.id,
+        stop_cmd.message_id,
+        ap3000::StartResult::DONE,
+        start.order_no,
+        0,
+    ))
+    .await;
+    let end = pile.settlement(41, 0, start.order_no, 121, 10, 7);
+    pile.send(end).await;
+    let _ack = pile.expect().await;
+    let o = wait_status(&app, "ap-amount", OrderStatus::Completed).await;
+    assert_eq!((o.end_reason, o.final_amount), (Some(1), 20));
+}

@@ -1113,6 +1113,15 @@ impl Store {
             .bind(&s.order_no)
             .execute(&mut *tx)
             .await?;
+            // The port stopped with the order; the next report refreshes it.
+            sqlx::query(
+                "UPDATE ports SET status = 'idle', power_dw = 0 \
+                 WHERE device_id = $1 AND port_no = $2 AND status = 'charging'",
+            )
+            .bind(device_id)
+            .bind(port_no)
+            .execute(&mut *tx)
+            .await?;
             let data = serde_json::json!({
                 "port_no": port_no,
                 "duration_sec": s.duration_sec,

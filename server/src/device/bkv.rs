@@ -171,6 +171,8 @@ impl Session {
             Ok(outcome) => {
                 if let EndOutcome::Settled { order_no } = &outcome {
                     self.timers.retain(|t| &t.order_no != order_no);
+                    // The store set the port idle; let the next report be written whatever it says.
+                    self.ports.remove(&report.port_no);
                 }
                 true
             }

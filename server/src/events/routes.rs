@@ -122,11 +122,7 @@ async fn replay(
     Path(event_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let events = events(&state)?;
-    match events
-        .store
-        .replay_dead(&event_id, events.clock.now_ms())
-        .await?
-    {
+    match events.store.replay_dead(&event_id).await? {
         Replay::Replayed => {
             tracing::info!(%event_id, "dead letter replayed");
             if let Some(d) = &events.dispatcher {

@@ -167,7 +167,10 @@ pub async fn tail(store: Store, hub: Hub, every: Duration, shutdown: Cancellatio
     loop {
         let mut full = false;
         if hub.clients() == 0 {
-            if let Ok(id) = store.outbox_max_id().await {
+            // Read the end first, then check for clients: a client that subscribed before the
+            // read is seen by the check, so nothing written after it subscribed is skipped.
+            let end = store.outbox_max_id().await;
+            if let (Ok(id), 0) = (end, hub.clients()) {
                 last = last.max(id);
             }
         } else {

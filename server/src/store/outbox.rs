@@ -381,14 +381,14 @@ impl Store {
         Ok((rows, total))
     }
 
-    /// Puts a dead event back in the queue, due now, with a fresh retry budget.
-    pub async fn replay_dead(&self, event_id: &str, now_ms: i64) -> Result<Replay> {
+    /// Puts a dead event back in the queue, due at once (whatever the dispatcher's clock
+    /// says), with a fresh retry budget.
+    pub async fn replay_dead(&self, event_id: &str) -> Result<Replay> {
         let n = sqlx::query(
-            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at_ms = $2, \
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at_ms = 0, \
              dead_at_ms = NULL WHERE event_id = $1 AND status = 'dead'",
         )
         .bind(event_id)
-        .bind(now_ms)
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod api;
+mod events;
 mod orders;
 
 pub use helpers::*;

@@ -271,6 +271,16 @@ impl Store {
         Ok(())
     }
 
+    /// Writes many events in one transaction (imports, benchmarks).
+    pub async fn insert_events_now(&self, events: &[Event], now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for ev in events {
+            insert_event(&mut tx, ev, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Pending events due at `now_ms` whose order (or device, for order-less events) has no
     /// earlier event still pending or dead; oldest first, at most `limit`. Each order appears
     /// at most once, so the caller may deliver all of them at the same time.

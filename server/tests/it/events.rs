@@ -738,3 +738,196 @@ async fn heartbeat_events_are_not_sent_by_default() {
     assert_eq!(counts.get("skipped"), Some(&1));
     assert_eq!(app.client.stats().await.unwrap().event_backlog, 0);
 }
+
+both_db!(
+    every_event_of_an_order_carries_what_a_receiver_bills_from,
+    |db| async move {
+        use pile_server::domain::EndReason;
+        use pile_server::service::{EndReport, PortReport, ProgressReport};
+        let Some(app) = app_on(db).await else { return };
+        let mut pile = app.connect_fake("04AB373B", "ap3000", 4).await;
+        envelope(
+            app.charge(
+                "04AB373B",
+                json!({"port_no": 2, "charge_mode": 1, "duration": 300, "amount": 500,
+                       "price_per_kwh": 150, "service_fee": 50, "order_no": "bill-1"}),
+            )
+            .await,
+            200,
+        )
+        .await;
+        let out = pile.next_command().await;
+        app.service
+            .start_confirmed("04AB373B", out.command_id, "bill-1", "aa")
+            .await
+            .unwrap();
+        app.service
+            .port_report(
+                "04AB373B",
+                &[PortReport {
+                    port_no: 2,
+                    socket_no: None,
+                    hole: None,
+                    status: pile_api::PortStatus::Charging,
+                    power_dw: 1_800,
+                }],
+            )
+            .await;
+        app.service
+            .progress(
+                "04AB373B",
+                &ProgressReport {
+                    port_no: 2,
+                    device_ref: None,
+                    duration_sec: 60,
+                    energy_wh: 40,
+                    power_dw: 1_800,
+                    peak_power_dw: None,
+                },
+            )
+            .await
+            .unwrap();
+        app.service
+            .end_report(
+                "04AB373B",
+                &EndReport {
+                    port_no: 2,
+                    device_ref: None,
+                    device_duration_sec: None,
+                    duration_resolution_sec: 1,
+                    energy_wh: 123,
+                    peak_power_dw: Some(2_000),
+                    end_reason: EndReason::TargetReached,
+                    raw_hex: "00".into(),
+                },
+            )
+            .await
+            .unwrap();
+        // A second order the device refuses.
+        envelope(
+            app.charge(
+                "04AB373B",
+                json!({"port_no": 3, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "bill-2"}),
+            )
+            .await,
+            200,
+        )
+        .await;
+        let out = pile.next_command().await;
+        app.service
+            .start_rejected("04AB373B", out.command_id, "bill-2", "bb", "refused")
+            .await
+            .unwrap();
+
+        let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
+        let data = |t: &str, order: &str| -> serde_json::Value {
+            let r = rows
+                .iter()
+                .find(|r| r.event_type == t && r.order_no.as_deref() == Some(order))
+                .unwrap_or_else(|| panic!("{t} of {order}"));
+            serde_json::from_str(&r.payload).unwrap()
+        };
+        for t in [
+            "order.created",
+            "order.confirmed",
+            "charging.started",
+            "charging.progress",
+            "charging.ended",
+            "order.completed",
+        ] {
+            let d = data(t, "bill-1");
+            assert_eq!(d["order_no"], "bill-1", "{t}");
+            assert_eq!(d["port_no"], 2, "{t}");
+            assert_eq!(d["amount"], 500, "{t}");
+            assert_eq!(d["price_per_kwh"], 150, "{t}");
+            assert!(d["created_at"].is_i64(), "{t}");
+        }
+        assert!(data("charging.started", "bill-1")["started_at"].is_i64());
+        let p = data("charging.progress", "bill-1");
+        assert_eq!(
+            (p["energy_wh"].clone(), p["power_w"].clone()),
+            (json!(40), json!(180.0))
+        );
+        assert_eq!(p["total_kwh"], 0.04);
+        let done = data("order.completed", "bill-1");
+        for key in [
+            "duration_sec",
+            "total_kwh",
+            "peak_power",
+            "energy_fee",
+            "service_fee_amount",
+            "final_amount",
+            "ended_at",
+            "started_at",
+        ] {
+            assert!(!done[key].is_null(), "order.completed data.{key}");
+        }
+        assert_eq!(done["total_kwh"], 0.123);
+        assert_eq!(done["final_amount"], 24);
+        assert_eq!(done["end_reason"], 1);
+        assert_eq!(done["end_reason_name"], "target_reached");
+        assert_eq!(done["end_reason_text"], "充电目标已达到");
+        assert_eq!(done["status"], "completed");
+        let failed = data("order.failed", "bill-2");
+        assert_eq!(failed["port_no"], 3);
+        assert_eq!(failed["status"], "failed");
+        assert!(failed["end_reason_name"].is_string());
+        assert!(failed["end_reason_text"].is_string());
+        assert!(failed["ended_at"].is_i64());
+
+        let socket = rows
+            .iter()
+            .find(|r| r.event_type == "socket.state_changed")
+            .expect("socket.state_changed");
+        let s: serde_json::Value = serde_json::from_str(&socket.payload).unwrap();
+        assert_eq!(
+            (s["port_no"].clone(), s["to"].clone()),
+            (json!(2), json!("charging"))
+        );
+        let registered = rows
+            .iter()
+            .find(|r| r.event_type == "device.registered")
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&registered.payload).unwrap();
+        assert_eq!(r["protocol"], "ap3000");
+        assert!(r["registered_at"].is_i64());
+
+        app.disconnect_fake(&pile).await;
+        let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
+        assert!(rows.iter().any(|r| r.event_type == "device.offline"));
+    }
+);
+
+#[tokio::test]
+async fn webhook_metrics_are_exposed() {
+    let rx = Receiver::start(|_| 200).await;
+    let url = rx.url.clone();
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.webhook_url = Some(url);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await
+    .unwrap();
+    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+    eventually(|| async { (rx.accepted().len() >= 2).then_some(()) }).await;
+    let text = eventually(|| async {
+        let t = app
+            .http
+            .get(format!("{}/metrics", app.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (t.contains("webhook_backlog") && t.contains("webhook_delivery_duration_seconds_bucket"))
+            .then_some(t)
+    })
+    .await;
+    for name in [
+        "webhook_deliveries_total{result=\"delivered\"}",
+        "webhook_dead_letters",
+    ] {
+        assert!(text.contains(name), "{name} in /metrics");
+    }
+}

@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use tokio::sync::Notify;
+use std::collections::HashSet;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{signing, EventClock, BACKLOG, DEAD_LETTERS, DELIVERIES, DELIVERY_DURATION};
@@ -35,6 +36,9 @@ pub struct WebhookSettings {
     pub include_heartbeats: bool,
     /// How long the loop sleeps when nothing is due (a replay wakes it at once).
     pub idle_poll: Duration,
+    /// How long a round waits for its slowest answers before recording the others; the
+    /// stragglers stay in flight and are recorded by a later round.
+    pub round_wait: Duration,
 }
 
 impl WebhookSettings {
@@ -47,6 +51,7 @@ impl WebhookSettings {
             concurrency: 64,
             include_heartbeats: false,
             idle_poll: Duration::from_millis(100),
+            round_wait: Duration::from_millis(500),
         }
     }
 }
@@ -149,58 +154,22 @@ pub fn body_of(row: &OutboxRow, nonce: &str) -> String {
     body
 }
 
-pub struct Dispatcher {
-    store: Store,
+/// What sends one event: cheap to clone into a task.
+#[derive(Clone)]
+struct Sender {
     http: reqwest::Client,
     url: reqwest::Url,
-    settings: WebhookSettings,
+    secret: Arc<str>,
     clock: EventClock,
-    wake: Notify,
+    include_heartbeats: bool,
 }
 
-impl std::fmt::Debug for Dispatcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher")
-            .field("url", &self.settings.url)
-            .finish()
-    }
-}
-
-impl Dispatcher {
-    pub fn new(store: Store, settings: WebhookSettings, clock: EventClock) -> anyhow::Result<Self> {
-        let url = reqwest::Url::parse(&settings.url)
-            .map_err(|e| anyhow::anyhow!("webhook URL {}: {e}", settings.url))?;
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(settings.concurrency.max(1))
-            .user_agent(concat!("pilekit-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Dispatcher {
-            store,
-            http,
-            url,
-            settings,
-            clock,
-            wake: Notify::new(),
-        })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.settings.url
-    }
-
-    /// Ends an idle wait now (after a replay).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
+impl Sender {
     /// One signed `POST` of `body`; returns how it ended and the round trip.
     async fn post(&self, event_id: &str, nonce: &str, body: String) -> (Attempt, Duration) {
         let timestamp = self.clock.now_ms() / 1000;
         let signature = signing::sign(
-            self.settings.secret.as_bytes(),
+            self.secret.as_bytes(),
             self.url.path(),
             timestamp,
             nonce,
@@ -219,17 +188,11 @@ impl Dispatcher {
             .send()
             .await;
         let attempt = match sent {
+            // Read the answer so the connection goes back to the pool; the status decides.
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                // Read the answer so the connection goes back to the pool.
-                match resp.bytes().await {
-                    Ok(_) => Attempt::Status(status),
-                    Err(e) if (200..300).contains(&status) => {
-                        tracing::debug!(error = %e, "webhook answer body unreadable");
-                        Attempt::Status(status)
-                    }
-                    Err(_) => Attempt::Status(status),
-                }
+                let _ = resp.bytes().await;
+                Attempt::Status(status)
             }
             Err(e) if e.is_timeout() => Attempt::Failed(format!("timeout: {e}")),
             Err(e) => Attempt::Failed(format!("network: {e}")),
@@ -238,7 +201,7 @@ impl Dispatcher {
     }
 
     async fn attempt(&self, row: OutboxRow) -> DeliveryResult {
-        if row.event_type == "device.heartbeat" && !self.settings.include_heartbeats {
+        if row.event_type == "device.heartbeat" && !self.include_heartbeats {
             return DeliveryResult::Skipped { id: row.id };
         }
         let nonce = signing::nonce();
@@ -269,24 +232,132 @@ impl Dispatcher {
         }
         result
     }
+}
 
-    /// One round: delivers every due event (each order's oldest undelivered one) at once,
-    /// bounded by the concurrency, and records the results in one transaction.
+/// Attempts started and not recorded yet; a slow one may outlive its round.
+struct InFlight {
+    ids: HashSet<i64>,
+    done: mpsc::UnboundedReceiver<DeliveryResult>,
+}
+
+pub struct Dispatcher {
+    store: Store,
+    sender: Sender,
+    settings: WebhookSettings,
+    clock: EventClock,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    done_tx: mpsc::UnboundedSender<DeliveryResult>,
+    in_flight: tokio::sync::Mutex<InFlight>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("url", &self.settings.url)
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, settings: WebhookSettings, clock: EventClock) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&settings.url)
+            .map_err(|e| anyhow::anyhow!("webhook URL {}: {e}", settings.url))?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(settings.concurrency.max(1))
+            .user_agent(concat!("pilekit-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let (done_tx, done) = mpsc::unbounded_channel();
+        Ok(Dispatcher {
+            store,
+            sender: Sender {
+                http,
+                url,
+                secret: settings.secret.as_str().into(),
+                clock: clock.clone(),
+                include_heartbeats: settings.include_heartbeats,
+            },
+            permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            settings,
+            clock,
+            wake: Notify::new(),
+            done_tx,
+            in_flight: tokio::sync::Mutex::new(InFlight {
+                ids: HashSet::new(),
+                done,
+            }),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.settings.url
+    }
+
+    /// Ends an idle wait now (after a replay).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// One round: starts every due event (each order's oldest undelivered one) at once,
+    /// bounded by the concurrency, waits for them — up to `round_wait`, so one slow receiver
+    /// answer does not hold up other orders; a straggler is recorded by a later round and its
+    /// order waits for it — and records the results in one transaction.
     pub async fn deliver_next(&self) -> Result<Step, StoreError> {
+        let mut fl = self.in_flight.lock().await;
         let now = self.clock.now_ms();
-        let rows = self
+        let limit = (self.settings.batch + fl.ids.len()) as i64;
+        let rows: Vec<OutboxRow> = self
             .store
-            .due_events(now, self.settings.batch as i64)
-            .await?;
-        if rows.is_empty() {
+            .due_events(now, limit)
+            .await?
+            .into_iter()
+            .filter(|r| !fl.ids.contains(&r.id))
+            .take(self.settings.batch)
+            .collect();
+        let mut results: Vec<DeliveryResult> = Vec::new();
+        while let Ok(r) = fl.done.try_recv() {
+            results.push(r);
+        }
+        if rows.is_empty() && results.is_empty() && fl.ids.is_empty() {
             return Ok(Step::Idle);
         }
-        let results: Vec<DeliveryResult> = futures::stream::iter(rows)
-            .map(|row| self.attempt(row))
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
+        let mut waiting: HashSet<i64> = HashSet::with_capacity(rows.len());
+        for row in rows {
+            fl.ids.insert(row.id);
+            waiting.insert(row.id);
+            let (sender, permits, done) = (
+                self.sender.clone(),
+                self.permits.clone(),
+                self.done_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let _ = done.send(sender.attempt(row).await);
+            });
+        }
+        // Wait for this round's attempts (or, with none started, for any one in flight).
+        let deadline = tokio::time::Instant::now() + self.settings.round_wait;
+        let mut wait_any = waiting.is_empty() && results.is_empty();
+        while !waiting.is_empty() || wait_any {
+            tokio::select! {
+                r = fl.done.recv() => match r {
+                    Some(r) => {
+                        waiting.remove(&r.id());
+                        results.push(r);
+                        wait_any = false;
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
         self.store.record_deliveries(&results).await?;
+        for r in &results {
+            fl.ids.remove(&r.id());
+        }
         let (mut delivered, mut retried, mut dead) = (0, 0, 0);
         for r in &results {
             match r {
@@ -372,6 +443,7 @@ impl Dispatcher {
         };
         let nonce = signing::nonce();
         let (attempt, took) = self
+            .sender
             .post(&row.event_id, &nonce, body_of(&row, &nonce))
             .await;
         let (status, error) = match attempt {

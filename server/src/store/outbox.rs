@@ -84,6 +84,18 @@ pub enum DeliveryResult {
     Skipped { id: i64 },
 }
 
+impl DeliveryResult {
+    /// The outbox row it is about.
+    pub fn id(&self) -> i64 {
+        match self {
+            DeliveryResult::Delivered { id, .. }
+            | DeliveryResult::Retry { id, .. }
+            | DeliveryResult::Dead { id, .. }
+            | DeliveryResult::Skipped { id } => *id,
+        }
+    }
+}
+
 /// Outcome of a replay request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {

@@ -45,6 +45,8 @@ struct ReceiverState {
     hits: Mutex<Vec<Hit>>,
     answer: Answer,
     delay: Duration,
+    /// This event ID is answered only after 1.5 s.
+    slow_id: Mutex<Option<String>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -68,9 +70,6 @@ fn expected_signature(path: &str, ts: &str, nonce: &str, body: &[u8]) -> String 
 async fn hook(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    if !st.delay.is_zero() {
-        tokio::time::sleep(st.delay).await;
-    }
     let h = |name: &str| {
         headers
             .get(name)
@@ -85,6 +84,15 @@ async fn hook(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
         h("x-signature"),
     );
     let msg: EventMessage = serde_json::from_slice(&body).expect("body is an event");
+    let slow = st.slow_id.lock().unwrap().as_deref() == Some(msg.event_id.as_str());
+    let delay = if slow {
+        Duration::from_millis(1500)
+    } else {
+        st.delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let signature_ok = sig == expected_signature(HOOK_PATH, &ts, &nonce, &body);
     let headers_ok = id == msg.event_id && nonce == msg.nonce && ts.parse::<i64>().is_ok();
     let answered = (st.answer)(&msg);
@@ -111,6 +119,7 @@ impl Receiver {
             hits: Mutex::new(Vec::new()),
             answer: Box::new(answer),
             delay,
+            slow_id: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
         });
@@ -931,3 +940,46 @@ async fn webhook_metrics_are_exposed() {
         assert!(text.contains(name), "{name} in /metrics");
     }
 }
+
+both_db!(a_slow_answer_holds_only_its_own_order, |db| async move {
+    let Some(app) = app_on(db).await else { return };
+    let store = app.service.store.clone();
+    let expected = fill(&store, 3, 2).await;
+    let rx = Receiver::start(|_| 200).await;
+    *rx.state.slow_id.lock().unwrap() = Some(expected["ord-0"][0].clone());
+    let clock = start_clock();
+    let settings = WebhookSettings {
+        round_wait: Duration::from_millis(100),
+        ..WebhookSettings::new(&rx.url, SECRET)
+    };
+    let d = Dispatcher::new(store.clone(), settings, clock.clone()).unwrap();
+    // The other orders finish while ord-0's first event is still waiting for its answer.
+    let mut others = Vec::new();
+    while others.len() < 4 {
+        d.deliver_next().await.unwrap();
+        others = rx
+            .accepted()
+            .into_iter()
+            .filter(|m| m.order_no.as_deref() != Some("ord-0"))
+            .collect();
+    }
+    assert!(
+        rx.accepted()
+            .iter()
+            .all(|m| m.order_no.as_deref() != Some("ord-0")),
+        "ord-0 has nothing accepted yet"
+    );
+    d.drain().await.unwrap();
+    let ord0: Vec<String> = rx
+        .accepted()
+        .into_iter()
+        .filter(|m| m.order_no.as_deref() == Some("ord-0"))
+        .map(|m| m.event_id)
+        .collect();
+    assert_eq!(
+        ord0, expected["ord-0"],
+        "in order once the slow answer came"
+    );
+    assert_eq!(rx.duplicates(), 0);
+    assert_eq!(rx.hits().len(), 6, "the slow event was not sent twice");
+});

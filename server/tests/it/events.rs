@@ -983,3 +983,30 @@ both_db!(a_slow_answer_holds_only_its_own_order, |db| async move {
     assert_eq!(rx.duplicates(), 0);
     assert_eq!(rx.hits().len(), 6, "the slow event was not sent twice");
 });
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_stops_the_dispatcher_promptly() {
+    let rx = Receiver::start(|_| 200).await;
+    let url = rx.url.clone();
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.webhook_url = Some(url);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await
+    .unwrap();
+    let mut stream = app
+        .client
+        .event_stream(&EventStreamQuery::default())
+        .await
+        .unwrap();
+    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+    next_event(&mut stream).await;
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("the gateway stops within 5 s with a stream open");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended");
+}

@@ -8,6 +8,7 @@ mod helpers;
 mod api;
 mod devices;
 mod measure;
+mod events;
 mod orders;
 mod piles;
 

@@ -10,7 +10,10 @@ pub enum DecodeError {
     #[error("{len} byte(s) of garbage before a frame header")]
     Garbage { len: usize },
     #[error("declared length {declared} is impossible: {reason}")]
-    BadLength { declared: usize, reason: &'static str },
+    BadLength {
+        declared: usize,
+        reason: &'static str,
+    },
     #[error("declared length {declared} exceeds the limit of {max} bytes")]
     TooLong { declared: usize, max: usize },
     #[error("bad checksum: frame says {found:#06x}, bytes sum to {computed:#06x}")]
@@ -26,9 +29,17 @@ pub enum DecodeError {
     #[error("trailing bytes after a complete frame: {extra}")]
     Trailing { extra: usize },
     #[error("payload of {what} too short: need {need} bytes, have {have}")]
-    ShortPayload { what: &'static str, need: usize, have: usize },
+    ShortPayload {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     #[error("invalid {field} in {what}: {reason}")]
-    InvalidField { what: &'static str, field: &'static str, reason: String },
+    InvalidField {
+        what: &'static str,
+        field: &'static str,
+        reason: String,
+    },
     #[error("malformed TLV at offset {offset}: {reason}")]
     BadTlv { offset: usize, reason: &'static str },
     #[error("invalid hex: {0}")]

@@ -16,11 +16,13 @@
 //! otherwise consumes exactly the bytes of one [`Item`] — a frame, a diagnostic
 //! about bytes it had to skip, or a non-frame item such as the AP3000 ICCID.
 
+pub mod analyze;
 pub mod ap3000;
 pub mod bkv;
 mod error;
 pub mod port;
 
+pub use analyze::{analyze, Analysis};
 pub use error::DecodeError;
 
 use bytes::Bytes;

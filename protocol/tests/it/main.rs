@@ -1,4 +1,5 @@
 //! One integration-test binary for pile-protocol.
+mod analyze;
 mod ap3000;
 mod bkv;
 mod vectors;

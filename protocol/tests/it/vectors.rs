@@ -27,7 +27,11 @@ pub fn all() -> Vec<Vector> {
             valid: v["valid"].as_bool().unwrap_or(false),
             errors: v["errors"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
             fields: v["fields"].clone(),
         })
@@ -35,12 +39,19 @@ pub fn all() -> Vec<Vector> {
 }
 
 pub fn of(protocol: &str) -> Vec<Vector> {
-    all().into_iter().filter(|v| v.protocol == protocol).collect()
+    all()
+        .into_iter()
+        .filter(|v| v.protocol == protocol)
+        .collect()
 }
 
 #[test]
 fn every_vector_is_present_and_hex_parses() {
     let all = all();
-    assert!(all.len() >= 20, "expected the full vendor vector set, got {}", all.len());
+    assert!(
+        all.len() >= 20,
+        "expected the full vendor vector set, got {}",
+        all.len()
+    );
     assert_eq!(all.iter().filter(|v| !v.valid).count(), 2);
 }

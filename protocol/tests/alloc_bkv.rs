@@ -1,0 +1,60 @@
+//! Decoding a BKV heartbeat must not touch the heap: it is the most frequent
+//! frame on every connection. Its own test binary, because the counting
+//! allocator is process-wide.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use pile_protocol::bkv::{decode_frame, Decoder, Message};
+use pile_protocol::{parse_hex, Item};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const HEARTBEAT: &str = "fcfe002e0000000000000182200520004869383938363034363331313230373033313934313763562e31723436001fcafcee";
+
+fn allocations_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let out = f();
+    (ALLOCATIONS.load(Ordering::SeqCst) - before, out)
+}
+
+#[test]
+fn decoding_a_heartbeat_allocates_nothing() {
+    let bytes = parse_hex(HEARTBEAT).unwrap();
+    let (n, frame) = allocations_during(|| decode_frame(&bytes));
+    let frame = frame.unwrap();
+    assert_eq!(n, 0, "decode_frame allocated {n} time(s)");
+    assert!(matches!(frame.message, Message::Heartbeat(_)));
+
+    // The streaming decoder only splits the buffer it was given. The first
+    // split of a fresh `BytesMut` moves it to shared storage (one allocation
+    // inside `bytes`, once per buffer); from then on frames cost nothing.
+    let mut buf = BytesMut::from(&[&bytes[..], &bytes[..]].concat()[..]);
+    let mut dec = Decoder::new();
+    assert!(matches!(dec.decode(&mut buf), Some(Item::Frame { .. })));
+    let (n, item) = allocations_during(|| dec.decode(&mut buf));
+    assert!(matches!(item, Some(Item::Frame { .. })));
+    assert_eq!(n, 0, "Decoder::decode allocated {n} time(s)");
+}

@@ -16,3 +16,4 @@ pub mod pile;
 pub mod replay;
 pub mod sched;
 pub mod seed;
+pub mod wire;

@@ -7,8 +7,8 @@ mod helpers;
 
 mod api;
 mod devices;
-mod measure;
 mod events;
+mod measure;
 mod orders;
 mod piles;
 

@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use pile_api::{DeviceView, EventMessage, FrameRecord, OrderStatus, OrderView, ProgressSample, Stats};
+use pile_api::{
+    DeviceView, EventMessage, FrameRecord, OrderStatus, OrderView, ProgressSample, Stats,
+};
 
 use crate::prom::{self, MetricsSample};
 
@@ -63,28 +65,71 @@ pub struct OrderDetail {
 /// Data from the background task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
-    Snapshot { at_ms: i64, snapshot: Box<Snapshot> },
-    Device { at_ms: i64, detail: Box<DeviceDetail> },
-    Order { at_ms: i64, detail: Box<OrderDetail> },
+    Snapshot {
+        at_ms: i64,
+        snapshot: Box<Snapshot>,
+    },
+    Device {
+        at_ms: i64,
+        detail: Box<DeviceDetail>,
+    },
+    Order {
+        at_ms: i64,
+        detail: Box<OrderDetail>,
+    },
     /// A poll failed; the next try is at `retry_at_ms`.
-    PollFailed { at_ms: i64, error: String, retry_at_ms: i64 },
-    StreamConnected { at_ms: i64 },
-    StreamLost { at_ms: i64, error: String },
+    PollFailed {
+        at_ms: i64,
+        error: String,
+        retry_at_ms: i64,
+    },
+    StreamConnected {
+        at_ms: i64,
+    },
+    StreamLost {
+        at_ms: i64,
+        error: String,
+    },
     Event(Box<EventMessage>),
     /// The answer to a [`Command`].
-    CommandDone { at_ms: i64, ok: bool, message: String },
+    CommandDone {
+        at_ms: i64,
+        ok: bool,
+        message: String,
+    },
 }
 
 /// What the operator asked for; the main loop executes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Start { device: String, port: u32 },
-    Stop { device: String, port: u32, order_no: Option<String> },
-    Plug { device: String, port: u32 },
-    Unplug { device: String, port: u32 },
-    CutNetwork { device: String },
-    RestoreNetwork { device: String },
-    Fault { device: String, kind: String, secs: u64 },
+    Start {
+        device: String,
+        port: u32,
+    },
+    Stop {
+        device: String,
+        port: u32,
+        order_no: Option<String>,
+    },
+    Plug {
+        device: String,
+        port: u32,
+    },
+    Unplug {
+        device: String,
+        port: u32,
+    },
+    CutNetwork {
+        device: String,
+    },
+    RestoreNetwork {
+        device: String,
+    },
+    Fault {
+        device: String,
+        kind: String,
+        secs: u64,
+    },
 }
 
 impl Command {
@@ -95,7 +140,11 @@ impl Command {
                 START_DURATION_SEC / 60,
                 START_AMOUNT_FEN as f64 / 100.0
             ),
-            Command::Stop { device, port, order_no } => format!(
+            Command::Stop {
+                device,
+                port,
+                order_no,
+            } => format!(
                 "Stop charging {device} port {port}{}?",
                 order_no
                     .as_deref()
@@ -118,7 +167,9 @@ impl Command {
 pub enum Conn {
     /// No answer yet, no failure yet.
     Connecting,
-    Connected { last_ok_ms: i64 },
+    Connected {
+        last_ok_ms: i64,
+    },
     Disconnected {
         error: String,
         since_ms: i64,
@@ -221,9 +272,17 @@ fn push_capped<T>(q: &mut VecDeque<T>, v: T, cap: usize) {
 impl History {
     fn record(&mut self, at_ms: i64, snap: &Snapshot) {
         if let Some(s) = &snap.stats {
-            push_capped(&mut self.online, s.online_devices.max(0) as u64, HISTORY_CAP);
+            push_capped(
+                &mut self.online,
+                s.online_devices.max(0) as u64,
+                HISTORY_CAP,
+            );
             push_capped(&mut self.sessions, s.active_sessions, HISTORY_CAP);
-            push_capped(&mut self.backlog, s.event_backlog.max(0) as u64, HISTORY_CAP);
+            push_capped(
+                &mut self.backlog,
+                s.event_backlog.max(0) as u64,
+                HISTORY_CAP,
+            );
         }
         let Some(m) = &snap.metrics else { return };
         if let Some((prev_ms, prev)) = &self.prev {
@@ -626,7 +685,10 @@ impl App {
     fn modal_key(&mut self, modal: Modal, code: KeyCode) {
         match modal {
             Modal::Help => {
-                if matches!(code, KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter) {
+                if matches!(
+                    code,
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter
+                ) {
                     self.modal = None;
                 }
             }
@@ -758,7 +820,11 @@ impl App {
                 }
             }
             Screen::Tab(Tab::Orders) => {
-                if let Some(no) = self.visible_orders().get(self.order_sel).map(|o| o.order_no.clone()) {
+                if let Some(no) = self
+                    .visible_orders()
+                    .get(self.order_sel)
+                    .map(|o| o.order_no.clone())
+                {
                     self.order_detail = None;
                     self.stack.push(Screen::Order(no));
                 }
@@ -777,9 +843,16 @@ impl App {
         let all: Vec<Option<OrderStatus>> = std::iter::once(None)
             .chain(OrderStatus::ALL.into_iter().map(Some))
             .collect();
-        let i = all.iter().position(|s| *s == self.order_status).unwrap_or(0);
+        let i = all
+            .iter()
+            .position(|s| *s == self.order_status)
+            .unwrap_or(0);
         let n = all.len();
-        let j = if forward { (i + 1) % n } else { (i + n - 1) % n };
+        let j = if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        };
         self.order_status = all[j];
         self.order_sel = 0;
     }
@@ -827,12 +900,19 @@ impl App {
                     });
                 }
             }
-            ('n' | 'r' | 'f', Screen::Device(_) | Screen::Tab(Tab::Devices)) if self.sim_enabled => {
+            ('n' | 'r' | 'f', Screen::Device(_) | Screen::Tab(Tab::Devices))
+                if self.sim_enabled =>
+            {
                 if let Some(device) = self.selected_device_id() {
                     match c {
                         'n' => self.commands.push(Command::CutNetwork { device }),
                         'r' => self.commands.push(Command::RestoreNetwork { device }),
-                        _ => self.modal = Some(Modal::FaultPicker { device, selected: 0 }),
+                        _ => {
+                            self.modal = Some(Modal::FaultPicker {
+                                device,
+                                selected: 0,
+                            })
+                        }
                     }
                 }
             }

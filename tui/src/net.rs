@@ -67,7 +67,11 @@ pub fn backoff(refresh: Duration, failures: u32, max: Duration) -> Duration {
 }
 
 /// Polls the gateway every `refresh` (backing off while it fails) until `tx` closes.
-pub async fn run_poller(cfg: PollConfig, mut focus: watch::Receiver<Focus>, tx: mpsc::Sender<Update>) {
+pub async fn run_poller(
+    cfg: PollConfig,
+    mut focus: watch::Receiver<Focus>,
+    tx: mpsc::Sender<Update>,
+) {
     let client = cfg.client();
     let http = cfg.http();
     let mut failures = 0u32;
@@ -273,7 +277,12 @@ pub async fn execute(client: &Client, sim: Option<&str>, cmd: &Command) -> Updat
                 },
             )
             .await
-            .map(|o| format!("started {} on {device} port {port} ({})", o.order_no, o.status))
+            .map(|o| {
+                format!(
+                    "started {} on {device} port {port} ({})",
+                    o.order_no, o.status
+                )
+            })
             .map_err(|e| format!("start {device} port {port}: {}", e.message())),
         Command::Stop {
             device,

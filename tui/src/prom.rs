@@ -91,11 +91,7 @@ pub fn p99(buckets: &[(f64, f64)]) -> Option<f64> {
     if bucket.0.is_finite() {
         Some(bucket.0)
     } else {
-        buckets
-            .iter()
-            .rev()
-            .find(|b| b.0.is_finite())
-            .map(|b| b.0)
+        buckets.iter().rev().find(|b| b.0.is_finite()).map(|b| b.0)
     }
 }
 

@@ -6,8 +6,8 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::symbols;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{
-    Axis, Block, Borders, Cell, Chart, Clear, Dataset, Gauge, GraphType, List, ListItem,
-    ListState, Paragraph, Row, Sparkline, Table, TableState, Tabs, Wrap,
+    Axis, Block, Borders, Cell, Chart, Clear, Dataset, Gauge, GraphType, List, ListItem, ListState,
+    Paragraph, Row, Sparkline, Table, TableState, Tabs, Wrap,
 };
 use ratatui::Frame;
 
@@ -67,7 +67,10 @@ fn header(app: &App, f: &mut Frame, area: Rect) {
             format!("● connected, {} ago", ago(app.now_ms - last_ok_ms)),
             Style::new().fg(Color::Green),
         ),
-        Conn::Disconnected { .. } => ("● DISCONNECTED".to_string(), Style::new().fg(Color::Red).bold()),
+        Conn::Disconnected { .. } => (
+            "● DISCONNECTED".to_string(),
+            Style::new().fg(Color::Red).bold(),
+        ),
     };
     f.render_widget(
         Paragraph::new(Span::styled(text, style)).alignment(Alignment::Right),
@@ -96,7 +99,10 @@ fn disconnected_banner(app: &App, f: &mut Frame, area: Rect) {
     };
     let lines = vec![
         Line::from(vec![
-            Span::styled(" DISCONNECTED ", Style::new().bg(Color::Red).fg(Color::White).bold()),
+            Span::styled(
+                " DISCONNECTED ",
+                Style::new().bg(Color::Red).fg(Color::White).bold(),
+            ),
             Span::raw(format!(
                 " from {} for {} · {last} · {retry} · data below is stale",
                 app.server,
@@ -109,7 +115,11 @@ fn disconnected_banner(app: &App, f: &mut Frame, area: Rect) {
         )),
     ];
     f.render_widget(
-        Paragraph::new(lines).block(Block::new().borders(Borders::BOTTOM).border_style(Style::new().fg(Color::Red))),
+        Paragraph::new(lines).block(
+            Block::new()
+                .borders(Borders::BOTTOM)
+                .border_style(Style::new().fg(Color::Red)),
+        ),
         area,
     );
 }
@@ -138,14 +148,26 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
             return;
         }
     }
-    let sim = if app.sim_enabled { "  p/u plug/unplug  n/r net cut/restore  f fault" } else { "" };
+    let sim = if app.sim_enabled {
+        "  p/u plug/unplug  n/r net cut/restore  f fault"
+    } else {
+        ""
+    };
     let hint = match app.screen() {
         Screen::Tab(Tab::Overview) => "Tab/1-4 views  ? help  q quit".to_string(),
         Screen::Tab(Tab::Devices) => {
-            format!("↑↓ select  Enter open  / filter  s sort ({})  ? help  q quit{}", app.device_sort.title(), if app.sim_enabled { "  n/r/f sim" } else { "" })
+            format!(
+                "↑↓ select  Enter open  / filter  s sort ({})  ? help  q quit{}",
+                app.device_sort.title(),
+                if app.sim_enabled { "  n/r/f sim" } else { "" }
+            )
         }
-        Screen::Tab(Tab::Orders) => "↑↓ select  Enter open  ←→ status  / filter  ? help  q quit".to_string(),
-        Screen::Tab(Tab::Events) => "p pause  ↑↓ scroll  / filter  c clear  ? help  q quit".to_string(),
+        Screen::Tab(Tab::Orders) => {
+            "↑↓ select  Enter open  ←→ status  / filter  ? help  q quit".to_string()
+        }
+        Screen::Tab(Tab::Events) => {
+            "p pause  ↑↓ scroll  / filter  c clear  ? help  q quit".to_string()
+        }
         Screen::Device(_) => format!("↑↓ port  s start  x stop  Enter order  Esc back{sim}"),
         Screen::Order(_) => "Esc back  ? help  q quit".to_string(),
     };
@@ -197,7 +219,8 @@ fn overview(app: &App, f: &mut Frame, area: Rect) {
     ])
     .areas(figures);
 
-    let kv = |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<18}"), DIM), Span::raw(v)]);
+    let kv =
+        |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<18}"), DIM), Span::raw(v)]);
     f.render_widget(
         Paragraph::new(vec![
             kv("Piles online", online.to_string()),
@@ -207,7 +230,9 @@ fn overview(app: &App, f: &mut Frame, area: Rect) {
             kv("Connections acc.", num(accepted)),
             kv(
                 "Heartbeats/s",
-                h.heartbeats_per_sec_now.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
+                h.heartbeats_per_sec_now
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "—".into()),
             ),
         ])
         .block(Block::bordered().title(" Piles ")),
@@ -216,13 +241,24 @@ fn overview(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(
         Paragraph::new(vec![
             kv("Webhook backlog", stats.event_backlog.to_string()),
-            kv("Push success", format!("{:.1} %", stats.push_success_rate * 100.0)),
-            kv("Push latency", format!("{:.1} ms", stats.mean_push_latency_ms)),
+            kv(
+                "Push success",
+                format!("{:.1} %", stats.push_success_rate * 100.0),
+            ),
+            kv(
+                "Push latency",
+                format!("{:.1} ms", stats.mean_push_latency_ms),
+            ),
             kv(
                 "API p99",
-                h.api_p99_ms_now.map(|v| format!("{v:.1} ms")).unwrap_or_else(|| "—".into()),
+                h.api_p99_ms_now
+                    .map(|v| format!("{v:.1} ms"))
+                    .unwrap_or_else(|| "—".into()),
             ),
-            kv("DB pool", format!("{}/{}", stats.db_pool.in_use, stats.db_pool.max)),
+            kv(
+                "DB pool",
+                format!("{}/{}", stats.db_pool.in_use, stats.db_pool.max),
+            ),
             kv("Uptime", ago(stats.uptime_sec as i64 * 1000)),
         ])
         .block(Block::bordered().title(" Gateway ")),
@@ -256,10 +292,17 @@ fn overview(app: &App, f: &mut Frame, area: Rect) {
         let row = rows[i / 2];
         let [l, r] = Layout::horizontal([Constraint::Ratio(1, 2); 2]).areas(row);
         let cell = if i % 2 == 0 { l } else { r };
-        let last = data.back().map(|v| v.to_string()).unwrap_or_else(|| "—".into());
+        let last = data
+            .back()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "—".into());
         // The newest samples, as many as fit.
         let width = cell.width.saturating_sub(2) as usize;
-        let v: Vec<u64> = data.iter().skip(data.len().saturating_sub(width)).copied().collect();
+        let v: Vec<u64> = data
+            .iter()
+            .skip(data.len().saturating_sub(width))
+            .copied()
+            .collect();
         f.render_widget(
             Sparkline::default()
                 .data(&v)
@@ -366,18 +409,28 @@ fn devices(app: &App, f: &mut Frame, area: Rect) {
     .header(Row::new(["ID", "Family", "Online", "Last seen", "Ports"]).style(Style::new().bold()))
     .block(Block::bordered().title(title))
     .row_highlight_style(SELECTED);
-    let mut state = TableState::default().with_selected((!list.is_empty()).then_some(app.device_sel));
+    let mut state =
+        TableState::default().with_selected((!list.is_empty()).then_some(app.device_sel));
     f.render_stateful_widget(table, area, &mut state);
 }
 
 fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
-    let Some(d) = app.device_detail.as_ref().filter(|d| d.device.device_id == id) else {
+    let Some(d) = app
+        .device_detail
+        .as_ref()
+        .filter(|d| d.device.device_id == id)
+    else {
         return loading(f, area, &format!(" Device {id} "));
     };
     let dev = &d.device;
     let [info, ports, frames] = Layout::vertical([
         Constraint::Length(3),
-        Constraint::Length((dev.ports.len() as u16).saturating_mul(2).saturating_add(3).min(20)),
+        Constraint::Length(
+            (dev.ports.len() as u16)
+                .saturating_mul(2)
+                .saturating_add(3)
+                .min(20),
+        ),
         Constraint::Min(3),
     ])
     .areas(area);
@@ -398,7 +451,9 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
                     .unwrap_or_else(|| "never".into()),
                 opt(&dev.remote_addr),
                 opt(&dev.firmware),
-                dev.signal.map(|s| s.to_string()).unwrap_or_else(|| "—".into()),
+                dev.signal
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "—".into()),
             )),
         ]))
         .block(Block::bordered().title(format!(" Device {id} "))),
@@ -420,7 +475,10 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
             break;
         }
         let sel = i == app.port_sel;
-        let order = p.order_no.as_deref().and_then(|no| d.orders.iter().find(|o| o.order_no == no));
+        let order = p
+            .order_no
+            .as_deref()
+            .and_then(|no| d.orders.iter().find(|o| o.order_no == no));
         let mark = if sel { "▶" } else { " " };
         let hole = match (p.socket_no, p.hole) {
             (Some(s), Some(h)) => format!(" socket {s}{}", if h == 0 { "A" } else { "B" }),
@@ -433,14 +491,25 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
         if let Some(no) = &p.order_no {
             spans.push(Span::raw(format!("  order {no}")));
             if let Some(o) = order {
-                spans.push(Span::styled(format!(" ({})", o.status), status_style(o.status)));
+                spans.push(Span::styled(
+                    format!(" ({})", o.status),
+                    status_style(o.status),
+                ));
             }
         }
         let line_area = Rect::new(inner.x, y, inner.width, 1);
-        let style = if sel { Style::new().bold() } else { Style::new() };
+        let style = if sel {
+            Style::new().bold()
+        } else {
+            Style::new()
+        };
         f.render_widget(Paragraph::new(Line::from(spans)).style(style), line_area);
-        let [pw, en] = Layout::horizontal([Constraint::Ratio(1, 2); 2])
-            .areas(Rect::new(inner.x + 2, y + 1, inner.width.saturating_sub(2), 1));
+        let [pw, en] = Layout::horizontal([Constraint::Ratio(1, 2); 2]).areas(Rect::new(
+            inner.x + 2,
+            y + 1,
+            inner.width.saturating_sub(2),
+            1,
+        ));
         f.render_widget(
             Gauge::default()
                 .ratio((p.power_w / max_power).clamp(0.0, 1.0))
@@ -451,7 +520,12 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
         let (ratio, label) = match order {
             Some(o) if o.target_duration > 0 => (
                 o.duration_sec as f64 / o.target_duration as f64,
-                format!("{:.3} kWh · {}/{}", o.total_kwh, ago(o.duration_sec * 1000), ago(o.target_duration * 1000)),
+                format!(
+                    "{:.3} kWh · {}/{}",
+                    o.total_kwh,
+                    ago(o.duration_sec * 1000),
+                    ago(o.target_duration * 1000)
+                ),
             ),
             Some(o) => (o.total_kwh.min(1.0), format!("{:.3} kWh", o.total_kwh)),
             None => (0.0, "— kWh".to_string()),
@@ -488,11 +562,16 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
     let title = format!(" Recent frames ({}) ", d.frames.len());
     if items.is_empty() {
         f.render_widget(
-            Paragraph::new("no frames recorded").style(DIM).block(Block::bordered().title(title)),
+            Paragraph::new("no frames recorded")
+                .style(DIM)
+                .block(Block::bordered().title(title)),
             frames,
         );
     } else {
-        f.render_widget(List::new(items).block(Block::bordered().title(title)), frames);
+        f.render_widget(
+            List::new(items).block(Block::bordered().title(title)),
+            frames,
+        );
     }
 }
 
@@ -503,7 +582,8 @@ fn orders(app: &App, f: &mut Frame, area: Rect) {
     let Some(data) = &app.data else {
         return loading(f, area, " Orders ");
     };
-    let [bar, table_area] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
+    let [bar, table_area] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
     let mut names = vec!["all".to_string()];
     names.extend(OrderStatus::ALL.iter().map(|s| {
         let n = data
@@ -518,7 +598,9 @@ fn orders(app: &App, f: &mut Frame, area: Rect) {
         Some(s) => 1 + OrderStatus::ALL.iter().position(|x| *x == s).unwrap_or(0),
     };
     f.render_widget(
-        Tabs::new(names).select(sel).highlight_style(Style::new().bold().fg(Color::Cyan)),
+        Tabs::new(names)
+            .select(sel)
+            .highlight_style(Style::new().bold().fg(Color::Cyan)),
         bar,
     );
     let list = app.visible_orders();
@@ -553,12 +635,26 @@ fn orders(app: &App, f: &mut Frame, area: Rect) {
         ],
     )
     .header(
-        Row::new(["Status", "Order", "Device #port", "Created", "Dur", "kWh", "W", "Yuan"])
-            .style(Style::new().bold()),
+        Row::new([
+            "Status",
+            "Order",
+            "Device #port",
+            "Created",
+            "Dur",
+            "kWh",
+            "W",
+            "Yuan",
+        ])
+        .style(Style::new().bold()),
     )
-    .block(Block::bordered().title(format!(" Orders ·{filter} {} shown of {} ", list.len(), data.orders_total)))
+    .block(Block::bordered().title(format!(
+        " Orders ·{filter} {} shown of {} ",
+        list.len(),
+        data.orders_total
+    )))
     .row_highlight_style(SELECTED);
-    let mut state = TableState::default().with_selected((!list.is_empty()).then_some(app.order_sel));
+    let mut state =
+        TableState::default().with_selected((!list.is_empty()).then_some(app.order_sel));
     f.render_stateful_widget(table, table_area, &mut state);
 }
 
@@ -569,7 +665,8 @@ fn order(app: &App, no: &str, f: &mut Frame, area: Rect) {
     let o = &d.order;
     let [info, chart] = Layout::vertical([Constraint::Length(10), Constraint::Min(5)]).areas(area);
     let [left, right] = Layout::horizontal([Constraint::Ratio(1, 2); 2]).areas(info);
-    let kv = |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<14}"), DIM), Span::raw(v)]);
+    let kv =
+        |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<14}"), DIM), Span::raw(v)]);
     let mode = match o.charge_mode {
         1 => format!("by time ({})", ago(o.target_duration * 1000)),
         2 => "by energy".into(),
@@ -579,13 +676,26 @@ fn order(app: &App, no: &str, f: &mut Frame, area: Rect) {
     };
     f.render_widget(
         Paragraph::new(vec![
-            Line::from(vec![Span::styled(format!("{:<14}", "Status"), DIM), Span::styled(o.status.as_str(), status_style(o.status).bold())]),
+            Line::from(vec![
+                Span::styled(format!("{:<14}", "Status"), DIM),
+                Span::styled(o.status.as_str(), status_style(o.status).bold()),
+            ]),
             kv("Device", format!("{} port {}", o.device_id, o.port_no)),
             kv("Mode", mode),
             kv("Duration", ago(o.duration_sec * 1000)),
             kv("Energy", format!("{:.3} kWh", o.total_kwh)),
-            kv("Power now/peak", format!("{:.1} / {:.1} W", o.current_power, o.peak_power)),
-            kv("Replayed", if o.offline_replayed { "yes (settled offline)".into() } else { "no".into() }),
+            kv(
+                "Power now/peak",
+                format!("{:.1} / {:.1} W", o.current_power, o.peak_power),
+            ),
+            kv(
+                "Replayed",
+                if o.offline_replayed {
+                    "yes (settled offline)".into()
+                } else {
+                    "no".into()
+                },
+            ),
         ])
         .block(Block::bordered().title(format!(" Order {no} "))),
         left,
@@ -603,9 +713,30 @@ fn order(app: &App, no: &str, f: &mut Frame, area: Rect) {
     f.render_widget(
         Paragraph::new(vec![
             kv("Limit", yuan(o.amount)),
-            kv("Energy fee", if settled { yuan(o.energy_fee) } else { "—".into() }),
-            kv("Service fee", if settled { yuan(o.service_fee_amount) } else { "—".into() }),
-            kv("Final amount", if settled { yuan(o.final_amount) } else { "not settled".into() }),
+            kv(
+                "Energy fee",
+                if settled {
+                    yuan(o.energy_fee)
+                } else {
+                    "—".into()
+                },
+            ),
+            kv(
+                "Service fee",
+                if settled {
+                    yuan(o.service_fee_amount)
+                } else {
+                    "—".into()
+                },
+            ),
+            kv(
+                "Final amount",
+                if settled {
+                    yuan(o.final_amount)
+                } else {
+                    "not settled".into()
+                },
+            ),
             kv("End reason", reason),
         ])
         .wrap(Wrap { trim: true })
@@ -622,7 +753,9 @@ fn order(app: &App, no: &str, f: &mut Frame, area: Rect) {
     let title = format!(" Power curve · {} samples ", points.len());
     if points.is_empty() {
         f.render_widget(
-            Paragraph::new("no progress samples yet").style(DIM).block(Block::bordered().title(title)),
+            Paragraph::new("no progress samples yet")
+                .style(DIM)
+                .block(Block::bordered().title(title)),
             chart,
         );
         return;
@@ -678,7 +811,10 @@ fn events(app: &App, f: &mut Frame, area: Rect) {
         .iter()
         .map(|e| {
             let t = ago(app.now_ms - e.timestamp * 1000);
-            let style = if e.event_type.contains("failed") || e.event_type.contains("alarm") || e.event_type.contains("offline") {
+            let style = if e.event_type.contains("failed")
+                || e.event_type.contains("alarm")
+                || e.event_type.contains("offline")
+            {
                 Style::new().fg(Color::Red)
             } else if e.event_type.starts_with("charging") {
                 Style::new().fg(Color::Cyan)
@@ -691,12 +827,16 @@ fn events(app: &App, f: &mut Frame, area: Rect) {
                 Span::raw(format!(
                     " {}{}",
                     e.device_phy_id,
-                    e.order_no.as_deref().map(|o| format!("  {o}")).unwrap_or_default()
+                    e.order_no
+                        .as_deref()
+                        .map(|o| format!("  {o}"))
+                        .unwrap_or_default()
                 )),
             ]))
         })
         .collect();
-    let mut state = ListState::default().with_selected((!list.is_empty()).then_some(app.event_scroll));
+    let mut state =
+        ListState::default().with_selected((!list.is_empty()).then_some(app.event_scroll));
     f.render_stateful_widget(
         List::new(items)
             .block(Block::bordered().title(Line::from(title)))
@@ -709,7 +849,9 @@ fn events(app: &App, f: &mut Frame, area: Rect) {
         .map(|e| e.data.to_string())
         .unwrap_or_else(|| "no events yet".into());
     f.render_widget(
-        Paragraph::new(body).wrap(Wrap { trim: false }).block(Block::bordered().title(" data ")),
+        Paragraph::new(body)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(" data ")),
         detail,
     );
 }
@@ -720,7 +862,12 @@ fn events(app: &App, f: &mut Frame, area: Rect) {
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
-    Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
 }
 
 fn help(app: &App, f: &mut Frame, area: Rect) {
@@ -754,8 +901,11 @@ fn help(app: &App, f: &mut Frame, area: Rect) {
     let r = centered(area, 70, h);
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines.into_iter().map(Line::from).collect::<Vec<_>>())
-            .block(Block::bordered().title(" Help · Esc closes ").border_style(Style::new().fg(Color::Cyan))),
+        Paragraph::new(lines.into_iter().map(Line::from).collect::<Vec<_>>()).block(
+            Block::bordered()
+                .title(" Help · Esc closes ")
+                .border_style(Style::new().fg(Color::Cyan)),
+        ),
         r,
     );
 }
@@ -770,7 +920,11 @@ fn confirm(text: &str, f: &mut Frame, area: Rect) {
             Line::from(Span::styled("y: yes    n / Esc: no", Style::new().bold())),
         ])
         .wrap(Wrap { trim: true })
-        .block(Block::bordered().title(" Confirm ").border_style(Style::new().fg(Color::Yellow))),
+        .block(
+            Block::bordered()
+                .title(" Confirm ")
+                .border_style(Style::new().fg(Color::Yellow)),
+        ),
         r,
     );
 }

@@ -125,7 +125,7 @@ async fn poll_once(
     cfg: &PollConfig,
     focus: &Focus,
 ) -> Result<Vec<Update>, String> {
-    let err = |what: &str, e: pile_api::ClientError| format!("{what}: {e}");
+    let err = |what: &str, e: pile_api::ClientError| format!("{what}: {}", describe(&e));
     let stats = client.stats().await.map_err(|e| err("stats", e))?;
     let devices = client
         .devices(&DeviceListQuery {
@@ -193,6 +193,28 @@ async fn poll_once(
     Ok(out)
 }
 
+/// An error as an operator wants to read it: what failed and the innermost cause (the
+/// transport's own text only says "error sending request for url").
+pub fn describe(e: &pile_api::ClientError) -> String {
+    match e {
+        pile_api::ClientError::Transport(t) => {
+            let kind = if t.is_timeout() {
+                "timed out"
+            } else if t.is_connect() {
+                "cannot connect"
+            } else {
+                "transport error"
+            };
+            let mut cause: &dyn std::error::Error = t;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("{kind}: {cause}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Reads the live event stream, reconnecting with backoff, until `tx` closes.
 pub async fn run_event_stream(cfg: PollConfig, tx: mpsc::Sender<Update>) {
     // No overall timeout here: the stream is meant to stay open.
@@ -236,13 +258,13 @@ pub async fn run_event_stream(cfg: PollConfig, tx: mpsc::Sender<Update>) {
                                 }
                             }
                         }
-                        Some(Err(e)) => break e.to_string(),
+                        Some(Err(e)) => break describe(&e.into()),
                         None => break "stream closed by the gateway".to_string(),
                     }
                 }
             }
             Ok(resp) => format!("HTTP {}", resp.status()),
-            Err(e) => e.to_string(),
+            Err(e) => describe(&e.into()),
         };
         failures = failures.saturating_add(1);
         if tx

@@ -104,13 +104,12 @@ fn disconnected_banner(app: &App, f: &mut Frame, area: Rect) {
                 Style::new().bg(Color::Red).fg(Color::White).bold(),
             ),
             Span::raw(format!(
-                " from {} for {} · {last} · {retry} · data below is stale",
-                app.server,
+                " {last} · {retry} · down for {} · data below is stale",
                 ago(app.now_ms - since_ms)
             )),
         ]),
         Line::from(Span::styled(
-            format!(" last error: {error}"),
+            format!(" {}: {error}", app.server),
             Style::new().fg(Color::Red),
         )),
     ];

@@ -336,6 +336,9 @@ pub struct App {
     pub sim_enabled: bool,
     pub now_ms: i64,
     pub conn: Conn,
+    /// A connection whose last answer is older than this shows as "no answer" (the poller
+    /// may be stuck waiting on a hung gateway, which is not yet a failure).
+    pub stale_after_ms: i64,
     /// `None` until the first snapshot: the loading state.
     pub data: Option<Snapshot>,
     pub history: History,
@@ -377,6 +380,7 @@ impl App {
             sim_enabled,
             now_ms: 0,
             conn: Conn::Connecting,
+            stale_after_ms: 10_000,
             data: None,
             history: History::default(),
             stack: vec![Screen::Tab(Tab::Overview)],

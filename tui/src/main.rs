@@ -54,6 +54,10 @@ async fn run(
 ) -> anyhow::Result<()> {
     let mut app = App::new(cfg.server.clone(), sim.is_some());
     app.tick(net::now_ms());
+    // Three missed refreshes, and at least the request timeout plus a refresh.
+    app.stale_after_ms = (cfg.refresh * 3)
+        .max(net::REQUEST_TIMEOUT + cfg.refresh)
+        .as_millis() as i64;
     let (tx, mut updates) = mpsc::channel(1024);
     let (focus_tx, focus_rx) = watch::channel(Focus::default());
     let poller = tokio::spawn(net::run_poller(cfg.clone(), focus_rx, tx.clone()));

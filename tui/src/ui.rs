@@ -63,6 +63,10 @@ fn header(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(tabs, left);
     let (text, style) = match &app.conn {
         Conn::Connecting => ("connecting…".to_string(), Style::new().fg(Color::Yellow)),
+        Conn::Connected { last_ok_ms } if app.now_ms - last_ok_ms > app.stale_after_ms => (
+            format!("● no answer for {}", ago(app.now_ms - last_ok_ms)),
+            Style::new().fg(Color::Yellow).bold(),
+        ),
         Conn::Connected { last_ok_ms } => (
             format!("● connected, {} ago", ago(app.now_ms - last_ok_ms)),
             Style::new().fg(Color::Green),
@@ -219,14 +223,14 @@ fn overview(app: &App, f: &mut Frame, area: Rect) {
     .areas(figures);
 
     let kv =
-        |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<18}"), DIM), Span::raw(v)]);
+        |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<21}"), DIM), Span::raw(v)]);
     f.render_widget(
         Paragraph::new(vec![
             kv("Piles online", online.to_string()),
             kv("Piles offline", (total - online).max(0).to_string()),
             kv("Piles total", total.to_string()),
             kv("Active sessions", stats.active_sessions.to_string()),
-            kv("Connections acc.", num(accepted)),
+            kv("Connections accepted", num(accepted)),
             kv(
                 "Heartbeats/s",
                 h.heartbeats_per_sec_now
@@ -268,7 +272,7 @@ fn overview(app: &App, f: &mut Frame, area: Rect) {
         .map(|s| {
             let n = stats.orders_by_status.get(s.as_str()).copied().unwrap_or(0);
             Line::from(vec![
-                Span::styled(format!("{:<18}", s.as_str()), status_style(*s)),
+                Span::styled(format!("{:<21}", s.as_str()), status_style(*s)),
                 Span::raw(n.to_string()),
             ])
         })
@@ -539,10 +543,10 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
     }
 
     // Recent frames, newest first.
-    let items: Vec<ListItem> = d
-        .frames
-        .iter()
-        .rev()
+    let mut frames_newest_first: Vec<&pile_api::FrameRecord> = d.frames.iter().collect();
+    frames_newest_first.sort_by_key(|f| std::cmp::Reverse(f.at_ms));
+    let items: Vec<ListItem> = frames_newest_first
+        .into_iter()
         .map(|fr| {
             let (arrow, style) = match fr.direction {
                 Direction::Up => ("↑", Style::new().fg(Color::Green)),
@@ -665,7 +669,7 @@ fn order(app: &App, no: &str, f: &mut Frame, area: Rect) {
     let [info, chart] = Layout::vertical([Constraint::Length(10), Constraint::Min(5)]).areas(area);
     let [left, right] = Layout::horizontal([Constraint::Ratio(1, 2); 2]).areas(info);
     let kv =
-        |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<14}"), DIM), Span::raw(v)]);
+        |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<16}"), DIM), Span::raw(v)]);
     let mode = match o.charge_mode {
         1 => format!("by time ({})", ago(o.target_duration * 1000)),
         2 => "by energy".into(),
@@ -676,7 +680,7 @@ fn order(app: &App, no: &str, f: &mut Frame, area: Rect) {
     f.render_widget(
         Paragraph::new(vec![
             Line::from(vec![
-                Span::styled(format!("{:<14}", "Status"), DIM),
+                Span::styled(format!("{:<16}", "Status"), DIM),
                 Span::styled(o.status.as_str(), status_style(o.status).bold()),
             ]),
             kv("Device", format!("{} port {}", o.device_id, o.port_no)),
@@ -760,7 +764,6 @@ fn order(app: &App, no: &str, f: &mut Frame, area: Rect) {
         return;
     }
     let dataset = Dataset::default()
-        .name("W")
         .marker(symbols::Marker::Braille)
         .graph_type(GraphType::Line)
         .style(Style::new().fg(Color::Cyan))

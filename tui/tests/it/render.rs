@@ -182,3 +182,13 @@ fn every_view_draws_on_a_tiny_terminal_without_panicking() {
         draw(&app, w, h);
     }
 }
+
+#[test]
+fn a_gateway_that_stops_answering_without_failing_shows_as_no_answer() {
+    let mut app = loaded_app(false);
+    assert!(draw(&app, 120, 10).contains("connected, 0s ago"));
+    app.tick(NOW_MS + 15_000);
+    let screen = draw(&app, 120, 10);
+    assert!(screen.contains("no answer for 15s"), "{screen}");
+    assert!(!screen.contains("connected,"), "{screen}");
+}

@@ -54,6 +54,8 @@ pub struct DeviceDetail {
     pub frames: Vec<FrameRecord>,
     /// The orders running on its ports.
     pub orders: Vec<OrderView>,
+    /// The simulator's view of the pile (with `--sim`).
+    pub sim: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +93,12 @@ pub enum Update {
         error: String,
     },
     Event(Box<EventMessage>),
+    /// Something the operator should read in the status line.
+    Notice {
+        at_ms: i64,
+        message: String,
+        error: bool,
+    },
     /// The answer to a [`Command`].
     CommandDone {
         at_ms: i64,
@@ -498,6 +506,18 @@ impl App {
                 } else {
                     self.push_event(*ev);
                 }
+            }
+            Update::Notice {
+                at_ms,
+                message,
+                error,
+            } => {
+                self.mark_ok(at_ms);
+                self.status = Some(StatusLine {
+                    text: message,
+                    at_ms,
+                    error,
+                });
             }
             Update::CommandDone { at_ms, ok, message } => {
                 self.status = Some(StatusLine {

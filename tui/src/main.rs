@@ -38,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let refresh = Duration::try_from_secs_f64(args.refresh.max(0.2)).context("--refresh")?;
     let server = args.server.trim_end_matches('/').to_string();
-    let cfg = PollConfig::new(server.clone(), args.api_key.clone(), refresh);
+    let mut cfg = PollConfig::new(server.clone(), args.api_key.clone(), refresh);
+    cfg.sim = args.sim.clone();
     // `ratatui::init` enters raw mode and the alternate screen and installs a panic hook
     // that restores the terminal before the panic message is printed.
     let mut terminal = ratatui::init();

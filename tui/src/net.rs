@@ -32,6 +32,8 @@ pub struct PollConfig {
     pub server: String,
     pub api_key: String,
     pub refresh: Duration,
+    /// The simulator's control API, for the state of the focused pile.
+    pub sim: Option<String>,
     /// The longest wait between tries while the gateway is away.
     pub max_backoff: Duration,
 }
@@ -42,6 +44,7 @@ impl PollConfig {
             server: server.into(),
             api_key: api_key.into(),
             refresh,
+            sim: None,
             max_backoff: Duration::from_secs(30),
         }
     }
@@ -164,33 +167,114 @@ async fn poll_once(
             orders_total: orders.total,
         }),
     }];
-    if let Some(id) = &focus.device {
-        let device = client.device(id).await.map_err(|e| err("device", e))?;
-        let frames = client.frames(id).await.unwrap_or_default();
-        let mut running = Vec::new();
-        for no in device.ports.iter().filter_map(|p| p.order_no.as_deref()) {
-            if let Ok(o) = client.order(no).await {
-                running.push(o);
-            }
-        }
-        out.push(Update::Device {
-            at_ms: now_ms(),
-            detail: Box::new(DeviceDetail {
-                device,
-                frames,
-                orders: running,
+    // A detail the gateway answers "not found" (or any other status) for is a problem of
+    // that item, not of the connection: it becomes a notice, not a disconnected state.
+    let detail_err = |what: &str, e: pile_api::ClientError| -> Result<Update, String> {
+        match e.status() {
+            Some(status) => Ok(Update::Notice {
+                at_ms: now_ms(),
+                message: format!("{what}: HTTP {status}: {}", e.message()),
+                error: true,
             }),
-        });
+            None => Err(err(what, e)),
+        }
+    };
+    if let Some(id) = &focus.device {
+        match client.device(id).await {
+            Ok(device) => {
+                let frames = client.frames(id).await.unwrap_or_default();
+                let mut running = Vec::new();
+                for no in device.ports.iter().filter_map(|p| p.order_no.as_deref()) {
+                    if let Ok(o) = client.order(no).await {
+                        running.push(o);
+                    }
+                }
+                let sim = match &cfg.sim {
+                    Some(base) => Some(sim_pile(http, base, id).await),
+                    None => None,
+                };
+                out.push(Update::Device {
+                    at_ms: now_ms(),
+                    detail: Box::new(DeviceDetail {
+                        device,
+                        frames,
+                        orders: running,
+                        sim,
+                    }),
+                });
+            }
+            Err(e) => out.push(detail_err(&format!("device {id}"), e)?),
+        }
     }
     if let Some(no) = &focus.order {
-        let order = client.order(no).await.map_err(|e| err("order", e))?;
-        let progress = client.progress(no).await.unwrap_or_default();
-        out.push(Update::Order {
-            at_ms: now_ms(),
-            detail: Box::new(OrderDetail { order, progress }),
-        });
+        match client.order(no).await {
+            Ok(order) => {
+                let progress = client.progress(no).await.unwrap_or_default();
+                out.push(Update::Order {
+                    at_ms: now_ms(),
+                    detail: Box::new(OrderDetail { order, progress }),
+                });
+            }
+            Err(e) => out.push(detail_err(&format!("order {no}"), e)?),
+        }
     }
     Ok(out)
+}
+
+/// The simulator's view of one pile, in a line: connection, faults, records to replay.
+async fn sim_pile(http: &reqwest::Client, base: &str, id: &str) -> String {
+    let url = format!("{}/piles/{id}", base.trim_end_matches('/'));
+    match http.get(url).send().await {
+        Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
+            Ok(v) => sim_summary(&v),
+            Err(e) => format!("unreadable answer: {e}"),
+        },
+        Ok(r) if r.status().as_u16() == 404 => "not a simulated pile".to_string(),
+        Ok(r) => format!("HTTP {}", r.status().as_u16()),
+        Err(e) => format!("unreachable: {}", describe(&e.into())),
+    }
+}
+
+/// `GET /piles/{id}` of the simulator, summarised.
+pub fn sim_summary(v: &serde_json::Value) -> String {
+    let connection = v.get("connection").and_then(|c| c.as_str()).unwrap_or("?");
+    let mut parts = vec![format!("connection {connection}")];
+    let faults: Vec<String> = v
+        .get("faults")
+        .and_then(|f| f.as_array())
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let kind = f.get("kind").and_then(|k| k.as_str()).unwrap_or("?");
+            match f.get("secs_left").and_then(|s| s.as_u64()) {
+                Some(s) => format!("{kind} {s}s left"),
+                None => kind.to_string(),
+            }
+        })
+        .collect();
+    parts.push(if faults.is_empty() {
+        "no faults".to_string()
+    } else {
+        format!("faults: {}", faults.join(", "))
+    });
+    if let Some(n) = v.get("pending_replay").and_then(|n| n.as_u64()) {
+        parts.push(format!("{n} records to replay"));
+    }
+    let plugged: Vec<String> = v
+        .get("ports")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("plugged").and_then(|b| b.as_bool()) == Some(true))
+        .filter_map(|p| p.get("port_no").and_then(|n| n.as_u64()))
+        .map(|n| n.to_string())
+        .collect();
+    parts.push(if plugged.is_empty() {
+        "nothing plugged".to_string()
+    } else {
+        format!("plugged: {}", plugged.join(" "))
+    });
+    parts.join(" · ")
 }
 
 /// An error as an operator wants to read it: what failed and the innermost cause (the
@@ -424,5 +508,18 @@ mod tests {
             port: 1
         })
         .is_none());
+    }
+
+    #[test]
+    fn a_simulated_pile_is_summarised_in_one_line() {
+        let v = serde_json::json!({
+            "id": "P1", "connection": "network_down", "pending_replay": 2,
+            "ports": [{"port_no": 1, "plugged": true}, {"port_no": 2, "plugged": false}],
+            "faults": [{"kind": "bad_checksum", "secs_left": 28}]
+        });
+        assert_eq!(
+            sim_summary(&v),
+            "connection network_down · faults: bad_checksum 28s left · 2 records to replay · plugged: 1"
+        );
     }
 }

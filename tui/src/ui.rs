@@ -427,7 +427,7 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
     };
     let dev = &d.device;
     let [info, ports, frames] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(if d.sim.is_some() { 4 } else { 3 }),
         Constraint::Length(
             (dev.ports.len() as u16)
                 .saturating_mul(2)
@@ -443,23 +443,29 @@ fn device(app: &App, id: &str, f: &mut Frame, area: Rect) {
         Span::styled("offline", Style::new().fg(Color::Red))
     };
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".into());
+    let mut lines = vec![Line::from(vec![
+        online,
+        Span::raw(format!(
+            " · {} · last seen {} · addr {} · fw {} · signal {}",
+            dev.protocol,
+            dev.last_seen_at
+                .map(|t| format!("{} ago", ago(app.now_ms - t * 1000)))
+                .unwrap_or_else(|| "never".into()),
+            opt(&dev.remote_addr),
+            opt(&dev.firmware),
+            dev.signal
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "—".into()),
+        )),
+    ])];
+    if let Some(sim) = &d.sim {
+        lines.push(Line::from(Span::styled(
+            format!("simulator: {sim}"),
+            Style::new().fg(Color::Magenta),
+        )));
+    }
     f.render_widget(
-        Paragraph::new(Line::from(vec![
-            online,
-            Span::raw(format!(
-                " · {} · last seen {} · addr {} · fw {} · signal {}",
-                dev.protocol,
-                dev.last_seen_at
-                    .map(|t| format!("{} ago", ago(app.now_ms - t * 1000)))
-                    .unwrap_or_else(|| "never".into()),
-                opt(&dev.remote_addr),
-                opt(&dev.firmware),
-                dev.signal
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "—".into()),
-            )),
-        ]))
-        .block(Block::bordered().title(format!(" Device {id} "))),
+        Paragraph::new(lines).block(Block::bordered().title(format!(" Device {id} "))),
         info,
     );
 

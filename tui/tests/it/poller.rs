@@ -193,3 +193,27 @@ async fn a_gateway_that_never_answered_is_disconnected_and_never_connected() {
     assert!(draw(&app, 120, 20).contains("never connected"));
     poller.abort();
 }
+
+#[tokio::test]
+async fn an_open_device_the_gateway_does_not_know_gives_a_notice_and_stays_connected() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = serve(listener, stop_rx);
+    let cfg = PollConfig::new(format!("http://{addr}"), "k", Duration::from_millis(50));
+    let (tx, mut rx) = mpsc::channel(64);
+    let (_focus_tx, focus_rx) = watch::channel(Focus {
+        device: Some("NO-SUCH-PILE".into()),
+        ..Focus::default()
+    });
+    let poller = tokio::spawn(net::run_poller(cfg, focus_rx, tx));
+    let mut app = App::new(format!("http://{addr}"), false);
+    wait_for(&mut app, &mut rx, "a notice about the device", |a| {
+        a.status.as_ref().is_some_and(|s| s.text.contains("404"))
+    })
+    .await;
+    assert!(matches!(app.conn, Conn::Connected { .. }), "{:?}", app.conn);
+    poller.abort();
+    stop_tx.send(true).unwrap();
+    let _ = server.await;
+}

@@ -75,6 +75,7 @@ fn device_view_shows_ports_gauges_running_order_and_frames() {
         "Recent frames (1)",
         "heartbeat 0x0000",
         "fcfe0000",
+        "simulator: connection online",
     ] {
         assert!(screen.contains(text), "missing {text:?} in\n{screen}");
     }
@@ -191,4 +192,17 @@ fn a_gateway_that_stops_answering_without_failing_shows_as_no_answer() {
     let screen = draw(&app, 120, 10);
     assert!(screen.contains("no answer for 15s"), "{screen}");
     assert!(!screen.contains("connected,"), "{screen}");
+}
+
+#[test]
+fn a_detail_the_gateway_does_not_know_is_a_notice_not_a_disconnection() {
+    let mut app = loaded_app(false);
+    app.apply(Update::Notice {
+        at_ms: NOW_MS + 1000,
+        message: "device X: HTTP 404: device X not found".into(),
+        error: true,
+    });
+    let screen = draw(&app, 120, 20);
+    assert!(screen.contains("HTTP 404"), "{screen}");
+    assert!(!screen.contains("DISCONNECTED"), "{screen}");
 }

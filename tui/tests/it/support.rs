@@ -122,6 +122,7 @@ pub fn device_detail(id: &str) -> DeviceDetail {
             summary: "heartbeat 0x0000".into(),
         }],
         orders: vec![order("ORD-1", id, OrderStatus::Charging)],
+        sim: Some("connection online · no faults".into()),
     }
 }
 

@@ -40,6 +40,9 @@ struct HttpArgs {
     /// Concurrent keep-alive connections.
     #[arg(short = 'c', long = "concurrency", default_value_t = 1)]
     concurrency: usize,
+    /// OS threads driving the connections (default: one per CPU).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
     /// Run for this long (e.g. 10s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -84,7 +87,8 @@ fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The load runs on threads of its own (see `pile_load::http`); this runtime only aggregates.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -160,6 +164,7 @@ fn config_from(args: &HttpArgs) -> anyhow::Result<HttpLoadConfig> {
     config.requests = args.requests;
     config.duration = args.duration;
     config.concurrency = args.concurrency;
+    config.threads = args.threads;
     config.rate = args.rate;
     config.timeout = args.timeout;
     config.api_key = args.api_key.clone();

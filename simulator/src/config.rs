@@ -164,6 +164,13 @@ impl FleetConfig {
         if self.ports == 0 || self.ports > 250 {
             return Err(ConfigError::Invalid("--ports must be 1..=250"));
         }
+        if self.protocol != ProtocolChoice::Bkv
+            && usize::from(self.ports) > pile_protocol::ap3000::PortStatuses::CAPACITY
+        {
+            return Err(ConfigError::Invalid(
+                "--ports: an AP3000 heartbeat carries at most 32 ports",
+            ));
+        }
         if self.heartbeat.is_zero() {
             return Err(ConfigError::Invalid("--heartbeat must be positive"));
         }

@@ -148,6 +148,12 @@ impl PileHandle {
 }
 
 impl FleetHandle {
+    /// Starts the fleet with the codecs of the protocol crate.
+    pub async fn start(cfg: FleetConfig) -> Result<FleetHandle, FleetError> {
+        let factory: CodecFactory = Arc::new(crate::wire::codec_for);
+        Self::start_with(cfg, factory).await
+    }
+
     /// Starts the fleet with the given codecs (tests use their own).
     pub async fn start_with(
         cfg: FleetConfig,

@@ -9,6 +9,7 @@
 pub mod charger;
 pub mod config;
 pub mod control;
+pub mod decode;
 pub mod fault;
 pub mod fleet;
 pub mod msg;
@@ -16,3 +17,4 @@ pub mod pile;
 pub mod replay;
 pub mod sched;
 pub mod seed;
+pub mod wire;

@@ -114,13 +114,13 @@ pub struct Inbound {
 /// protocol crate, plus the byte-level helpers the faults need.
 pub trait Codec: Send {
     /// Encodes one message, `None` when the family has no such message.
-    fn encode(&mut self, pile: &PileState, up: &Up) -> Option<Bytes>;
+    fn encode(&mut self, pile: &PileState, up: &Up, now: Instant) -> Option<Bytes>;
     /// Decodes every whole item at the front of `buf`, consuming it.
     fn decode(&mut self, pile: &PileState, buf: &mut BytesMut, out: &mut Vec<Inbound>);
     /// Spoils an encoded frame's checksum (the `bad_checksum` fault).
     fn corrupt_checksum(&self, frame: &mut [u8]);
     /// A one-line decoded summary of raw bytes in either direction.
-    fn describe(&self, raw: &[u8]) -> String;
+    fn describe(&self, raw: &[u8], dir: Direction) -> String;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -946,7 +946,7 @@ impl Pile {
                     .log_frame(now, Direction::Up, Bytes::from_static(b"link"));
                 continue;
             }
-            if let Some(frame) = self.codec.encode(&self.state, &up) {
+            if let Some(frame) = self.codec.encode(&self.state, &up, now) {
                 self.state.transmit(now, frame, &*self.codec);
             }
         }
@@ -1268,7 +1268,7 @@ impl Pile {
                 at_unix_ms: f.at_unix_ms,
                 dir: f.dir,
                 hex: hex::encode_upper(&f.raw),
-                decoded: self.codec.describe(&f.raw),
+                decoded: self.codec.describe(&f.raw, f.dir),
             })
             .collect()
     }
@@ -1328,7 +1328,7 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Up>>>);
 
     impl Codec for Recorder {
-        fn encode(&mut self, _: &PileState, up: &Up) -> Option<Bytes> {
+        fn encode(&mut self, _: &PileState, up: &Up, _: Instant) -> Option<Bytes> {
             self.0.lock().unwrap().push(up.clone());
             Some(Bytes::from(format!("<{up:?}>")))
         }
@@ -1338,7 +1338,7 @@ mod tests {
                 *b = b'!';
             }
         }
-        fn describe(&self, raw: &[u8]) -> String {
+        fn describe(&self, raw: &[u8], _: Direction) -> String {
             String::from_utf8_lossy(raw).into_owned()
         }
     }

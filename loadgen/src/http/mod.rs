@@ -4,8 +4,10 @@
 //! driven in the worker's own task) and run the same loop: claim the next request slot from a shared counter, wait for the slot's
 //! scheduled start if the run is paced, send, read the whole body, record. The stop condition
 //! (a request count, a deadline, or both) and the pacing (none, or a fixed rate) are data that
-//! [`Plan::next_slot`] interprets; there is only one loop. Each worker keeps its own HDR
-//! histogram and counters; the aggregator in [`run`] merges them when the workers finish.
+//! [`Plan::next_slot`] interprets; there is only one loop. The workers are spread over a few OS
+//! threads, each running its own single-threaded runtime (wrk's design: no cross-thread wake-ups
+//! per request). Each worker keeps its own HDR histogram and counters; each thread merges its
+//! workers' and sends the result to the aggregator in [`run`], which merges those.
 //!
 //! In the open model request *i* is due at `start + i / rate`. When it falls due while its
 //! worker's connection is still busy, its latency runs from that moment, not from when the
@@ -18,7 +20,7 @@ mod report;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -60,6 +62,9 @@ pub struct HttpLoadConfig {
     pub duration: Option<Duration>,
     /// Connections, one worker each.
     pub concurrency: usize,
+    /// OS threads, each with its own single-threaded runtime and a share of the connections.
+    /// `None`: one per available CPU (never more than `concurrency`).
+    pub threads: Option<usize>,
     /// Open model: requests per second across all connections. `None`: closed model.
     pub rate: Option<f64>,
     /// Limit on one request: connect, send and the whole response.
@@ -78,6 +83,7 @@ impl HttpLoadConfig {
             requests: None,
             duration: None,
             concurrency: 1,
+            threads: None,
             rate: None,
             timeout: Duration::from_secs(30),
         }
@@ -124,23 +130,46 @@ pub async fn run(
     let target = Arc::new(Target::new(&config).await?);
     let plan = Arc::new(Plan::new(&config)?);
     let completed = Arc::new(AtomicU64::new(0));
+    // If the caller drops this future, the threads stop claiming requests.
+    let _cancel = CancelOnDrop(Arc::clone(&plan));
 
-    let mut workers = JoinSet::new();
-    for _ in 0..config.concurrency {
-        workers.spawn(work(
+    let threads = match config.threads {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+    .clamp(1, config.concurrency);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for thread in 0..threads {
+        let workers =
+            config.concurrency / threads + usize::from(thread < config.concurrency % threads);
+        let (target, plan, completed) = (
             Arc::clone(&target),
             Arc::clone(&plan),
             Arc::clone(&completed),
-        ));
+        );
+        let done_tx = done_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("pile-load-{thread}"))
+            .spawn(move || {
+                let tally = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start a runtime: {e}"))
+                    .and_then(|rt| rt.block_on(run_workers(workers, target, plan, completed)));
+                // The receiver is gone only if the caller gave up on the run.
+                let _ = done_tx.send(tally);
+            })
+            .map_err(|e| LoadError::Worker(format!("cannot start a thread: {e}")))?;
     }
+    drop(done_tx);
 
     let mut total = Tally::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            joined = workers.join_next() => match joined {
+            done = done_rx.recv() => match done {
                 Some(Ok(tally)) => total.merge(&tally),
-                Some(Err(e)) => return Err(LoadError::Worker(e.to_string())),
+                Some(Err(e)) => return Err(LoadError::Worker(e)),
                 None => break,
             },
             _ = tick.tick(), if progress.is_some() => {
@@ -169,6 +198,37 @@ pub async fn run(
     ))
 }
 
+/// One thread's share of the workers, on that thread's own single-threaded runtime: like wrk's
+/// threads, each has its own event loop and its connections never wake another thread.
+async fn run_workers(
+    workers: usize,
+    target: Arc<Target>,
+    plan: Arc<Plan>,
+    completed: Arc<AtomicU64>,
+) -> Result<Tally, String> {
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        set.spawn(work(
+            Arc::clone(&target),
+            Arc::clone(&plan),
+            Arc::clone(&completed),
+        ));
+    }
+    let mut tally = Tally::new();
+    while let Some(joined) = set.join_next().await {
+        tally.merge(&joined.map_err(|e| e.to_string())?);
+    }
+    Ok(tally)
+}
+
+struct CancelOnDrop(Arc<Plan>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Stop condition × pacing, shared by all workers.
 struct Plan {
     start: Instant,
@@ -178,6 +238,7 @@ struct Plan {
     interval_s: Option<f64>,
     timeout: Duration,
     next_ticket: AtomicU64,
+    cancelled: AtomicBool,
 }
 
 impl Plan {
@@ -185,6 +246,11 @@ impl Plan {
         if config.concurrency == 0 {
             return Err(LoadError::InvalidConfig(
                 "concurrency must be at least 1".into(),
+            ));
+        }
+        if config.threads == Some(0) {
+            return Err(LoadError::InvalidConfig(
+                "threads must be at least 1".into(),
             ));
         }
         if config.requests == Some(0) {
@@ -219,6 +285,7 @@ impl Plan {
             interval_s,
             timeout: config.timeout,
             next_ticket: AtomicU64::new(0),
+            cancelled: AtomicBool::new(false),
         })
     }
 
@@ -226,7 +293,7 @@ impl Plan {
     /// start when paced, now otherwise), or `None` when the run is over.
     fn next_slot(&self) -> Option<Instant> {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        if self.requests.is_some_and(|n| ticket >= n) {
+        if self.requests.is_some_and(|n| ticket >= n) || self.cancelled.load(Ordering::Relaxed) {
             return None;
         }
         let due = match self.interval_s {

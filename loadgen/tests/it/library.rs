@@ -250,3 +250,38 @@ async fn invalid_configurations_are_rejected_before_any_request() {
     negative_rate.rate = Some(-5.0);
     assert!(run(negative_rate, None).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_and_a_duration_stop_at_whichever_comes_first() {
+    let server = spawn_server().await;
+    // A million 5 ms requests over 2 connections would take over 40 minutes: the duration wins.
+    let mut config = closed(server.url("/delay/5"), 1_000_000, 2);
+    config.duration = Some(Duration::from_millis(300));
+
+    let report = load(config).await;
+
+    assert!(report.requests < 1_000_000);
+    assert_eq!(report.requests, server.served.total());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_reported_while_the_run_goes_on() {
+    let server = spawn_server().await;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let on_progress = |p: pile_load::http::Progress| seen.lock().unwrap().push(p.completed);
+    let mut config = closed(server.url("/delay/10"), 40, 1);
+    config.rate = Some(100.0);
+
+    let report = tokio::time::timeout(Duration::from_secs(60), run(config, Some(&on_progress)))
+        .await
+        .expect("finished within 60 s")
+        .expect("started");
+
+    let seen = seen.into_inner().unwrap();
+    assert!(
+        seen.len() >= 2,
+        "progress every 100 ms over ~0.4 s: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "monotonic: {seen:?}");
+    assert!(seen.iter().all(|&c| c <= report.requests));
+}

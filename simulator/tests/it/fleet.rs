@@ -13,16 +13,17 @@ use pile_sim::config::{FleetConfig, ProtocolChoice};
 use pile_sim::fault::FaultKind;
 use pile_sim::fleet::{CodecFactory, FleetHandle};
 use pile_sim::msg::Up;
-use pile_sim::pile::{Codec, Inbound, PileState};
+use pile_sim::pile::{Codec, Direction, Inbound, PileState};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 /// One line of text per message: `<pile id> <message>`.
 struct TextCodec;
 
 impl Codec for TextCodec {
-    fn encode(&mut self, pile: &PileState, up: &Up) -> Option<Bytes> {
+    fn encode(&mut self, pile: &PileState, up: &Up, _: Instant) -> Option<Bytes> {
         let name = format!("{up:?}");
         let name = name
             .split([' ', '(', '{'])
@@ -35,7 +36,7 @@ impl Codec for TextCodec {
         buf.clear();
     }
     fn corrupt_checksum(&self, _: &mut [u8]) {}
-    fn describe(&self, raw: &[u8]) -> String {
+    fn describe(&self, raw: &[u8], _: Direction) -> String {
         String::from_utf8_lossy(raw).trim().to_string()
     }
 }

@@ -76,13 +76,8 @@ impl Fleets {
 }
 
 /// Starts a fleet with the simulator's real protocol codecs.
-///
-/// The merged `pile-sim` has no wire codecs yet (`FleetHandle::start` arrives with the sim
-/// branch's `wire` module), so every case that needs a pile reports "not run" with this
-/// reason instead of pretending.
 pub async fn start_fleet(cfg: FleetConfig) -> Result<FleetHandle, String> {
-    let _ = (cfg, FleetHandle::start_with);
-    Err("pile-sim on this branch has no protocol codecs yet (FleetHandle::start lands with the sim branch's wire module)".into())
+    FleetHandle::start(cfg).await.map_err(|e| e.to_string())
 }
 
 /// Starts every fleet a run uses against `device_addr`.

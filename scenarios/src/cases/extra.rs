@@ -404,27 +404,22 @@ pub async fn webhook_outage(ctx: &Ctx) -> CaseResult {
         refused > 0,
     ));
     let dead = ctx
-        .http
-        .get(format!("{}/api/v1/admin/webhooks/dead", ctx.base_url))
-        .header("X-Api-Key", &ctx.api_key)
-        .send()
+        .client
+        .dead_letters(&pile_api::DeadLetterQuery {
+            page: Some(1),
+            size: Some(100),
+        })
         .await;
-    let (code, total) = match dead {
-        Ok(resp) => {
-            let code = resp.status().as_u16();
-            let v: serde_json::Value = resp.json().await.unwrap_or_default();
-            let total = v
-                .pointer("/data/total")
-                .and_then(|t| t.as_i64())
-                .or_else(|| {
-                    v.pointer("/data")
-                        .and_then(|d| d.as_array())
-                        .map(|a| a.len() as i64)
-                });
-            (code, total)
-        }
-        Err(_) => (0, None),
+    let (code, total) = match &dead {
+        Ok(p) => (200, Some(p.total)),
+        Err(e) => (e.status().unwrap_or(0), None),
     };
+    if let Ok(p) = &dead {
+        r.set(
+            "dead_letter_items",
+            serde_json::to_value(&p.items).unwrap_or_default(),
+        );
+    }
     r.set("dead_letter_status", code);
     r.set("dead_letters", json!(total));
     r.push(Check::new(

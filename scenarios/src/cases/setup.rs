@@ -194,9 +194,27 @@ pub async fn webhook(ctx: &Ctx) -> CaseResult {
         format!("本地接收端 {}", ctx.receiver.addr),
         true,
     ));
-    // Any event proves the path: the seed piles coming online produce device events.
+    // The gateway's own test event, then any event at all (the seed piles coming online).
+    let before = ctx.receiver.stats();
+    let test = ctx.client.webhook_test().await;
+    match &test {
+        Ok(t) => {
+            r.set("test_event_id", t.event_id.clone());
+            r.set("test_delivered", t.delivered);
+            r.set("test_status", serde_json::json!(t.status));
+            r.set("test_latency_ms", t.latency_ms);
+        }
+        Err(e) => r.note(format!("POST /api/v1/admin/webhooks/test: {e}")),
+    }
+    let test_id = test.as_ref().ok().map(|t| t.event_id.clone());
     let wait = Duration::from_secs(20);
-    let got = ctx.receiver.wait_for(wait, |ev| !ev.is_empty()).await;
+    let got = ctx
+        .receiver
+        .wait_for(wait, |ev| match &test_id {
+            Some(id) => ev.iter().any(|e| &e.event_id == id),
+            None => !ev.is_empty(),
+        })
+        .await;
     let st = ctx.receiver.stats();
     let events = ctx.receiver.events();
     r.set(
@@ -204,30 +222,41 @@ pub async fn webhook(ctx: &Ctx) -> CaseResult {
         serde_json::to_value(&st).unwrap_or(Value::Null),
     );
     r.set("events_so_far", events.len());
-    if let Some(first) = events.first() {
-        r.set("first_event_type", first.event_type.clone());
+    let seen = match &test_id {
+        Some(id) => events.iter().find(|e| &e.event_id == id),
+        None => events.first(),
+    };
+    if let Some(e) = seen {
+        r.set("received_event_type", e.event_type.clone());
     }
-    let ok = got && st.bad_signature == 0 && st.verified > 0;
+    let bad = st.bad_signature - before.bad_signature;
+    let ok = got && st.bad_signature == 0 && st.verified > before.verified;
     r.push(Check::new(
         "connectivity",
         "Webhook连通性测试通过",
-        "事件送达且签名校验通过",
-        if got {
-            format!(
-                "收到 {} 个事件 (首个 {}), 签名通过 {}, 签名错误 {}",
-                events.len(),
-                events.first().map(|e| e.event_type.as_str()).unwrap_or("-"),
-                st.verified,
+        "测试事件送达且接收端独立校验签名通过",
+        match (&test, seen) {
+            (Ok(t), Some(e)) => format!(
+                "{} 送达 (网关测得 {:.0} ms, 状态 {}), 签名校验通过, 签名错误 {}",
+                e.event_type,
+                t.latency_ms,
+                t.status.map_or("-".into(), |s| s.to_string()),
                 st.bad_signature
-            )
-        } else {
-            format!(
-                "{} 秒内未收到任何事件 (收到请求 {}, 签名错误 {}, 格式错误 {})",
+            ),
+            (Err(e), Some(ev)) => {
+                format!("测试接口失败 ({e}); 但收到 {} 且签名通过", ev.event_type)
+            }
+            (_, None) => format!(
+                "{} 秒内未收到{} (收到请求 {}, 签名错误 {bad}, 格式错误 {})",
                 wait.as_secs(),
+                if test_id.is_some() {
+                    "测试事件"
+                } else {
+                    "任何事件"
+                },
                 st.requests,
-                st.bad_signature,
                 st.malformed
-            )
+            ),
         },
         ok,
     ));

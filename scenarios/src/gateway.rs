@@ -195,7 +195,12 @@ pub async fn child_main(cli: pile_server::config::Cli) -> anyhow::Result<()> {
     tracing_subscriber::registry()
         .with(filter)
         .with(pile_server::metrics::CountingLayer)
-        .with(tracing_subscriber::fmt::layer().json().with_ansi(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_ansi(false)
+                .with_writer(std::io::stderr),
+        )
         .init();
     let http = tokio::net::TcpListener::bind(&config.http_listen)
         .await

@@ -734,9 +734,12 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     let sr = x.val("6.3", "push_success_rate_percent");
     let _ = writeln!(
         w,
-        "- 推送成功率: {}{} (预期: >99%)",
+        "- 推送成功率: {}{} (预期: >99%; 网关统计, 含 X.4 故意拒收 {} 次; 不计故意拒收: {}%) {}",
         sr,
-        if sr.starts_with("n/a") { "" } else { "%" }
+        if sr.starts_with("n/a") { "" } else { "%" },
+        x.val("6.3", "receiver_refused_on_purpose"),
+        x.val("6.3", "success_rate_excluding_induced_percent"),
+        x.bx("6.3", "success_rate")
     );
     let lat = x.val("6.3", "mean_push_latency_ms");
     let _ = writeln!(

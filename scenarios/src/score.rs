@@ -43,7 +43,7 @@ pub struct Score {
     pub groups: Vec<Group>,
     /// 0–100.
     pub total: u32,
-    /// Every case passed.
+    /// Every case of the record ran and passed.
     pub accepted: bool,
     pub problems: Vec<Problem>,
 }
@@ -203,7 +203,8 @@ pub fn compute(r: &RunReport) -> Score {
     Score {
         groups,
         total,
-        accepted: r.all_passed(),
+        // The record is accepted only whole: a subset run can pass its cases, not the record.
+        accepted: r.all_passed() && crate::cases::ids().iter().all(|id| r.case(id).is_some()),
         problems,
     }
 }

@@ -167,6 +167,14 @@ fn boxes_follow_the_results() {
 }
 
 #[test]
+fn a_subset_that_passes_does_not_accept_the_record() {
+    let mut r = passing();
+    r.cases.retain(|c| c.id == "1.1");
+    assert!(r.all_passed());
+    assert!(!crate::score::compute(&r).accepted);
+}
+
+#[test]
 fn the_score_counts_ticked_items() {
     let s = crate::score::compute(&passing());
     assert_eq!(

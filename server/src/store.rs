@@ -1211,8 +1211,6 @@ impl Store {
                     power_dw,
                     at,
                 } => {
-                    outbox::port_state_event(&mut tx, device_id, *port_no, status, *power_dw, *at)
-                        .await?;
                     sqlx::query(
                         "INSERT INTO ports (device_id, port_no, socket_no, hole, status, power_dw, \
                          reported_status, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $5, $7) \

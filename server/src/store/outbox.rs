@@ -240,39 +240,6 @@ pub(super) async fn insert_event(tx: &mut Tx, ev: &Event, now_ms: i64) -> Result
     Ok(())
 }
 
-/// A port's reported status, before it is written: a change becomes `socket.state_changed`
-/// (in the batch's transaction).
-pub(super) async fn port_state_event(
-    tx: &mut Tx,
-    device_id: &str,
-    port_no: i64,
-    status: &str,
-    power_dw: i64,
-    at_sec: i64,
-) -> Result<()> {
-    let previous: Option<String> =
-        sqlx::query("SELECT status FROM ports WHERE device_id = $1 AND port_no = $2")
-            .bind(device_id)
-            .bind(port_no)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| r.try_get("status"))
-            .transpose()?;
-    if previous.as_deref() == Some(status) {
-        return Ok(());
-    }
-    let ev = Event {
-        event_type: "socket.state_changed",
-        device_id: device_id.to_string(),
-        order_no: None,
-        data: json!({
-            "port_no": port_no, "from": previous, "to": status,
-            "power_w": power_dw as f64 / 10.0, "changed_at": at_sec,
-        }),
-    };
-    insert_event(tx, &ev, at_sec * 1000).await
-}
-
 impl Store {
     /// Writes one event in its own transaction, for changes that have no other state
     /// (`device.alarm`, `device.heartbeat` when switched on).

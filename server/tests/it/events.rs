@@ -752,7 +752,7 @@ both_db!(
     every_event_of_an_order_carries_what_a_receiver_bills_from,
     |db| async move {
         use pile_server::domain::EndReason;
-        use pile_server::service::{EndReport, PortReport, ProgressReport};
+        use pile_server::service::{EndReport, ProgressReport};
         let Some(app) = app_on(db).await else { return };
         let mut pile = app.connect_fake("04AB373B", "ap3000", 4).await;
         envelope(
@@ -770,18 +770,6 @@ both_db!(
             .start_confirmed("04AB373B", out.command_id, "bill-1", "aa")
             .await
             .unwrap();
-        app.service
-            .port_report(
-                "04AB373B",
-                &[PortReport {
-                    port_no: 2,
-                    socket_no: None,
-                    hole: None,
-                    status: pile_api::PortStatus::Charging,
-                    power_dw: 1_800,
-                }],
-            )
-            .await;
         app.service
             .progress(
                 "04AB373B",
@@ -884,15 +872,6 @@ both_db!(
         assert!(failed["end_reason_text"].is_string());
         assert!(failed["ended_at"].is_i64());
 
-        let socket = rows
-            .iter()
-            .find(|r| r.event_type == "socket.state_changed")
-            .expect("socket.state_changed");
-        let s: serde_json::Value = serde_json::from_str(&socket.payload).unwrap();
-        assert_eq!(
-            (s["port_no"].clone(), s["to"].clone()),
-            (json!(2), json!("charging"))
-        );
         let registered = rows
             .iter()
             .find(|r| r.event_type == "device.registered")

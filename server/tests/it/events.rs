@@ -752,7 +752,7 @@ both_db!(
     every_event_of_an_order_carries_what_a_receiver_bills_from,
     |db| async move {
         use pile_server::domain::EndReason;
-        use pile_server::service::{EndReport, ProgressReport};
+        use pile_server::service::ProgressReport;
         let Some(app) = app_on(db).await else { return };
         let mut pile = app.connect_fake("04AB373B", "ap3000", 4).await;
         envelope(
@@ -784,22 +784,12 @@ both_db!(
             )
             .await
             .unwrap();
-        app.service
-            .end_report(
-                "04AB373B",
-                &EndReport {
-                    port_no: 2,
-                    device_ref: None,
-                    device_duration_sec: None,
-                    duration_resolution_sec: 1,
-                    energy_wh: 123,
-                    peak_power_dw: Some(2_000),
-                    end_reason: EndReason::TargetReached,
-                    raw_hex: "00".into(),
-                },
-            )
+        // Settled (the gateway's own path, reason 1) from the progress figures.
+        assert!(app
+            .service
+            .settle_by_gateway("bill-1", EndReason::TargetReached)
             .await
-            .unwrap();
+            .unwrap());
         // A second order the device refuses.
         envelope(
             app.charge(
@@ -859,8 +849,10 @@ both_db!(
         ] {
             assert!(!done[key].is_null(), "order.completed data.{key}");
         }
-        assert_eq!(done["total_kwh"], 0.123);
-        assert_eq!(done["final_amount"], 24);
+        // 0.04 kWh × 150 = 6, × 50 = 2.
+        assert_eq!(done["total_kwh"], 0.04);
+        assert_eq!(done["final_amount"], 8);
+        assert_eq!(done["peak_power"], 180.0);
         assert_eq!(done["end_reason"], 1);
         assert_eq!(done["end_reason_name"], "target_reached");
         assert_eq!(done["end_reason_text"], "充电目标已达到");

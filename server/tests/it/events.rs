@@ -872,9 +872,16 @@ both_db!(
         assert_eq!(r["protocol"], "ap3000");
         assert!(r["registered_at"].is_i64());
 
+        // Disconnects may go through the batched writer: wait for the event.
         app.disconnect_fake(&pile).await;
-        let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
-        assert!(rows.iter().any(|r| r.event_type == "device.offline"));
+        let store = app.service.store.clone();
+        eventually(|| async {
+            let rows = store.outbox_after(0, 1000).await.unwrap();
+            rows.iter()
+                .any(|r| r.event_type == "device.offline")
+                .then_some(())
+        })
+        .await;
     }
 );
 

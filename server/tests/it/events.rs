@@ -618,25 +618,26 @@ async fn next_event(s: &mut pile_api::EventStream) -> EventMessage {
         .expect("event parses")
 }
 
-#[tokio::test]
-async fn the_live_stream_sends_the_events_a_client_filters_for() {
-    let app = crate::spawn_app().await;
-    let mut stream = app
-        .client
-        .event_stream(&EventStreamQuery {
-            device_id: Some("82210225000520".into()),
-            event_type: Some("device.*".into()),
-        })
-        .await
-        .unwrap();
-    let mut all = app
-        .client
-        .event_stream(&EventStreamQuery::default())
-        .await
-        .unwrap();
-    let _other = app.connect_fake("99990000000001", "ap3000", 2).await;
-    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
-    envelope(
+both_db!(
+    the_live_stream_sends_the_events_a_client_filters_for,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let mut stream = app
+            .client
+            .event_stream(&EventStreamQuery {
+                device_id: Some("82210225000520".into()),
+                event_type: Some("device.*".into()),
+            })
+            .await
+            .unwrap();
+        let mut all = app
+            .client
+            .event_stream(&EventStreamQuery::default())
+            .await
+            .unwrap();
+        let _other = app.connect_fake("99990000000001", "ap3000", 2).await;
+        let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+        envelope(
         app.charge(
             "82210225000520",
             json!({"port_no": 1, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "live-1"}),
@@ -645,28 +646,29 @@ async fn the_live_stream_sends_the_events_a_client_filters_for() {
         200,
     )
     .await;
-    let a = next_event(&mut stream).await;
-    let b = next_event(&mut stream).await;
-    assert_eq!(
-        (a.event_type.as_str(), b.event_type.as_str()),
-        ("device.registered", "device.online")
-    );
-    assert!([&a, &b].iter().all(|m| m.device_phy_id == "82210225000520"));
-    let mut types = Vec::new();
-    while types.len() < 5 {
-        types.push(next_event(&mut all).await.event_type);
+        let a = next_event(&mut stream).await;
+        let b = next_event(&mut stream).await;
+        assert_eq!(
+            (a.event_type.as_str(), b.event_type.as_str()),
+            ("device.registered", "device.online")
+        );
+        assert!([&a, &b].iter().all(|m| m.device_phy_id == "82210225000520"));
+        let mut types = Vec::new();
+        while types.len() < 5 {
+            types.push(next_event(&mut all).await.event_type);
+        }
+        assert_eq!(
+            types,
+            [
+                "device.registered",
+                "device.online",
+                "device.registered",
+                "device.online",
+                "order.created"
+            ]
+        );
     }
-    assert_eq!(
-        types,
-        [
-            "device.registered",
-            "device.online",
-            "device.registered",
-            "device.online",
-            "order.created"
-        ]
-    );
-}
+);
 
 #[tokio::test]
 async fn the_events_routes_need_a_key_and_are_in_the_openapi_document() {

@@ -990,3 +990,50 @@ async fn shutdown_ends_open_streams_and_stops_the_dispatcher_promptly() {
     .await;
     assert!(end.is_ok(), "the stream ended");
 }
+
+both_db!(
+    a_receiver_that_times_out_is_retried_and_a_down_one_too,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 1, 1).await;
+        let id = expected["ord-0"][0].clone();
+        let rx = Receiver::start(|_| 200).await;
+        *rx.state.slow_id.lock().unwrap() = Some(id.clone());
+        let clock = start_clock();
+        let settings = WebhookSettings {
+            timeout: Duration::from_millis(300),
+            ..WebhookSettings::new(&rx.url, SECRET)
+        };
+        let d = Dispatcher::new(store.clone(), settings, clock.clone()).unwrap();
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { retried: 1, .. }
+        ));
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert!(row.last_error.unwrap().contains("timeout"));
+        assert_eq!(row.last_status, None);
+
+        // Next attempt goes to a port where nobody listens: a network error, retried too.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = format!("http://{}{HOOK_PATH}", closed.local_addr().unwrap());
+        drop(closed);
+        let d = dispatcher(&store, &down, &clock);
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { retried: 1, .. }
+        ));
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert_eq!(row.attempts, 2);
+        assert!(row.last_error.unwrap().contains("network"));
+
+        // The receiver is back (and fast): delivered on the 2 s retry.
+        *rx.state.slow_id.lock().unwrap() = None;
+        let d = dispatcher(&store, &rx.url, &clock);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(d.drain().await.unwrap(), 1);
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("delivered", 3));
+    }
+);

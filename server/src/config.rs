@@ -123,6 +123,8 @@ pub struct Config {
     pub first_frame_timeout: Duration,
     /// How often the batched writer flushes.
     pub flush_interval: Duration,
+    /// An unanswered device command is resent once after this long (vendor rule: 15 s).
+    pub command_resend_after: Duration,
 }
 
 impl Default for Config {
@@ -144,6 +146,7 @@ impl Default for Config {
             db_pool: 16,
             first_frame_timeout: Duration::from_secs(10),
             flush_interval: Duration::from_millis(200),
+            command_resend_after: Duration::from_secs(15),
         }
     }
 }

@@ -20,8 +20,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use pile_api::{Direction, FrameRecord};
+use pile_protocol::Family;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -99,18 +99,138 @@ pub struct SessionHandle {
 /// Frames kept per device for the frames route.
 pub const FRAME_RING: usize = 200;
 
-#[derive(Debug, Clone)]
-struct RawFrame {
+/// What a ring entry holds besides its bytes: a frame of a family (summarised when read,
+/// so the ring keeps only bytes) or a note about skipped bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameNote<'a> {
+    Frame(Family),
+    Text(&'a str),
+}
+
+/// The last [`FRAME_RING`] frames of one device, packed into one byte deque:
+/// `at_ms i64 · direction u8 · kind u8 · text_len u16 · raw_len u16 · text · raw` per entry.
+/// An idle pile's ring of heartbeats then costs about 10 KB instead of several times that.
+#[derive(Debug, Default)]
+struct FrameRing {
+    data: VecDeque<u8>,
+    count: usize,
+}
+
+const RING_HEADER: usize = 14;
+const MAX_TEXT: usize = 256;
+const MAX_RAW: usize = 2048;
+
+struct RingEntry {
     at_ms: i64,
     direction: Direction,
-    bytes: Bytes,
-    summary: Box<str>,
+    kind: u8,
+    text: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+impl FrameRing {
+    fn push(&mut self, at_ms: i64, direction: Direction, note: FrameNote<'_>, raw: &[u8]) {
+        let (kind, text) = match note {
+            FrameNote::Frame(Family::Bkv) => (1u8, &[][..]),
+            FrameNote::Frame(Family::Ap3000) => (2u8, &[][..]),
+            FrameNote::Text(t) => (0u8, t.as_bytes()),
+        };
+        let text = text.get(..text.len().min(MAX_TEXT)).unwrap_or(&[]);
+        let raw = raw.get(..raw.len().min(MAX_RAW)).unwrap_or(&[]);
+        if self.count >= FRAME_RING {
+            self.pop();
+        }
+        self.data.extend(at_ms.to_le_bytes());
+        self.data.push_back(match direction {
+            Direction::Up => 0,
+            Direction::Down => 1,
+        });
+        self.data.push_back(kind);
+        self.data.extend((text.len() as u16).to_le_bytes());
+        self.data.extend((raw.len() as u16).to_le_bytes());
+        self.data.extend(text.iter().copied());
+        self.data.extend(raw.iter().copied());
+        self.count += 1;
+    }
+
+    fn entry_len(&self, at: usize) -> Option<usize> {
+        let b = |i: usize| self.data.get(at + i).copied().map(usize::from);
+        let text = b(10)? | (b(11)? << 8);
+        let raw = b(12)? | (b(13)? << 8);
+        Some(RING_HEADER + text + raw)
+    }
+
+    fn pop(&mut self) {
+        match self.entry_len(0) {
+            Some(n) if n <= self.data.len() => {
+                self.data.drain(..n);
+                self.count -= 1;
+            }
+            _ => {
+                self.data.clear();
+                self.count = 0;
+            }
+        }
+    }
+
+    fn entries(&self) -> Vec<RingEntry> {
+        let bytes: Vec<u8> = self.data.iter().copied().collect();
+        let mut out = Vec::with_capacity(self.count);
+        let mut at = 0;
+        while let Some(h) = bytes.get(at..at + RING_HEADER) {
+            let mut ms = [0u8; 8];
+            ms.copy_from_slice(&h[..8]);
+            let text_len = usize::from(u16::from_le_bytes([h[10], h[11]]));
+            let raw_len = usize::from(u16::from_le_bytes([h[12], h[13]]));
+            let body = at + RING_HEADER;
+            let (Some(text), Some(raw)) = (
+                bytes.get(body..body + text_len),
+                bytes.get(body + text_len..body + text_len + raw_len),
+            ) else {
+                break;
+            };
+            out.push(RingEntry {
+                at_ms: i64::from_le_bytes(ms),
+                direction: if h[8] == 0 {
+                    Direction::Up
+                } else {
+                    Direction::Down
+                },
+                kind: h[9],
+                text: text.to_vec(),
+                raw: raw.to_vec(),
+            });
+            at = body + text_len + raw_len;
+        }
+        out
+    }
+}
+
+/// One-line summary of a stored frame, decoded now.
+fn summarise(kind: u8, direction: Direction, raw: &[u8]) -> String {
+    match kind {
+        1 => match pile_protocol::bkv::decode_frame(raw) {
+            Ok(f) => f.summary(),
+            Err(e) => format!("undecodable: {e}"),
+        },
+        2 => {
+            let dir = match direction {
+                Direction::Up => pile_protocol::ap3000::Direction::FromDevice,
+                Direction::Down => pile_protocol::ap3000::Direction::FromServer,
+            };
+            match pile_protocol::ap3000::decode_frame(raw, dir) {
+                Ok(f) => f.summary(),
+                Err(e) => format!("undecodable: {e}"),
+            }
+        }
+        _ => String::new(),
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Gateway {
     sessions: Mutex<HashMap<String, SessionHandle>>,
-    frames: Mutex<HashMap<String, VecDeque<RawFrame>>>,
+    frames: Mutex<HashMap<String, FrameRing>>,
     next_conn: AtomicU64,
 }
 
@@ -206,35 +326,41 @@ impl Gateway {
         device_id: &str,
         direction: Direction,
         at_ms: i64,
-        bytes: Bytes,
-        summary: impl Into<Box<str>>,
+        raw: &[u8],
+        note: FrameNote<'_>,
     ) {
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        let ring = frames.entry(device_id.to_string()).or_default();
-        if ring.len() >= FRAME_RING {
-            ring.pop_front();
+        match frames.get_mut(device_id) {
+            Some(ring) => ring.push(at_ms, direction, note, raw),
+            None => {
+                let mut ring = FrameRing::default();
+                ring.push(at_ms, direction, note, raw);
+                frames.insert(device_id.to_string(), ring);
+            }
         }
-        ring.push_back(RawFrame {
-            at_ms,
-            direction,
-            bytes,
-            summary: summary.into(),
-        });
     }
 
     /// The device's recent frames, oldest first; `None` when none were seen.
     pub fn frames(&self, device_id: &str) -> Option<Vec<FrameRecord>> {
-        let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        frames.get(device_id).map(|ring| {
-            ring.iter()
-                .map(|f| FrameRecord {
-                    at_ms: f.at_ms,
-                    direction: f.direction,
-                    hex: hex::encode(&f.bytes),
-                    summary: f.summary.to_string(),
+        let entries = {
+            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+            frames.get(device_id)?.entries()
+        };
+        Some(
+            entries
+                .into_iter()
+                .map(|e| FrameRecord {
+                    at_ms: e.at_ms,
+                    direction: e.direction,
+                    hex: hex::encode(&e.raw),
+                    summary: if e.kind == 0 {
+                        String::from_utf8_lossy(&e.text).into_owned()
+                    } else {
+                        summarise(e.kind, e.direction, &e.raw)
+                    },
                 })
-                .collect()
-        })
+                .collect(),
+        )
     }
 }
 
@@ -292,11 +418,41 @@ mod tests {
     fn the_frame_ring_keeps_the_last_200() {
         let gw = Gateway::new();
         for i in 0..250u8 {
-            gw.record_frame("D1", Direction::Up, i64::from(i), Bytes::from(vec![i]), "x");
+            let text = format!("note {i}");
+            let dir = if i % 2 == 0 {
+                Direction::Up
+            } else {
+                Direction::Down
+            };
+            gw.record_frame("D1", dir, i64::from(i), &[i, i], FrameNote::Text(&text));
         }
         let frames = gw.frames("D1").unwrap_or_default();
         assert_eq!(frames.len(), FRAME_RING);
-        assert_eq!(frames[0].hex, "32"); // frame 50
+        assert_eq!(frames[0].hex, "3232"); // frame 50
+        assert_eq!(frames[0].summary, "note 50");
+        assert_eq!(frames[0].at_ms, 50);
+        assert_eq!(frames[199].direction, Direction::Down);
         assert!(gw.frames("D2").is_none());
+    }
+
+    #[test]
+    fn ring_frames_are_summarised_when_read() {
+        let gw = Gateway::new();
+        let id: pile_protocol::bkv::GatewayId = "82210225000520".parse().expect("id");
+        let hb = pile_protocol::bkv::Frame::heartbeat(id, "89860000000000000001", "cV.1r46", 20);
+        gw.record_frame(
+            "82210225000520",
+            Direction::Up,
+            1,
+            &hb.to_vec(),
+            FrameNote::Frame(Family::Bkv),
+        );
+        let frames = gw.frames("82210225000520").unwrap_or_default();
+        assert_eq!(frames.len(), 1);
+        assert!(
+            frames[0].summary.contains("heartbeat"),
+            "{}",
+            frames[0].summary
+        );
     }
 }

@@ -262,9 +262,12 @@ pub struct Live {
     pub remote_addr: String,
     pub firmware: Option<String>,
     pub signal: Option<i64>,
-    /// A charging device that went offline keeps this: its orders get `offline_replayed`.
-    pub was_offline_during_charge: bool,
+    /// When `last_seen` was last handed to the batched writer.
+    pub persisted_seen_ms: i64,
 }
+
+/// How often a connected device's `last_seen_at` is written to the database.
+pub const LIVENESS_PERSIST_MS: i64 = 30_000;
 
 /// Hello of a device that identified itself on a new connection.
 #[derive(Debug, Clone)]
@@ -285,6 +288,8 @@ pub struct PortReport {
     pub hole: Option<u32>,
     pub status: pile_api::PortStatus,
     pub power_dw: i64,
+    /// The status differs from the last report (set by the session).
+    pub status_changed: bool,
 }
 
 /// A progress sample from a charging port.
@@ -299,6 +304,14 @@ pub struct ProgressReport {
     pub peak_power_dw: Option<i64>,
 }
 
+/// What a progress sample meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressOutcome {
+    pub order_no: String,
+    /// A charge by amount has used its money: the gateway stops the port (reason 1).
+    pub amount_used_up: bool,
+}
+
 /// A device's end report (settlement).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndReport {
@@ -311,6 +324,8 @@ pub struct EndReport {
     pub energy_wh: i64,
     pub peak_power_dw: Option<i64>,
     pub end_reason: EndReason,
+    /// BKV: the socket status byte; the reason is then worked out against the order's target.
+    pub bkv_status: Option<u8>,
     /// Hex of the raw frame, kept in `end_reports`.
     pub raw_hex: String,
 }
@@ -547,35 +562,35 @@ impl Service {
     pub async fn device_online(&self, hello: DeviceHello) -> Result<Vec<Outgoing>> {
         let now_ms = self.clock.now_ms();
         let now = now_ms / 1000;
-        let previous = {
-            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            let prev = live.get(&hello.device_id).cloned();
-            live.insert(
-                hello.device_id.clone(),
-                Live {
-                    protocol: hello.protocol.to_string(),
-                    last_seen_ms: now_ms,
-                    connected_at: now,
-                    remote_addr: hello.remote_addr.clone(),
-                    firmware: hello.firmware.clone(),
-                    signal: hello.signal,
-                    was_offline_during_charge: false,
-                },
-            );
-            prev
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            hello.device_id.clone(),
+            Live {
+                protocol: hello.protocol.to_string(),
+                last_seen_ms: now_ms,
+                connected_at: now,
+                remote_addr: hello.remote_addr.clone(),
+                firmware: hello.firmware.clone(),
+                signal: hello.signal,
+                persisted_seen_ms: now_ms,
+            },
+        );
+        let d = crate::store::DeviceOnline {
+            device_id: hello.device_id.clone(),
+            protocol: hello.protocol.to_string(),
+            remote_addr: hello.remote_addr.clone(),
+            firmware: hello.firmware.clone(),
+            iccid: hello.iccid.clone(),
+            signal: hello.signal,
+            now,
         };
-        let _ = previous;
-        self.store
-            .device_online(
-                &hello.device_id,
-                hello.protocol,
-                &hello.remote_addr,
-                hello.firmware.as_deref(),
-                hello.iccid.as_deref(),
-                hello.signal,
-                now,
-            )
-            .await?;
+        // A known device's reconnect goes through the batched writer (a reconnect storm after
+        // a restart must not cost one fsync per pile); a new device is written at once so the
+        // API knows it immediately.
+        if self.store.device_exists(&hello.device_id).await? {
+            self.writer.push(BatchOp::Online(d)).await;
+        } else {
+            self.store.device_online(&d).await?;
+        }
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
         let queued = self.store.queued_commands(&hello.device_id, now_ms).await?;
         Ok(queued
@@ -590,11 +605,24 @@ impl Service {
             .collect())
     }
 
-    /// Any valid frame: liveness in memory, flushed in batches.
+    /// Any valid frame: liveness in memory; the database copy (for offline devices' views) is
+    /// refreshed at most every [`LIVENESS_PERSIST_MS`], in batches.
     pub fn seen(&self, device_id: &str) {
         let now_ms = self.clock.now_ms();
-        self.live_mut(device_id, |l| l.last_seen_ms = now_ms);
-        self.writer.liveness(device_id, now_ms / 1000);
+        let persist = self
+            .live_mut(device_id, |l| {
+                l.last_seen_ms = now_ms;
+                if now_ms - l.persisted_seen_ms >= LIVENESS_PERSIST_MS {
+                    l.persisted_seen_ms = now_ms;
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if persist {
+            self.writer.liveness(device_id, now_ms / 1000);
+        }
     }
 
     /// A heartbeat: answered from memory by the session; firmware and signal remembered.
@@ -650,9 +678,22 @@ impl Service {
                     status: p.status.as_str().to_string(),
                     power_dw: p.power_dw,
                     at,
+                    status_changed: p.status_changed,
                 })
                 .await;
         }
+    }
+
+    /// A device alarm: recorded as a `device.alarm` event.
+    pub async fn alarm(&self, device_id: &str, data: serde_json::Value) -> Result<()> {
+        let ev = crate::store::Event {
+            event_type: "device.alarm",
+            device_id: device_id.to_string(),
+            order_no: None,
+            data,
+        };
+        self.store.record_event(&ev, self.clock.now_ms()).await?;
+        Ok(())
     }
 
     /// The device accepted a start: the order is charging from now (the gateway's clock).
@@ -743,7 +784,11 @@ impl Service {
 
     /// A progress sample: stored (batched) against its order; a pending order whose device
     /// reports charging is confirmed.
-    pub async fn progress(&self, device_id: &str, p: &ProgressReport) -> Result<Option<String>> {
+    pub async fn progress(
+        &self,
+        device_id: &str,
+        p: &ProgressReport,
+    ) -> Result<Option<ProgressOutcome>> {
         let Some(order) = self
             .order_for_report(device_id, p.port_no, p.device_ref.as_deref())
             .await?
@@ -770,7 +815,28 @@ impl Service {
                 status: "charging".into(),
             })
             .await;
-        Ok(Some(order.order_no))
+        // Charging by amount: is the money used up at this energy?
+        let amount_used_up = order.charge_mode == 3
+            && order.amount > 0
+            && (order.price_per_kwh > 0 || order.service_fee > 0)
+            && {
+                let b = domain::bill(
+                    &Tariff {
+                        amount: 0,
+                        price_per_kwh: order.price_per_kwh,
+                        service_fee: order.service_fee,
+                        target_duration: 0,
+                        target_energy_wh: 0,
+                    },
+                    p.energy_wh,
+                    p.duration_sec,
+                );
+                b.final_amount >= order.amount
+            };
+        Ok(Some(ProgressOutcome {
+            order_no: order.order_no,
+            amount_used_up,
+        }))
     }
 
     /// An end report. Settles the order exactly once (duration from the gateway's clock,
@@ -778,6 +844,9 @@ impl Service {
     /// committed and the session may acknowledge; `Err` means do not acknowledge (the device
     /// resends).
     pub async fn end_report(&self, device_id: &str, r: &EndReport) -> Result<EndOutcome> {
+        // Batched state (offline marks, progress) is committed first, so the order read below
+        // is current and events of one order stay in order.
+        self.writer.flush().await;
         let order = self
             .order_for_report(device_id, r.port_no, r.device_ref.as_deref())
             .await?;
@@ -786,9 +855,6 @@ impl Service {
             tracing::warn!(%device_id, port_no = r.port_no, "end report without an order");
             return Ok(EndOutcome::Duplicate { order_no: None });
         };
-        // Progress samples queued before this report are committed first, so events of one
-        // order stay in order.
-        self.writer.flush().await;
         let now_ms = self.clock.now_ms();
         let started = order.started_at_ms.unwrap_or(now_ms);
         let mut duration = domain::duration_sec(started, now_ms);
@@ -808,10 +874,20 @@ impl Service {
             }
         }
         // A stop the API asked for is a remote stop whatever the device calls it.
-        let reason = if order.stop_requested {
-            EndReason::RemoteStop
-        } else {
-            r.end_reason
+        let reason = match r.bkv_status {
+            Some(status) => {
+                let target_reached = (order.target_duration > 0
+                    && r.device_duration_sec.unwrap_or(duration) + r.duration_resolution_sec
+                        >= order.target_duration)
+                    || (order.target_energy_wh > 0 && r.energy_wh >= order.target_energy_wh);
+                EndReason::from_bkv(order.stop_requested, status, target_reached)
+            }
+            None if order.stop_requested => EndReason::RemoteStop,
+            // The gateway stopped a charge by amount whose money was used up.
+            None if order.charge_mode == 3 && r.end_reason == EndReason::RemoteStop => {
+                EndReason::TargetReached
+            }
+            None => r.end_reason,
         };
         let tariff = Tariff {
             amount: order.amount,
@@ -919,10 +995,13 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .remove(device_id);
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
-        self.writer.flush().await;
-        self.store
-            .device_offline(device_id, last_seen_ms / 1000, self.clock.now_sec())
-            .await?;
+        self.writer
+            .push(BatchOp::Offline {
+                device_id: device_id.to_string(),
+                last_seen_at: last_seen_ms / 1000,
+                now: self.clock.now_sec(),
+            })
+            .await;
         tracing::info!(%device_id, "device offline");
         Ok(())
     }

@@ -224,6 +224,14 @@ pub struct Event {
 /// Work the batched writer hands in; one transaction per batch.
 #[derive(Debug, Clone)]
 pub enum BatchOp {
+    /// A known device reconnected.
+    Online(DeviceOnline),
+    /// A device went away.
+    Offline {
+        device_id: String,
+        last_seen_at: i64,
+        now: i64,
+    },
     Liveness {
         device_id: String,
         last_seen_at: i64,
@@ -236,6 +244,8 @@ pub enum BatchOp {
         status: String,
         power_dw: i64,
         at: i64,
+        /// Writes a `socket.state_changed` event.
+        status_changed: bool,
     },
     Progress {
         order_no: String,
@@ -346,6 +356,110 @@ async fn insert_event(tx: &mut Tx, ev: &Event, now_ms: i64) -> Result<()> {
     outbox::insert_event(tx, ev, now_ms).await
 }
 
+/// A device that identified itself on a connection.
+#[derive(Debug, Clone)]
+pub struct DeviceOnline {
+    pub device_id: String,
+    pub protocol: String,
+    pub remote_addr: String,
+    pub firmware: Option<String>,
+    pub iccid: Option<String>,
+    pub signal: Option<i64>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+async fn device_online_tx(tx: &mut Tx, d: &DeviceOnline) -> Result<bool> {
+    let existed = sqlx::query("SELECT online FROM devices WHERE device_id = $1")
+        .bind(&d.device_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+    sqlx::query(
+        "INSERT INTO devices (device_id, protocol, online, last_seen_at, connected_at, \
+         remote_addr, firmware, iccid, signal, port_count, created_at, updated_at) \
+         VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7, 0, $3, $3) \
+         ON CONFLICT (device_id) DO UPDATE SET protocol = $2, online = 1, last_seen_at = $3, \
+         connected_at = $3, remote_addr = $4, firmware = COALESCE($5, devices.firmware), \
+         iccid = COALESCE($6, devices.iccid), signal = COALESCE($7, devices.signal), \
+         updated_at = $3",
+    )
+    .bind(&d.device_id)
+    .bind(&d.protocol)
+    .bind(d.now)
+    .bind(&d.remote_addr)
+    .bind(d.firmware.clone())
+    .bind(d.iccid.clone())
+    .bind(d.signal)
+    .execute(&mut **tx)
+    .await?;
+    let now_ms = d.now * 1000;
+    if !existed {
+        insert_event(
+            tx,
+            &Event {
+                event_type: "device.registered",
+                device_id: d.device_id.clone(),
+                order_no: None,
+                data: serde_json::json!({"protocol": d.protocol}),
+            },
+            now_ms,
+        )
+        .await?;
+    }
+    insert_event(
+        tx,
+        &Event {
+            event_type: "device.online",
+            device_id: d.device_id.clone(),
+            order_no: None,
+            data: serde_json::json!({"remote_addr": d.remote_addr, "protocol": d.protocol}),
+        },
+        now_ms,
+    )
+    .await?;
+    Ok(!existed)
+}
+
+async fn device_offline_tx(
+    tx: &mut Tx,
+    device_id: &str,
+    last_seen_at: i64,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE devices SET online = 0, last_seen_at = $2, updated_at = $3 WHERE device_id = $1",
+    )
+    .bind(device_id)
+    .bind(last_seen_at)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE ports SET status = 'offline', power_dw = 0 WHERE device_id = $1")
+        .bind(device_id)
+        .execute(&mut **tx)
+        .await?;
+    // Orders charging on a device that went away may end while it is offline.
+    sqlx::query(
+        "UPDATE orders SET was_offline = 1 WHERE device_id = $1 AND status IN ('pending', 'charging')",
+    )
+    .bind(device_id)
+    .execute(&mut **tx)
+    .await?;
+    insert_event(
+        tx,
+        &Event {
+            event_type: "device.offline",
+            device_id: device_id.to_string(),
+            order_no: None,
+            data: serde_json::json!({"last_seen_at": last_seen_at}),
+        },
+        now * 1000,
+    )
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Connects, applies the pragmas SQLite needs (WAL, `synchronous=FULL`) and runs the
     /// embedded migrations. `sqlite://file.db` creates the file if it is missing.
@@ -422,8 +536,14 @@ impl Store {
         self.stats.slowest_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
+    /// SQLite transactions take the write lock up front (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that reads first and then writes fails at once with SQLITE_BUSY when
+    /// another connection wrote in between, without waiting for the busy timeout.
     async fn begin(&self) -> Result<Tx> {
-        Ok(self.pool.begin().await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Readiness: the database answers.
@@ -459,72 +579,33 @@ impl Store {
 
     // -- devices and ports ----------------------------------------------------------------
 
-    /// A device connected (or identified itself): create or refresh it, online.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn device_online(
-        &self,
-        device_id: &str,
-        protocol: &str,
-        remote_addr: &str,
-        firmware: Option<&str>,
-        iccid: Option<&str>,
-        signal: Option<i64>,
-        now: i64,
-    ) -> Result<bool> {
+    /// A device connected (or identified itself): create or refresh it, online, with its
+    /// `device.registered` (first time) and `device.online` events. Returns whether it is new.
+    pub async fn device_online(&self, d: &DeviceOnline) -> Result<bool> {
         let started = Instant::now();
         let mut tx = self.begin().await?;
-        let existed = sqlx::query("SELECT online FROM devices WHERE device_id = $1")
-            .bind(device_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get::<i64, _>("online"))
-            .transpose()?;
-        sqlx::query(
-            "INSERT INTO devices (device_id, protocol, online, last_seen_at, connected_at, \
-             remote_addr, firmware, iccid, signal, port_count, created_at, updated_at) \
-             VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7, 0, $3, $3) \
-             ON CONFLICT (device_id) DO UPDATE SET protocol = $2, online = 1, last_seen_at = $3, \
-             connected_at = $3, remote_addr = $4, firmware = COALESCE($5, devices.firmware), \
-             iccid = COALESCE($6, devices.iccid), signal = COALESCE($7, devices.signal), \
-             updated_at = $3",
-        )
-        .bind(device_id)
-        .bind(protocol)
-        .bind(now)
-        .bind(remote_addr)
-        .bind(firmware.map(str::to_string))
-        .bind(iccid.map(str::to_string))
-        .bind(signal)
-        .execute(&mut *tx)
-        .await?;
-        let now_ms = now * 1000;
-        if existed.is_none() {
-            insert_event(
-                &mut tx,
-                &Event {
-                    event_type: "device.registered",
-                    device_id: device_id.to_string(),
-                    order_no: None,
-                    data: serde_json::json!({"protocol": protocol}),
-                },
-                now_ms,
-            )
-            .await?;
-        }
-        insert_event(
-            &mut tx,
-            &Event {
-                event_type: "device.online",
-                device_id: device_id.to_string(),
-                order_no: None,
-                data: serde_json::json!({"remote_addr": remote_addr, "protocol": protocol}),
-            },
-            now_ms,
-        )
-        .await?;
+        let new = device_online_tx(&mut tx, d).await?;
         tx.commit().await?;
         self.observe(started);
-        Ok(existed.is_none())
+        Ok(new)
+    }
+
+    /// Writes one event on its own (alarms and other events without a state change).
+    pub async fn record_event(&self, ev: &Event, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_event(&mut tx, ev, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn device_exists(&self, device_id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM devices WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
     }
 
     /// Firmware, signal and port count learnt from registration or heartbeat frames.
@@ -550,38 +631,11 @@ impl Store {
         Ok(())
     }
 
+    /// A device went away: offline, its ports offline, its active orders marked as having
+    /// lived through an offline spell, and a `device.offline` event.
     pub async fn device_offline(&self, device_id: &str, last_seen_at: i64, now: i64) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE devices SET online = 0, last_seen_at = $2, updated_at = $3 WHERE device_id = $1",
-        )
-        .bind(device_id)
-        .bind(last_seen_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE ports SET status = 'offline', power_dw = 0 WHERE device_id = $1")
-            .bind(device_id)
-            .execute(&mut *tx)
-            .await?;
-        // Orders charging on a device that went away may end while it is offline.
-        sqlx::query(
-            "UPDATE orders SET was_offline = 1 WHERE device_id = $1 AND status IN ('pending', 'charging')",
-        )
-        .bind(device_id)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(
-            &mut tx,
-            &Event {
-                event_type: "device.offline",
-                device_id: device_id.to_string(),
-                order_no: None,
-                data: serde_json::json!({"last_seen_at": last_seen_at}),
-            },
-            now * 1000,
-        )
-        .await?;
+        device_offline_tx(&mut tx, device_id, last_seen_at, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -877,6 +931,16 @@ impl Store {
         Ok(id)
     }
 
+    /// Replaces the device's handle of an order (BKV: the business number from the reply).
+    pub async fn set_device_ref(&self, order_no: &str, device_ref: &str) -> Result<()> {
+        sqlx::query("UPDATE orders SET device_ref = $2 WHERE order_no = $1")
+            .bind(order_no)
+            .bind(device_ref)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn mark_stop_requested(&self, order_no: &str) -> Result<()> {
         sqlx::query("UPDATE orders SET stop_requested = 1 WHERE order_no = $1")
             .bind(order_no)
@@ -1038,6 +1102,15 @@ impl Store {
             .bind(&s.order_no)
             .execute(&mut *tx)
             .await?;
+            // The port stopped with the order; the next report refreshes it.
+            sqlx::query(
+                "UPDATE ports SET status = 'idle', power_dw = 0 \
+                 WHERE device_id = $1 AND port_no = $2 AND status = 'charging'",
+            )
+            .bind(device_id)
+            .bind(port_no)
+            .execute(&mut *tx)
+            .await?;
             let data = serde_json::json!({
                 "port_no": port_no,
                 "duration_sec": s.duration_sec,
@@ -1192,6 +1265,16 @@ impl Store {
         let mut tx = self.begin().await?;
         for op in ops {
             match op {
+                BatchOp::Online(d) => {
+                    device_online_tx(&mut tx, d).await?;
+                }
+                BatchOp::Offline {
+                    device_id,
+                    last_seen_at,
+                    now,
+                } => {
+                    device_offline_tx(&mut tx, device_id, *last_seen_at, *now).await?;
+                }
                 BatchOp::Liveness {
                     device_id,
                     last_seen_at,
@@ -1210,7 +1293,35 @@ impl Store {
                     status,
                     power_dw,
                     at,
+                    status_changed,
                 } => {
+                    if *status_changed {
+                        // Only on a change (rare), so the extra read stays off the hot path.
+                        let previous: Option<String> = sqlx::query(
+                            "SELECT status FROM ports WHERE device_id = $1 AND port_no = $2",
+                        )
+                        .bind(device_id)
+                        .bind(port_no)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get("status"))
+                        .transpose()?;
+                        insert_event(
+                            &mut tx,
+                            &Event {
+                                event_type: "socket.state_changed",
+                                device_id: device_id.clone(),
+                                order_no: None,
+                                data: serde_json::json!({
+                                    "port_no": port_no, "socket_no": socket_no, "hole": hole,
+                                    "from": previous, "to": status, "status": status,
+                                    "power_w": *power_dw as f64 / 10.0, "changed_at": at,
+                                }),
+                            },
+                            *at * 1000,
+                        )
+                        .await?;
+                    }
                     sqlx::query(
                         "INSERT INTO ports (device_id, port_no, socket_no, hole, status, power_dw, \
                          reported_status, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $5, $7) \

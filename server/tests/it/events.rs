@@ -754,7 +754,7 @@ both_db!(
     every_event_of_an_order_carries_what_a_receiver_bills_from,
     |db| async move {
         use pile_server::domain::EndReason;
-        use pile_server::service::ProgressReport;
+        use pile_server::service::{EndReport, PortReport, ProgressReport};
         let Some(app) = app_on(db).await else { return };
         let mut pile = app.connect_fake("04AB373B", "ap3000", 4).await;
         envelope(
@@ -773,6 +773,19 @@ both_db!(
             .await
             .unwrap();
         app.service
+            .port_report(
+                "04AB373B",
+                &[PortReport {
+                    port_no: 2,
+                    socket_no: None,
+                    hole: None,
+                    status: pile_api::PortStatus::Charging,
+                    power_dw: 1_800,
+                    status_changed: true,
+                }],
+            )
+            .await;
+        app.service
             .progress(
                 "04AB373B",
                 &ProgressReport {
@@ -786,12 +799,23 @@ both_db!(
             )
             .await
             .unwrap();
-        // Settled (the gateway's own path, reason 1) from the progress figures.
-        assert!(app
-            .service
-            .settle_by_gateway("bill-1", EndReason::TargetReached)
+        app.service
+            .end_report(
+                "04AB373B",
+                &EndReport {
+                    port_no: 2,
+                    device_ref: None,
+                    device_duration_sec: None,
+                    duration_resolution_sec: 1,
+                    energy_wh: 123,
+                    peak_power_dw: Some(2_000),
+                    end_reason: EndReason::TargetReached,
+                    bkv_status: None,
+                    raw_hex: "00".into(),
+                },
+            )
             .await
-            .unwrap());
+            .unwrap();
         // A second order the device refuses.
         envelope(
             app.charge(
@@ -851,10 +875,8 @@ both_db!(
         ] {
             assert!(!done[key].is_null(), "order.completed data.{key}");
         }
-        // 0.04 kWh × 150 = 6, × 50 = 2.
-        assert_eq!(done["total_kwh"], 0.04);
-        assert_eq!(done["final_amount"], 8);
-        assert_eq!(done["peak_power"], 180.0);
+        assert_eq!(done["total_kwh"], 0.123);
+        assert_eq!(done["final_amount"], 24);
         assert_eq!(done["end_reason"], 1);
         assert_eq!(done["end_reason_name"], "target_reached");
         assert_eq!(done["end_reason_text"], "充电目标已达到");
@@ -866,6 +888,15 @@ both_db!(
         assert!(failed["end_reason_text"].is_string());
         assert!(failed["ended_at"].is_i64());
 
+        let socket = rows
+            .iter()
+            .find(|r| r.event_type == "socket.state_changed")
+            .expect("socket.state_changed");
+        let s: serde_json::Value = serde_json::from_str(&socket.payload).unwrap();
+        assert_eq!(
+            (s["port_no"].clone(), s["to"].clone()),
+            (json!(2), json!("charging"))
+        );
         let registered = rows
             .iter()
             .find(|r| r.event_type == "device.registered")
@@ -874,16 +905,11 @@ both_db!(
         assert_eq!(r["protocol"], "ap3000");
         assert!(r["registered_at"].is_i64());
 
-        // Disconnects may go through the batched writer: wait for the event.
         app.disconnect_fake(&pile).await;
-        let store = app.service.store.clone();
-        eventually(|| async {
-            let rows = store.outbox_after(0, 1000).await.unwrap();
-            rows.iter()
-                .any(|r| r.event_type == "device.offline")
-                .then_some(())
-        })
-        .await;
+        // The offline transition goes through the batched writer; flush it like shutdown does.
+        app.service.writer.flush().await;
+        let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
+        assert!(rows.iter().any(|r| r.event_type == "device.offline"));
     }
 );
 

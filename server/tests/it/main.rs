@@ -6,7 +6,10 @@
 mod helpers;
 
 mod api;
+mod devices;
 mod events;
+mod measure;
 mod orders;
+mod piles;
 
 pub use helpers::*;

@@ -17,6 +17,7 @@ fn end_report(port_no: u32, energy_wh: i64, reason: EndReason) -> EndReport {
         energy_wh,
         peak_power_dw: Some(2_000),
         end_reason: reason,
+        bkv_status: None,
         raw_hex: "00".into(),
     }
 }

@@ -1,17 +1,25 @@
-//! The device listener: one TCP port for both protocol families, a connection cap, and a
-//! task per connection. Sockets that never send a valid frame are closed after
-//! `first_frame_timeout`.
+//! The device side: one TCP listener for both protocol families, a connection cap, and one
+//! task ([`session`]) per connection.
+//!
+//! A connection is told apart by its first bytes ([`pile_protocol::sniff`]); sockets that
+//! never send a valid frame are closed after `first_frame_timeout` (10 s); a device with no
+//! frame for `offline_after` is offline and its connection closed. A new connection with a
+//! known device ID replaces the old one at once (see [`crate::gateway::Gateway::register`]).
+
+mod ap3000;
+mod bkv;
+pub mod pacing;
+mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::metrics as m;
@@ -23,8 +31,12 @@ pub struct Limits {
     pub max_connections: usize,
     pub first_frame_timeout: Duration,
     pub offline_after: Duration,
-    /// Largest per-connection read buffer.
-    pub max_buffer: usize,
+    /// Largest frame accepted (either family); also bounds the read buffer.
+    pub max_frame: usize,
+    /// Least time between two commands to one device.
+    pub command_spacing: Duration,
+    /// An unanswered command is resent once after this long, then given up after as long again.
+    pub resend_after: Duration,
 }
 
 impl Limits {
@@ -33,7 +45,9 @@ impl Limits {
             max_connections: c.max_connections,
             first_frame_timeout: c.first_frame_timeout,
             offline_after: c.offline_after,
-            max_buffer: 8 * 1024,
+            max_frame: 2048,
+            command_spacing: Duration::from_millis(500),
+            resend_after: c.command_resend_after,
         }
     }
 }
@@ -78,42 +92,21 @@ pub async fn serve(
         let service = service.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            connection(stream, peer, service, limits, shutdown).await;
-            drop(permit);
-        });
+        let conn_id = service.gateway.next_conn_id();
+        let span = tracing::info_span!(
+            "session",
+            conn_id,
+            %peer,
+            device_id = tracing::field::Empty,
+            protocol = tracing::field::Empty
+        );
+        tracker.spawn(
+            async move {
+                session::run(stream, peer, conn_id, service, limits, shutdown).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     up.store(false, Ordering::Relaxed);
-}
-
-/// One connection. Until the protocol crate lands this only enforces the first-frame
-/// timeout and the buffer bound.
-async fn connection(
-    mut stream: TcpStream,
-    peer: std::net::SocketAddr,
-    _service: Arc<Service>,
-    limits: Limits,
-    shutdown: CancellationToken,
-) {
-    let mut buf = BytesMut::with_capacity(512);
-    let deadline = tokio::time::sleep(limits.first_frame_timeout);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            r = stream.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if buf.len() > limits.max_buffer {
-                        buf.clear();
-                    }
-                }
-            },
-            _ = &mut deadline => {
-                metrics::counter!(m::TCP_CONNECTIONS_REJECTED, "reason" => "no_valid_frame").increment(1);
-                tracing::debug!(%peer, "no valid frame in time; closing");
-                break;
-            }
-            _ = shutdown.cancelled() => break,
-        }
-    }
 }

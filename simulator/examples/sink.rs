@@ -45,9 +45,9 @@ fn raise_fd_limit() {
 
 /// Whether this connection's pile should charge (a hash of its ID against the share).
 fn chosen(id: &str, share: f64) -> bool {
-    let h = id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     (h % 10_000) as f64 / 10_000.0 < share
 }
 

@@ -1,1 +1,27 @@
-//! See ARCHITECTURE.md for what this crate will hold.
+//! `pile-server`: the gateway between charging piles (BKV and AP3000 over TCP) and
+//! third-party platforms (HTTP). See the crate's modules:
+//!
+//! * [`config`] — flags, `PILE_…` env vars, optional TOML.
+//! * [`domain`] — pure logic: order states, billing, end reasons, durations.
+//! * [`store`] — all SQL (SQLite and PostgreSQL), migrations, the outbox.
+//! * [`gateway`] — the seam: live-session registry, command dispatch, frame rings.
+//! * [`service`] — use cases for the API and the device-event API sessions call; the batched writer.
+//! * [`device`] — the device listener and sessions.
+//! * [`http`] — axum routes, auth, envelope, errors.
+//! * [`events`] — webhook dispatcher (signed, retried, dead letters) and the live event stream.
+//! * [`metrics`] — Prometheus series and log-level counters.
+//! * [`app`] — wiring and graceful shutdown.
+
+pub mod app;
+pub mod config;
+pub mod device;
+pub mod domain;
+pub mod events;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+pub use app::{run, start, App};
+pub use config::Config;

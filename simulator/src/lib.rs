@@ -9,6 +9,7 @@
 pub mod charger;
 pub mod config;
 pub mod control;
+pub mod decode;
 pub mod fault;
 pub mod fleet;
 pub mod msg;

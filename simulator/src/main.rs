@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run a fleet of virtual piles against a gateway.
     Run(RunArgs),
+    /// Print one frame of either family (hex) as JSON: the field engineer's frame analyzer.
+    Decode(pile_sim::decode::DecodeArgs),
 }
 
 #[derive(Args)]
@@ -201,5 +203,6 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => exit_code(run(args).await),
+        Command::Decode(args) => std::process::exit(pile_sim::decode::run(&args)),
     }
 }

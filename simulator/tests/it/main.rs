@@ -3,6 +3,7 @@
 
 mod ap3000;
 mod bkv;
+mod decode;
 mod faults;
 mod fleet;
 mod support;

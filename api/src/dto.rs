@@ -1,0 +1,428 @@
+use serde::{Deserialize, Serialize};
+
+/// Every JSON response is wrapped in this envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope<T> {
+    /// 0 on success, else the HTTP status.
+    pub code: u16,
+    pub message: String,
+    pub data: Option<T>,
+    pub request_id: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+/// `charge_mode` of a charge request.
+pub mod charge_mode {
+    pub const BY_TIME: u8 = 1;
+    pub const BY_ENERGY: u8 = 2;
+    pub const BY_AMOUNT: u8 = 3;
+    pub const UNTIL_FULL: u8 = 4;
+}
+
+/// `POST /api/v1/third/devices/{device_id}/charge`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChargeRequest {
+    pub port_no: u32,
+    pub charge_mode: u8,
+    /// Seconds, for mode 1.
+    #[serde(default)]
+    pub duration: i64,
+    /// Wh, for mode 2.
+    #[serde(default)]
+    pub energy_wh: i64,
+    /// Fen.
+    #[serde(default)]
+    pub amount: i64,
+    /// Fen per kWh.
+    #[serde(default)]
+    pub price_per_kwh: i64,
+    /// Fen per kWh.
+    #[serde(default)]
+    pub service_fee: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_no: Option<String>,
+    /// `false` makes a charge for an offline device fail with 503 instead of queueing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_if_offline: Option<bool>,
+}
+
+/// `POST /api/v1/third/devices/{device_id}/stop`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StopRequest {
+    pub port_no: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_no: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Charging,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Charging,
+        OrderStatus::Completed,
+        OrderStatus::Failed,
+        OrderStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Charging => "charging",
+            OrderStatus::Completed => "completed",
+            OrderStatus::Failed => "failed",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Pending and charging orders hold their port.
+    pub fn is_active(self) -> bool {
+        matches!(self, OrderStatus::Pending | OrderStatus::Charging)
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Answer of the charge and stop routes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderRef {
+    pub order_no: String,
+    pub device_id: String,
+    pub port_no: u32,
+    pub status: OrderStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PortStatus {
+    Offline,
+    Idle,
+    Plugged,
+    Charging,
+    Fault,
+}
+
+impl PortStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortStatus::Offline => "offline",
+            PortStatus::Idle => "idle",
+            PortStatus::Plugged => "plugged",
+            PortStatus::Charging => "charging",
+            PortStatus::Fault => "fault",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            PortStatus::Offline,
+            PortStatus::Idle,
+            PortStatus::Plugged,
+            PortStatus::Charging,
+            PortStatus::Fault,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PortView {
+    /// 1-based platform port number.
+    pub port_no: u32,
+    /// BKV radio socket (1–250); `None` for AP3000.
+    pub socket_no: Option<u32>,
+    /// BKV hole (0 = A, 1 = B); `None` for AP3000.
+    pub hole: Option<u32>,
+    pub status: PortStatus,
+    pub power_w: f64,
+    pub order_no: Option<String>,
+}
+
+/// `GET /api/v1/third/devices/{device_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceView {
+    pub device_id: String,
+    /// `"bkv"` or `"ap3000"`.
+    pub protocol: String,
+    pub online: bool,
+    pub last_seen_at: Option<i64>,
+    pub connected_at: Option<i64>,
+    pub remote_addr: Option<String>,
+    pub firmware: Option<String>,
+    pub signal: Option<i64>,
+    pub ports: Vec<PortView>,
+}
+
+/// `GET /api/v1/third/orders/{order_no}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderView {
+    pub order_no: String,
+    pub device_id: String,
+    pub port_no: u32,
+    pub status: OrderStatus,
+    pub charge_mode: u8,
+    pub target_duration: i64,
+    pub amount: i64,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub duration_sec: i64,
+    pub total_kwh: f64,
+    /// W.
+    pub current_power: f64,
+    /// W.
+    pub peak_power: f64,
+    pub energy_fee: i64,
+    pub service_fee_amount: i64,
+    pub final_amount: i64,
+    pub end_reason: Option<i64>,
+    pub end_reason_name: Option<String>,
+    pub end_reason_text: Option<String>,
+    pub offline_replayed: bool,
+}
+
+/// One element of `GET /api/v1/third/orders/{order_no}/progress`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProgressSample {
+    pub at: i64,
+    pub duration_sec: i64,
+    pub energy_wh: i64,
+    pub power_w: f64,
+    pub status: String,
+}
+
+/// Every paged list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// All matches, not only this page.
+    pub total: i64,
+    pub page: u32,
+    pub size: u32,
+}
+
+/// Query of `GET /api/v1/third/devices`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeviceListQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+}
+
+/// Query of `GET /api/v1/third/orders`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OrderListQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TableCounts {
+    pub devices: i64,
+    pub orders: i64,
+    pub cmd_logs: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LogCounts {
+    pub error: u64,
+    pub warn: u64,
+    pub info: u64,
+    pub debug: u64,
+    pub trace: u64,
+}
+
+/// `GET /api/v1/admin/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    pub tables: TableCounts,
+    pub db_pool: PoolStats,
+    /// Queries slower than the slow-query threshold since start.
+    pub slow_queries: u64,
+    pub slow_query_threshold_ms: u64,
+    pub slowest_query_ms: u64,
+    pub log_counts: LogCounts,
+    /// Outbox events not yet delivered.
+    pub event_backlog: i64,
+    /// Delivered / attempted, 1.0 when nothing was attempted.
+    pub push_success_rate: f64,
+    pub mean_push_latency_ms: f64,
+    pub active_sessions: u64,
+    pub online_devices: i64,
+    pub orders_by_status: std::collections::BTreeMap<String, i64>,
+    pub uptime_sec: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CommandMatch {
+    /// Downlink commands sent.
+    pub sent: i64,
+    /// Of those, how many got their reply.
+    pub matched: i64,
+    /// `matched / sent`, 1.0 when nothing was sent.
+    pub match_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PortMismatch {
+    pub device_id: String,
+    pub port_no: u32,
+    pub stored_status: String,
+    pub reported_status: String,
+}
+
+/// `GET /api/v1/admin/consistency`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Consistency {
+    /// Orders whose device is unknown.
+    pub orphan_orders: Vec<String>,
+    /// Orders pending or charging longer than their limit.
+    pub stale_orders: Vec<String>,
+    pub commands: CommandMatch,
+    pub port_mismatches: Vec<PortMismatch>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+/// One element of `GET /api/v1/admin/devices/{id}/frames`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FrameRecord {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub direction: Direction,
+    pub hex: String,
+    pub summary: String,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    /// `"ok"` or `"unavailable"`.
+    pub status: String,
+    /// Check name → `"ok"` or the failure.
+    #[serde(default)]
+    pub checks: std::collections::BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events (webhooks, dead letters, live stream)
+
+/// One event as a webhook body and as the `data` of a live-stream message:
+/// `{event_id, event_type, device_phy_id, order_no?, timestamp, nonce, data}`.
+/// `nonce` is per delivery attempt (signed); the live stream leaves it empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventMessage {
+    pub event_id: String,
+    pub event_type: String,
+    pub device_phy_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_no: Option<String>,
+    /// When the event happened, Unix seconds.
+    pub timestamp: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// One element of `GET /api/v1/admin/webhooks/dead`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetter {
+    pub event_id: String,
+    pub event_type: String,
+    pub device_id: String,
+    #[serde(default)]
+    pub order_no: Option<String>,
+    /// Delivery attempts made.
+    pub attempts: i64,
+    /// The receiver's last HTTP status, if it answered.
+    #[serde(default)]
+    pub last_status: Option<u16>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    #[serde(default)]
+    pub dead_at: Option<i64>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetterQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+}
+
+/// `POST /api/v1/admin/webhooks/dead/{event_id}/replay`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayResult {
+    pub event_id: String,
+    /// `"pending"`: queued for delivery again.
+    pub status: String,
+}
+
+/// `POST /api/v1/admin/webhooks/test`: what the receiver answered to a signed `webhook.test`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WebhookTestResult {
+    pub url: String,
+    pub event_id: String,
+    /// The receiver answered 2xx.
+    pub delivered: bool,
+    #[serde(default)]
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Filters of `GET /api/v1/events/stream`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventStreamQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// An event type (`order.completed`), a prefix (`charging.*`), or several, comma-separated.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+}

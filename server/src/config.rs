@@ -1,0 +1,269 @@
+//! Configuration: command-line flags, each also read from a `PILE_…` environment variable,
+//! over an optional TOML file (`--config`). Flags and env win over the file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// `pile-server` command line.
+#[derive(Debug, Clone, Parser, Default)]
+#[command(
+    name = "pile-server",
+    version,
+    about = "Gateway for e-bike charging piles"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "PILE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP API address [default: 0.0.0.0:7055].
+    #[arg(long, env = "PILE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Device TCP address, both protocol families [default: 0.0.0.0:7065].
+    #[arg(long, env = "PILE_DEVICE_LISTEN")]
+    pub device_listen: Option<String>,
+    /// `sqlite://pile.db` (default) or `postgres://…`.
+    #[arg(long, env = "PILE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// API key (repeatable; comma-separated in the env var).
+    #[arg(long = "api-key", env = "PILE_API_KEY", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+    #[arg(long, env = "PILE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    #[arg(long, env = "PILE_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// Seconds without a frame before a device is offline [default: 30].
+    #[arg(long, env = "PILE_OFFLINE_AFTER")]
+    pub offline_after: Option<u64>,
+    /// Seconds a command for an offline device waits [default: 600].
+    #[arg(long, env = "PILE_COMMAND_TTL")]
+    pub command_ttl: Option<u64>,
+    /// Seconds past an order's target before an absent device's order is settled [default: 1800].
+    #[arg(long, env = "PILE_OFFLINE_SETTLE_GRACE")]
+    pub offline_settle_grace: Option<u64>,
+    #[arg(long, env = "PILE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest accepted request body in bytes [default: 65536].
+    #[arg(long, env = "PILE_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Most simultaneous device connections [default: 200000].
+    #[arg(long, env = "PILE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Requests per second per API key; off when absent.
+    #[arg(long, env = "PILE_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Database pool size [default: 16].
+    #[arg(long, env = "PILE_DB_POOL")]
+    pub db_pool: Option<u32>,
+}
+
+/// The file form: the same settings, all optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub http_listen: Option<String>,
+    pub device_listen: Option<String>,
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub offline_after: Option<u64>,
+    pub command_ttl: Option<u64>,
+    pub offline_settle_grace: Option<u64>,
+    pub log_format: Option<LogFormat>,
+    pub body_limit: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub rate_limit: Option<u32>,
+    pub db_pool: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+/// The resolved settings the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_listen: String,
+    pub device_listen: String,
+    pub database_url: String,
+    pub api_keys: Vec<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub offline_after: Duration,
+    pub command_ttl: Duration,
+    pub offline_settle_grace: Duration,
+    pub log_format: LogFormat,
+    pub body_limit: usize,
+    pub max_connections: usize,
+    pub rate_limit: Option<u32>,
+    pub db_pool: u32,
+    /// Sockets that never send a valid frame are closed after this long.
+    pub first_frame_timeout: Duration,
+    /// How often the batched writer flushes.
+    pub flush_interval: Duration,
+    /// An unanswered device command is resent once after this long (vendor rule: 15 s).
+    pub command_resend_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_listen: "0.0.0.0:7055".into(),
+            device_listen: "0.0.0.0:7065".into(),
+            database_url: "sqlite://pile.db".into(),
+            api_keys: Vec::new(),
+            webhook_url: None,
+            webhook_secret: None,
+            offline_after: Duration::from_secs(30),
+            command_ttl: Duration::from_secs(600),
+            offline_settle_grace: Duration::from_secs(30 * 60),
+            log_format: LogFormat::Pretty,
+            body_limit: 64 * 1024,
+            max_connections: 200_000,
+            rate_limit: None,
+            db_pool: 16,
+            first_frame_timeout: Duration::from_secs(10),
+            flush_interval: Duration::from_millis(200),
+            command_resend_after: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Config {
+    /// Flags and env over the file over the defaults.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Ok(Self::merge(cli, file))
+    }
+
+    pub fn merge(cli: Cli, file: FileConfig) -> Config {
+        let d = Config::default();
+        let secs = Duration::from_secs;
+        Config {
+            http_listen: cli
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or(d.http_listen),
+            device_listen: cli
+                .device_listen
+                .or(file.device_listen)
+                .unwrap_or(d.device_listen),
+            database_url: cli
+                .database_url
+                .or(file.database_url)
+                .unwrap_or(d.database_url),
+            api_keys: if cli.api_keys.is_empty() {
+                file.api_keys
+            } else {
+                cli.api_keys
+            }
+            .into_iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect(),
+            webhook_url: cli.webhook_url.or(file.webhook_url),
+            webhook_secret: cli.webhook_secret.or(file.webhook_secret),
+            offline_after: cli
+                .offline_after
+                .or(file.offline_after)
+                .map(secs)
+                .unwrap_or(d.offline_after),
+            command_ttl: cli
+                .command_ttl
+                .or(file.command_ttl)
+                .map(secs)
+                .unwrap_or(d.command_ttl),
+            offline_settle_grace: cli
+                .offline_settle_grace
+                .or(file.offline_settle_grace)
+                .map(secs)
+                .unwrap_or(d.offline_settle_grace),
+            log_format: cli.log_format.or(file.log_format).unwrap_or(d.log_format),
+            body_limit: cli.body_limit.or(file.body_limit).unwrap_or(d.body_limit),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            rate_limit: cli.rate_limit.or(file.rate_limit).filter(|r| *r > 0),
+            db_pool: cli.db_pool.or(file.db_pool).unwrap_or(d.db_pool),
+            ..d
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let c = Config::merge(Cli::default(), FileConfig::default());
+        assert_eq!(c.http_listen, "0.0.0.0:7055");
+        assert_eq!(c.device_listen, "0.0.0.0:7065");
+        assert_eq!(c.database_url, "sqlite://pile.db");
+        assert_eq!(c.offline_after, Duration::from_secs(30));
+        assert_eq!(c.command_ttl, Duration::from_secs(600));
+        assert_eq!(c.offline_settle_grace, Duration::from_secs(1800));
+        assert_eq!(c.rate_limit, None);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let cli = Cli::parse_from([
+            "pile-server",
+            "--http-listen",
+            "127.0.0.1:1",
+            "--api-key",
+            "a",
+            "--api-key",
+            "b",
+            "--offline-after",
+            "3",
+            "--log-format",
+            "json",
+        ]);
+        let file: FileConfig =
+            toml::from_str("http_listen = \"127.0.0.1:2\"\ndevice_listen = \"127.0.0.1:3\"\n")
+                .unwrap();
+        let c = Config::merge(cli, file);
+        assert_eq!(c.http_listen, "127.0.0.1:1");
+        assert_eq!(c.device_listen, "127.0.0.1:3");
+        assert_eq!(c.api_keys, vec!["a", "b"]);
+        assert_eq!(c.offline_after, Duration::from_secs(3));
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+}

@@ -248,3 +248,48 @@ async fn every_fault_kind_leaves_the_gateway_serving_the_other_piles() {
         gw.online(id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_start_fails_the_order_and_an_unplug_ends_a_charge() {
+    let gw = gateway().await;
+    let fleet = fleet(&gw, Family::Ap3000, 1).await;
+    let id = "04AB373B";
+    gw.online(id).await;
+    fleet.unplug(id, 3).unwrap();
+    let r = gw
+        .post(
+            &format!("/api/v1/third/devices/{id}/charge"),
+            json!({"port_no": 3, "charge_mode": 1, "duration": 60, "order_no": "sim-refused"}),
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r:#}");
+    let o = gw
+        .until("the failure", "/api/v1/third/orders/sim-refused", 10, |d| {
+            d["status"] == "failed"
+        })
+        .await;
+    assert_eq!(o["end_reason"], 12, "start rejected by the device: {o:#}");
+
+    let r = gw
+        .post(
+            &format!("/api/v1/third/devices/{id}/charge"),
+            json!({"port_no": 4, "charge_mode": 4, "order_no": "sim-unplug"}),
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r:#}");
+    gw.until("charging", "/api/v1/third/orders/sim-unplug", 10, |d| {
+        d["status"] == "charging"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.unplug(id, 4).unwrap();
+    let o = gw
+        .until(
+            "completion",
+            "/api/v1/third/orders/sim-unplug",
+            10,
+            completed,
+        )
+        .await;
+    assert_eq!(o["end_reason"], 4, "unplugged: {o:#}");
+}

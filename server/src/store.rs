@@ -1296,6 +1296,16 @@ impl Store {
                     status_changed,
                 } => {
                     if *status_changed {
+                        // Only on a change (rare), so the extra read stays off the hot path.
+                        let previous: Option<String> = sqlx::query(
+                            "SELECT status FROM ports WHERE device_id = $1 AND port_no = $2",
+                        )
+                        .bind(device_id)
+                        .bind(port_no)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get("status"))
+                        .transpose()?;
                         insert_event(
                             &mut tx,
                             &Event {
@@ -1304,7 +1314,8 @@ impl Store {
                                 order_no: None,
                                 data: serde_json::json!({
                                     "port_no": port_no, "socket_no": socket_no, "hole": hole,
-                                    "status": status, "power_w": *power_dw as f64 / 10.0,
+                                    "from": previous, "to": status, "status": status,
+                                    "power_w": *power_dw as f64 / 10.0, "changed_at": at,
                                 }),
                             },
                             *at * 1000,

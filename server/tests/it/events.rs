@@ -904,6 +904,8 @@ both_db!(
         assert!(r["registered_at"].is_i64());
 
         app.disconnect_fake(&pile).await;
+        // The offline transition goes through the batched writer; flush it like shutdown does.
+        app.service.writer.flush().await;
         let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
         assert!(rows.iter().any(|r| r.event_type == "device.offline"));
     }

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{ConfigError, FleetConfig, IpRange};
 use crate::fault::FaultKind;
@@ -204,18 +205,22 @@ impl FleetHandle {
                 pile: Mutex::new(pile),
                 notify: Arc::new(Notify::new()),
             });
+            let span = tracing::debug_span!("pile", id = %ident.id, family = %ident.family);
             by_id.insert(ident.id, slots.len());
             let bind = cfg
                 .source_ips
                 .map(|r: IpRange| r.pick(u64::from(ident.index)));
-            tracker.spawn(drive(
-                Arc::clone(&slot),
-                sched.clone(),
-                u64::from(ident.index),
-                server,
-                bind,
-                cancel.clone(),
-            ));
+            tracker.spawn(
+                drive(
+                    Arc::clone(&slot),
+                    sched.clone(),
+                    u64::from(ident.index),
+                    server,
+                    bind,
+                    cancel.clone(),
+                )
+                .instrument(span),
+            );
             slots.push(slot);
         }
         tracker.close();
@@ -408,6 +413,7 @@ async fn perform(
                     if let Some(old) = conn.replace(stream) {
                         abort(old);
                     }
+                    tracing::debug!("connected");
                     let more = slot.lock().on_connected(Instant::now());
                     queue.extend(more);
                 }
@@ -418,7 +424,8 @@ async fn perform(
             },
             Action::Write(bytes) => {
                 if let Some(c) = conn.as_mut() {
-                    if c.write_all(&bytes).await.is_err() {
+                    if let Err(e) = c.write_all(&bytes).await {
+                        tracing::debug!(error = %e, "write failed");
                         *conn = None;
                         slot.lock().on_disconnected(Instant::now());
                     }
@@ -502,6 +509,7 @@ async fn drive(
                 };
                 match read {
                     Ok(0) => {
+                        tracing::debug!("closed by the server");
                         conn = None;
                         slot.lock().on_disconnected(Instant::now());
                     }

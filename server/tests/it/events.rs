@@ -1063,3 +1063,28 @@ both_db!(
         assert_eq!((row.status.as_str(), row.attempts), ("delivered", 3));
     }
 );
+
+#[tokio::test]
+async fn an_idle_stream_gets_keep_alive_comments() {
+    let app = crate::spawn_app().await;
+    let mut resp = app.get("/api/v1/events/stream").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // The keep-alive interval is 15 s: wait for the comment, at most 25 s.
+    let text = tokio::time::timeout(Duration::from_secs(25), async {
+        let mut text = String::new();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(": keep-alive") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .expect("a keep-alive comment within 25 s");
+    assert!(text.contains(": keep-alive"), "{text:?}");
+}

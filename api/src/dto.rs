@@ -425,4 +425,8 @@ pub struct EventStreamQuery {
     /// An event type (`order.completed`), a prefix (`charging.*`), or several, comma-separated.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
+    /// Resume after this event: the events written since (up to 1,000) come first. The
+    /// `Last-Event-ID` header does the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
 }

@@ -412,6 +412,19 @@ impl Store {
         rows.iter().map(outbox_from_row).collect()
     }
 
+    /// Events written after the one with `event_id` (none when it is unknown), oldest first.
+    pub async fn outbox_after_event(&self, event_id: &str, limit: i64) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE id > \
+             (SELECT id FROM outbox WHERE event_id = $1) ORDER BY id LIMIT $2"
+        ))
+        .bind(event_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outbox_from_row).collect()
+    }
+
     pub async fn outbox_max_id(&self) -> Result<i64> {
         let id: Option<i64> = sqlx::query("SELECT MAX(id) AS m FROM outbox")
             .fetch_one(&self.pool)

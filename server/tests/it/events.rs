@@ -627,6 +627,7 @@ both_db!(
             .event_stream(&EventStreamQuery {
                 device_id: Some("82210225000520".into()),
                 event_type: Some("device.*".into()),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -1088,3 +1089,56 @@ async fn an_idle_stream_gets_keep_alive_comments() {
     .expect("a keep-alive comment within 25 s");
     assert!(text.contains(": keep-alive"), "{text:?}");
 }
+
+both_db!(
+    a_client_that_resumes_with_last_event_id_gets_what_it_missed_once,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let mut first = app
+            .client
+            .event_stream(&EventStreamQuery::default())
+            .await
+            .unwrap();
+        let _a = app.connect_fake("82210225000520", "bkv", 4).await;
+        let registered = next_event(&mut first).await;
+        assert_eq!(registered.event_type, "device.registered");
+        drop(first);
+        // While nobody listens: another device connects.
+        let _b = app.connect_fake("99990000000001", "ap3000", 2).await;
+        let mut resumed = app
+            .client
+            .event_stream(&EventStreamQuery {
+                last_event_id: Some(registered.event_id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let m = next_event(&mut resumed).await;
+            got.push((m.event_type, m.device_phy_id));
+        }
+        assert_eq!(
+            got,
+            [
+                ("device.online".to_string(), "82210225000520".to_string()),
+                (
+                    "device.registered".to_string(),
+                    "99990000000001".to_string()
+                ),
+                ("device.online".to_string(), "99990000000001".to_string()),
+            ]
+        );
+        // Then live, with nothing repeated.
+        envelope(
+            app.charge(
+                "82210225000520",
+                json!({"port_no": 1, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "resume-1"}),
+            )
+            .await,
+            200,
+        )
+        .await;
+        assert_eq!(next_event(&mut resumed).await.event_type, "order.created");
+    }
+);

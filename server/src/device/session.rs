@@ -93,13 +93,13 @@ pub(super) struct Session {
     pub timers: Vec<StopTimer>,
     /// Orders the gateway already stopped on its own.
     pub gateway_stops: HashSet<String>,
-    pub mailbox: Option<mpsc::Receiver<Outgoing>>,
+    pub mailbox: Option<mpsc::Receiver<Box<Outgoing>>>,
     pub close: CancellationToken,
 }
 
-async fn recv(rx: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outgoing> {
+async fn recv(rx: &mut Option<mpsc::Receiver<Box<Outgoing>>>) -> Option<Outgoing> {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.recv().await.map(|b| *b),
         None => std::future::pending().await,
     }
 }

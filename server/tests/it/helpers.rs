@@ -56,7 +56,7 @@ pub struct TestApp {
 pub struct FakeSession {
     pub device_id: String,
     pub conn_id: u64,
-    pub commands: mpsc::Receiver<Outgoing>,
+    pub commands: mpsc::Receiver<Box<Outgoing>>,
     pub close: CancellationToken,
     /// Commands that were queued while it was offline.
     pub queued: Vec<Outgoing>,
@@ -67,7 +67,7 @@ impl FakeSession {
         if !self.queued.is_empty() {
             return self.queued.remove(0);
         }
-        tokio::time::timeout(Duration::from_secs(5), self.commands.recv())
+        *tokio::time::timeout(Duration::from_secs(5), self.commands.recv())
             .await
             .expect("a command within 5 s")
             .expect("session mailbox open")

@@ -162,11 +162,18 @@ impl Session {
                 };
                 let reply_hex = hex::encode(&raw);
                 let result = match &f.command {
-                    PortCommand::Start { order_no, .. } if r.result.0 == 0 => self
-                        .service
-                        .start_confirmed(&device_id, f.command_id, order_no, &reply_hex)
+                    PortCommand::Start {
+                        order_no, port_no, ..
+                    } if r.result.0 == 0 => {
+                        self.confirmed_start(
+                            &device_id,
+                            f.command_id,
+                            order_no,
+                            *port_no,
+                            &reply_hex,
+                        )
                         .await
-                        .map(|_| ()),
+                    }
                     PortCommand::Start { order_no, .. } => self
                         .service
                         .start_rejected(

@@ -219,10 +219,8 @@ impl Session {
                         port_no: *port_no,
                     });
                 }
-                self.service
-                    .start_confirmed(device_id, f.command_id, order_no, &reply_hex)
+                self.confirmed_start(device_id, f.command_id, order_no, *port_no, &reply_hex)
                     .await
-                    .map(|_| ())
             }
             PortCommand::Start { order_no, .. } => self
                 .service

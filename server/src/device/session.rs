@@ -482,6 +482,31 @@ impl Session {
         }
     }
 
+    /// The device confirmed a start. If its order is no longer waiting (cancelled after its
+    /// TTL, stopped meanwhile) the port must not keep charging: the gateway stops it.
+    pub async fn confirmed_start(
+        &mut self,
+        device_id: &str,
+        command_id: i64,
+        order_no: &str,
+        port_no: u32,
+        reply_hex: &str,
+    ) -> Result<(), crate::service::ServiceError> {
+        let confirmed = self
+            .service
+            .start_confirmed(device_id, command_id, order_no, reply_hex)
+            .await?;
+        if !confirmed {
+            if let Some(o) = self.service.store.order(order_no).await? {
+                if !o.status.is_active() {
+                    tracing::warn!(%order_no, status = %o.status, "late start confirmation; stopping the port");
+                    self.gateway_stop(order_no, port_no).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A stop the gateway decides itself (target reached at the exact second, amount used
     /// up): logged in `cmd_logs` like any command, sent once per order.
     pub async fn gateway_stop(&mut self, order_no: &str, port_no: u32) {

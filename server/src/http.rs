@@ -234,8 +234,9 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     }
 }
 
-/// Sets or echoes `X-Request-Id`, makes it available to the envelope, and records latency.
-async fn request_context(req: Request, next: Next) -> Response {
+/// Sets or echoes `X-Request-Id` and makes it available to the envelope (every response,
+/// the fallback included).
+async fn request_id_layer(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -243,6 +244,15 @@ async fn request_context(req: Request, next: Next) -> Response {
         .filter(|s| !s.is_empty() && s.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Latency and counts per matched route (a template, never a concrete ID).
+async fn observe(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -250,10 +260,7 @@ async fn request_context(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let started = Instant::now();
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
+    let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::histogram!(m::HTTP_DURATION, "method" => method.clone(), "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
@@ -328,7 +335,8 @@ pub fn app(state: AppState) -> Router {
         .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
-        .route_layer(middleware::from_fn(request_context))
+        .route_layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn(request_id_layer))
         .with_state(state)
 }
 

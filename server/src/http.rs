@@ -478,15 +478,31 @@ fn order_ref(o: &OrderRow) -> OrderRef {
 }
 
 async fn device_view(service: &Service, d: DeviceRow) -> Result<DeviceView, ApiError> {
+    let ports: Vec<PortRow> = service.store.ports(&d.device_id).await?;
+    let active: Vec<(i64, String)> = service
+        .store
+        .active_orders_of(&d.device_id)
+        .await?
+        .into_iter()
+        .map(|o| (o.port_no, o.order_no))
+        .collect();
+    Ok(build_view(service, d, ports, active))
+}
+
+/// A device's view: stored ports and orders, live fields from memory.
+fn build_view(
+    service: &Service,
+    d: DeviceRow,
+    ports: Vec<PortRow>,
+    active: Vec<(i64, String)>,
+) -> DeviceView {
     let online = service.gateway.is_online(&d.device_id);
     let live = service.live(&d.device_id);
-    let ports: Vec<PortRow> = service.store.ports(&d.device_id).await?;
-    let active = service.store.active_orders_of(&d.device_id).await?;
     let order_of = |port_no: i64| {
         active
             .iter()
-            .find(|o| o.port_no == port_no)
-            .map(|o| o.order_no.clone())
+            .find(|(p, _)| *p == port_no)
+            .map(|(_, o)| o.clone())
     };
     let bkv = d.protocol == "bkv";
     let mut views: Vec<PortView> = ports
@@ -527,7 +543,7 @@ async fn device_view(service: &Service, d: DeviceRow) -> Result<DeviceView, ApiE
             })
             .collect();
     }
-    Ok(DeviceView {
+    DeviceView {
         device_id: d.device_id,
         protocol: d.protocol,
         online,
@@ -546,7 +562,7 @@ async fn device_view(service: &Service, d: DeviceRow) -> Result<DeviceView, ApiE
             .or(d.firmware),
         signal: live.as_ref().and_then(|l| l.signal).or(d.signal),
         ports: views,
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,13 +625,13 @@ async fn stop(
 }
 
 async fn device(State(state): State<AppState>, Path(device_id): Path<String>) -> ApiResult {
-    let d = state
+    let (d, ports, active) = state
         .service
         .store
-        .device(&device_id)
+        .device_with_ports(&device_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {device_id} not found")))?;
-    Ok(ok(device_view(&state.service, d).await?))
+    Ok(ok(build_view(&state.service, d, ports, active)))
 }
 
 async fn devices(

@@ -131,6 +131,55 @@ impl Client {
         self.get("/readyz", &()).await
     }
 
+    pub async fn dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Page<DeadLetter>, ClientError> {
+        self.get("/api/v1/admin/webhooks/dead", query).await
+    }
+
+    pub async fn replay_dead_letter(&self, event_id: &str) -> Result<ReplayResult, ClientError> {
+        self.post(
+            &format!("/api/v1/admin/webhooks/dead/{event_id}/replay"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Sends a signed `webhook.test` event now and reports the receiver's answer.
+    pub async fn webhook_test(&self) -> Result<WebhookTestResult, ClientError> {
+        self.post("/api/v1/admin/webhooks/test", &serde_json::json!({}))
+            .await
+    }
+
+    /// Opens the live event stream (server-sent events); read it with [`EventStream::next`].
+    pub async fn event_stream(&self, query: &EventStreamQuery) -> Result<EventStream, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/events/stream", self.base))
+            .header("X-Api-Key", &self.api_key)
+            .header("Accept", "text/event-stream")
+            .query(query)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Envelope<serde_json::Value>>(&text)
+                .map(|e| e.message)
+                .unwrap_or(text);
+            return Err(ClientError::Status {
+                status,
+                message,
+                request_id: None,
+            });
+        }
+        Ok(EventStream {
+            resp,
+            buf: String::new(),
+        })
+    }
+
     async fn get<Q: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -185,5 +234,43 @@ impl Client {
         }
         env.data
             .ok_or_else(|| ClientError::Body("envelope without data".into()))
+    }
+}
+
+/// A live event stream: server-sent events whose `data` is an [`EventMessage`].
+#[derive(Debug)]
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    /// The next event; `None` when the gateway closed the stream. Keep-alive comments are
+    /// skipped.
+    pub async fn next(&mut self) -> Option<Result<EventMessage, ClientError>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(
+                    serde_json::from_str(&data.join("\n"))
+                        .map_err(|e| ClientError::Body(e.to_string())),
+                );
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self
+                    .buf
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
     }
 }

@@ -343,6 +343,90 @@ pub struct Health {
     pub checks: std::collections::BTreeMap<String, String>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Events (webhooks, dead letters, live stream)
+
+/// One event as a webhook body and as the `data` of a live-stream message:
+/// `{event_id, event_type, device_phy_id, order_no?, timestamp, nonce, data}`.
+/// `nonce` is per delivery attempt (signed); the live stream leaves it empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventMessage {
+    pub event_id: String,
+    pub event_type: String,
+    pub device_phy_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_no: Option<String>,
+    /// When the event happened, Unix seconds.
+    pub timestamp: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// One element of `GET /api/v1/admin/webhooks/dead`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetter {
+    pub event_id: String,
+    pub event_type: String,
+    pub device_id: String,
+    #[serde(default)]
+    pub order_no: Option<String>,
+    /// Delivery attempts made.
+    pub attempts: i64,
+    /// The receiver's last HTTP status, if it answered.
+    #[serde(default)]
+    pub last_status: Option<u16>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    #[serde(default)]
+    pub dead_at: Option<i64>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetterQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+}
+
+/// `POST /api/v1/admin/webhooks/dead/{event_id}/replay`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayResult {
+    pub event_id: String,
+    /// `"pending"`: queued for delivery again.
+    pub status: String,
+}
+
+/// `POST /api/v1/admin/webhooks/test`: what the receiver answered to a signed `webhook.test`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WebhookTestResult {
+    pub url: String,
+    pub event_id: String,
+    /// The receiver answered 2xx.
+    pub delivered: bool,
+    #[serde(default)]
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Filters of `GET /api/v1/events/stream`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventStreamQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// An event type (`order.completed`), a prefix (`charging.*`), or several, comma-separated.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,5 +6,5 @@
 mod client;
 mod dto;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, EventStream};
 pub use dto::*;

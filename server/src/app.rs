@@ -133,6 +133,9 @@ pub async fn start(
         });
     }
 
+    // Events: webhook dispatcher and live stream.
+    let events = crate::events::Events::start(&config, store.clone(), shutdown.clone(), &tracker)?;
+
     // HTTP.
     let state = AppState::new(
         service.clone(),
@@ -141,7 +144,8 @@ pub async fn start(
         listener_up,
         config.rate_limit,
         config.body_limit,
-    );
+    )
+    .with_events(events);
     let router = http::app(state);
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(async move {

@@ -172,6 +172,7 @@ pub struct AppState {
     pub rate_limit: Option<u32>,
     rate_windows: Arc<Mutex<RateWindows>>,
     pub body_limit: usize,
+    pub events: Option<crate::events::Events>,
 }
 
 impl AppState {
@@ -192,6 +193,7 @@ impl AppState {
             rate_limit,
             rate_windows: Arc::new(Mutex::new(HashMap::new())),
             body_limit,
+            events: None,
         }
     }
 
@@ -324,6 +326,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/admin/stats", get(stats))
         .route("/api/v1/admin/consistency", get(consistency))
         .route("/api/v1/admin/devices/{device_id}/frames", get(frames))
+        .merge(crate::events::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let open = Router::new()
         .route("/healthz", get(healthz))
@@ -724,8 +727,7 @@ async fn stats(State(state): State<AppState>) -> ApiResult {
     let store = &state.service.store;
     let (devices, orders, cmd_logs) = store.table_counts().await?;
     let (in_use, idle, max) = store.pool_usage();
-    let (backlog, delivered, dead) = store.outbox_figures().await?;
-    let attempted = delivered + dead;
+    let push = store.push_figures().await?;
     let qs = store.query_stats();
     Ok(ok(Stats {
         tables: TableCounts {
@@ -738,13 +740,9 @@ async fn stats(State(state): State<AppState>) -> ApiResult {
         slow_query_threshold_ms: crate::store::SLOW_QUERY_MS,
         slowest_query_ms: qs.slowest_ms.load(Ordering::Relaxed),
         log_counts: m::LOG_COUNTS.snapshot(),
-        event_backlog: backlog,
-        push_success_rate: if attempted == 0 {
-            1.0
-        } else {
-            delivered as f64 / attempted as f64
-        },
-        mean_push_latency_ms: 0.0,
+        event_backlog: push.backlog,
+        push_success_rate: push.success_rate,
+        mean_push_latency_ms: push.mean_latency_ms,
         active_sessions: state.service.gateway.session_count() as u64,
         online_devices: store.online_count().await?,
         orders_by_status: store.orders_by_status().await?.into_iter().collect(),
@@ -866,7 +864,7 @@ async fn prometheus(State(state): State<AppState>) -> Response {
 /// A hand-maintained OpenAPI 3.0 document of [`ROUTES`].
 pub fn openapi_document() -> Value {
     let mut paths = Map::new();
-    for (method, path, summary) in ROUTES {
+    for (method, path, summary) in ROUTES.iter().chain(crate::events::ROUTES) {
         let params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -875,7 +873,9 @@ pub fn openapi_document() -> Value {
                                    "schema": {"type": "string"}})
             })
             .collect();
-        let keyed = path.starts_with("/api/v1/third") || path.starts_with("/api/v1/admin");
+        let keyed = path.starts_with("/api/v1/third")
+            || path.starts_with("/api/v1/admin")
+            || path.starts_with("/api/v1/events");
         let mut op = serde_json::json!({
             "summary": summary,
             "parameters": params,

@@ -8,6 +8,7 @@
 //! * [`service`] — use cases for the API and the device-event API sessions call; the batched writer.
 //! * [`device`] — the device listener and sessions.
 //! * [`http`] — axum routes, auth, envelope, errors.
+//! * [`events`] — webhook dispatcher (signed, retried, dead letters) and the live event stream.
 //! * [`metrics`] — Prometheus series and log-level counters.
 //! * [`app`] — wiring and graceful shutdown.
 
@@ -15,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod device;
 pub mod domain;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

@@ -16,6 +16,8 @@ use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+pub mod outbox;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -349,22 +351,9 @@ const PORT_COLS: &str = "device_id, port_no, socket_no, hole, status, power_dw, 
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
-/// Writes one outbox row inside the caller's transaction.
+/// Writes one outbox row inside the caller's transaction (see [`outbox`]).
 async fn insert_event(tx: &mut Tx, ev: &Event, now_ms: i64) -> Result<()> {
-    let event_id = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, device_id, order_no, payload, created_at_ms, \
-         status, attempts, next_attempt_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $6)",
-    )
-    .bind(event_id)
-    .bind(ev.event_type)
-    .bind(&ev.device_id)
-    .bind(ev.order_no.clone())
-    .bind(ev.data.to_string())
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    outbox::insert_event(tx, ev, now_ms).await
 }
 
 /// A device that identified itself on a connection.
@@ -1365,6 +1354,16 @@ impl Store {
                     status_changed,
                 } => {
                     if *status_changed {
+                        // Only on a change (rare), so the extra read stays off the hot path.
+                        let previous: Option<String> = sqlx::query(
+                            "SELECT status FROM ports WHERE device_id = $1 AND port_no = $2",
+                        )
+                        .bind(device_id)
+                        .bind(port_no)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get("status"))
+                        .transpose()?;
                         insert_event(
                             &mut tx,
                             &Event {
@@ -1373,7 +1372,8 @@ impl Store {
                                 order_no: None,
                                 data: serde_json::json!({
                                     "port_no": port_no, "socket_no": socket_no, "hole": hole,
-                                    "status": status, "power_w": *power_dw as f64 / 10.0,
+                                    "from": previous, "to": status, "status": status,
+                                    "power_w": *power_dw as f64 / 10.0, "changed_at": at,
                                 }),
                             },
                             *at * 1000,

@@ -1,1 +1,16 @@
-//! See ARCHITECTURE.md for what this crate will hold.
+//! `pile-tui`: the operations dashboard of pilekit.
+//!
+//! - [`app`]: the state and every change to it (keys, data updates), no I/O;
+//! - [`ui`]: drawing the state, nothing else;
+//! - [`net`]: the background poller, the event-stream reader and the command executor;
+//! - [`sse`], [`prom`]: sans-IO parsers of server-sent events and Prometheus text.
+//!
+//! `main.rs` wires them: one loop selects over a frame tick, terminal input and updates.
+
+pub mod app;
+pub mod net;
+pub mod prom;
+pub mod sse;
+pub mod ui;
+
+pub use app::{App, Command, Update};

@@ -7,6 +7,7 @@ mod helpers;
 
 mod api;
 mod devices;
+mod events;
 mod measure;
 mod orders;
 mod piles;

@@ -1,0 +1,173 @@
+//! Routes of the events subsystem, mounted by `http::app` behind the API-key check.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::StreamExt;
+use pile_api::{DeadLetter, Page, ReplayResult};
+
+use super::stream::Filter;
+use super::Events;
+use crate::http::{ok, ApiError, AppState};
+use crate::store::outbox::{OutboxRow, Replay};
+
+/// The events routes, for the OpenAPI document.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    (
+        "get",
+        "/api/v1/admin/webhooks/dead",
+        "Dead-lettered webhook events, paged (page, size)",
+    ),
+    (
+        "post",
+        "/api/v1/admin/webhooks/dead/{event_id}/replay",
+        "Queue a dead-lettered event for delivery again",
+    ),
+    (
+        "post",
+        "/api/v1/admin/webhooks/test",
+        "Send a signed webhook.test event now and report the receiver's status and latency",
+    ),
+    (
+        "get",
+        "/api/v1/events/stream",
+        "Server-sent events of every event, live (filters: device_id, type)",
+    ),
+];
+
+/// Keep-alive comments on the stream, so proxies and clients see it is alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/admin/webhooks/dead", get(dead_letters))
+        .route(
+            "/api/v1/admin/webhooks/dead/{event_id}/replay",
+            post(replay),
+        )
+        .route("/api/v1/admin/webhooks/test", post(webhook_test))
+        .route("/api/v1/events/stream", get(stream))
+}
+
+impl AppState {
+    /// Attaches the running events subsystem (without it these routes answer 503).
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
+        self
+    }
+}
+
+fn events(state: &AppState) -> Result<&Events, ApiError> {
+    state
+        .events
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("the events subsystem is not running".into()))
+}
+
+fn paging(q: &HashMap<String, String>) -> Result<(u32, u32), ApiError> {
+    let num = |name: &str, default: u32, max: u32| -> Result<u32, ApiError> {
+        match q.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ApiError::BadRequest {
+                    field: name.to_string(),
+                    reason: format!("must be an integer from 1 to {max}"),
+                }),
+        }
+    };
+    Ok((num("page", 1, 1_000_000)?, num("size", 50, 1000)?))
+}
+
+fn dead_letter(r: OutboxRow) -> DeadLetter {
+    DeadLetter {
+        data: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
+        event_id: r.event_id,
+        event_type: r.event_type,
+        device_id: r.device_id,
+        order_no: r.order_no,
+        attempts: r.attempts,
+        last_status: r.last_status.and_then(|s| u16::try_from(s).ok()),
+        last_error: r.last_error,
+        created_at: r.created_at_ms / 1000,
+        dead_at: r.dead_at_ms.map(|ms| ms / 1000),
+    }
+}
+
+async fn dead_letters(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let events = events(&state)?;
+    let (page, size) = paging(&q)?;
+    let (rows, total) = events.store.dead_letters(page, size).await?;
+    Ok(ok(Page {
+        items: rows.into_iter().map(dead_letter).collect::<Vec<_>>(),
+        total,
+        page,
+        size,
+    }))
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    Path(event_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let events = events(&state)?;
+    match events.store.replay_dead(&event_id).await? {
+        Replay::Replayed => {
+            tracing::info!(%event_id, "dead letter replayed");
+            if let Some(d) = &events.dispatcher {
+                d.wake();
+            }
+            Ok(ok(ReplayResult {
+                event_id,
+                status: "pending".into(),
+            }))
+        }
+        Replay::NotDead => Err(ApiError::Conflict(format!(
+            "event {event_id} is not dead-lettered"
+        ))),
+        Replay::NotFound => Err(ApiError::NotFound(format!("event {event_id} not found"))),
+    }
+}
+
+async fn webhook_test(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let events = events(&state)?;
+    let dispatcher = events
+        .dispatcher
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("no webhook URL is configured".into()))?;
+    Ok(ok(dispatcher.send_test().await))
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let events = events(&state)?;
+    let filter = Filter::new(
+        q.get("device_id").map(String::as_str),
+        q.get("type").map(String::as_str),
+    );
+    let body = events.hub.subscribe(filter).map(|ev| {
+        let sse = SseEvent::default()
+            .event(ev.event_type.as_str())
+            .id(ev.event_id.as_str());
+        Ok::<_, Infallible>(match serde_json::to_string(&*ev) {
+            Ok(json) => sse.data(json),
+            Err(_) => sse.comment("unserialisable event"),
+        })
+    });
+    Ok(Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response())
+}

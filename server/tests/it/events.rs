@@ -1,0 +1,1016 @@
+//! Events: signed webhooks to a real receiver on loopback, retries, dead letters and
+//! replay, per-order ordering, restarts, the connectivity test and the live stream.
+//!
+//! Delivery is driven round by round through `Dispatcher::deliver_next` with a hand-moved
+//! clock where timing matters (no sleeping through backoffs); end-to-end tests run the
+//! gateway's own dispatcher and wait for conditions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use pile_api::{DeadLetterQuery, EventMessage, EventStreamQuery};
+use pile_server::events::{Dispatcher, EventClock, Step, WebhookSettings};
+use pile_server::store::{Event, Store};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{envelope, eventually, spawn_app_on, spawn_with, Db, TestApp};
+
+const SECRET: &str = "webhook-test-secret";
+const HOOK_PATH: &str = "/hooks/pile";
+
+// ---------------------------------------------------------------------------------------------
+// A webhook receiver
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Hit {
+    msg: EventMessage,
+    answered: u16,
+    /// The signature recomputed here, independently of the gateway's code, matched.
+    signature_ok: bool,
+    /// `X-Event-Id` and `X-Nonce` agree with the body; `X-Timestamp` is a number.
+    headers_ok: bool,
+}
+
+type Answer = Box<dyn Fn(&EventMessage) -> u16 + Send + Sync>;
+
+struct ReceiverState {
+    hits: Mutex<Vec<Hit>>,
+    answer: Answer,
+    delay: Duration,
+    /// This event ID is answered only after 1.5 s.
+    slow_id: Mutex<Option<String>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+struct Receiver {
+    url: String,
+    state: Arc<ReceiverState>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+/// Hex HMAC-SHA256 over `POST\n{path}\n{ts}\n{nonce}\n{hex sha256(body)}`, written from the
+/// contract in API.md rather than taken from the gateway.
+fn expected_signature(path: &str, ts: &str, nonce: &str, body: &[u8]) -> String {
+    let body_hash = hex::encode(Sha256::digest(body));
+    let canonical = format!("POST\n{path}\n{ts}\n{nonce}\n{body_hash}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(canonical.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+async fn hook(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (id, ts, nonce, sig) = (
+        h("x-event-id"),
+        h("x-timestamp"),
+        h("x-nonce"),
+        h("x-signature"),
+    );
+    let msg: EventMessage = serde_json::from_slice(&body).expect("body is an event");
+    let slow = st.slow_id.lock().unwrap().as_deref() == Some(msg.event_id.as_str());
+    let delay = if slow {
+        Duration::from_millis(1500)
+    } else {
+        st.delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let signature_ok = sig == expected_signature(HOOK_PATH, &ts, &nonce, &body);
+    let headers_ok = id == msg.event_id && nonce == msg.nonce && ts.parse::<i64>().is_ok();
+    let answered = (st.answer)(&msg);
+    st.hits.lock().unwrap().push(Hit {
+        msg,
+        answered,
+        signature_ok,
+        headers_ok,
+    });
+    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    StatusCode::from_u16(answered).unwrap()
+}
+
+impl Receiver {
+    async fn start(answer: impl Fn(&EventMessage) -> u16 + Send + Sync + 'static) -> Receiver {
+        Self::start_with_delay(Duration::ZERO, answer).await
+    }
+
+    async fn start_with_delay(
+        delay: Duration,
+        answer: impl Fn(&EventMessage) -> u16 + Send + Sync + 'static,
+    ) -> Receiver {
+        let state = Arc::new(ReceiverState {
+            hits: Mutex::new(Vec::new()),
+            answer: Box::new(answer),
+            delay,
+            slow_id: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new()
+            .route(HOOK_PATH, axum::routing::post(hook))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}{HOOK_PATH}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            url,
+            state,
+            _server: server,
+        }
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().unwrap().clone()
+    }
+
+    /// Events the receiver accepted (answered 2xx), in arrival order.
+    fn accepted(&self) -> Vec<EventMessage> {
+        self.hits()
+            .into_iter()
+            .filter(|h| (200..300).contains(&h.answered))
+            .map(|h| h.msg)
+            .collect()
+    }
+
+    /// Accepted more than once, per event ID (what a receiver's dedupe would absorb).
+    fn duplicates(&self) -> usize {
+        let accepted = self.accepted();
+        let unique: HashSet<&str> = accepted.iter().map(|m| m.event_id.as_str()).collect();
+        accepted.len() - unique.len()
+    }
+}
+
+fn dispatcher(store: &Store, url: &str, clock: &EventClock) -> Dispatcher {
+    Dispatcher::new(
+        store.clone(),
+        WebhookSettings::new(url, SECRET),
+        clock.clone(),
+    )
+    .expect("dispatcher")
+}
+
+fn start_clock() -> EventClock {
+    EventClock::manual(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
+/// Writes `per_order` events for each of `orders` orders, interleaved, straight into the
+/// outbox; returns the event IDs per order in the order they were written.
+async fn fill(store: &Store, orders: usize, per_order: usize) -> BTreeMap<String, Vec<String>> {
+    let now = start_clock().now_ms();
+    for seq in 0..per_order {
+        for o in 0..orders {
+            store
+                .insert_event_now(
+                    &Event {
+                        event_type: "charging.progress",
+                        device_id: format!("dev{o}"),
+                        order_no: Some(format!("ord-{o}")),
+                        data: json!({"seq": seq, "energy_wh": seq * 10, "duration_sec": seq}),
+                    },
+                    now,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let mut by_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in store.outbox_after(0, 1_000_000).await.unwrap() {
+        if let Some(no) = row.order_no {
+            by_order.entry(no).or_default().push(row.event_id);
+        }
+    }
+    by_order
+}
+
+async fn app_on(db: Db) -> Option<TestApp> {
+    spawn_app_on(db, |_| {}).await
+}
+
+/// `both_db!(name, |db| async move { … })` defines `name::sqlite` and `name::postgres`.
+macro_rules! both_db {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                ($body)(Db::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                ($body)(Db::Postgres).await;
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+both_db!(
+    deliveries_carry_the_contract_headers_and_a_signature_that_verifies_independently,
+    |db| async move {
+        let rx = Receiver::start(|_| 200).await;
+        let url = rx.url.clone();
+        let Some(app) = spawn_app_on(db, |c| {
+            c.webhook_url = Some(url);
+            c.webhook_secret = Some(SECRET.into());
+        })
+        .await
+        else {
+            return;
+        };
+        let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+        let resp = app
+            .charge(
+                "82210225000520",
+                json!({"port_no": 2, "charge_mode": 1, "duration": 300, "amount": 500,
+                       "price_per_kwh": 150, "service_fee": 50, "order_no": "sig-1"}),
+            )
+            .await;
+        envelope(resp, 200).await;
+        let hits = eventually(|| async {
+            let hits = rx.hits();
+            (hits.len() >= 3).then_some(hits)
+        })
+        .await;
+        for h in &hits {
+            assert!(h.signature_ok, "signature of {}", h.msg.event_type);
+            assert!(h.headers_ok, "headers of {}", h.msg.event_type);
+            assert_eq!(h.msg.device_phy_id, "82210225000520");
+            assert!(!h.msg.nonce.is_empty());
+        }
+        // The device's events keep their order; the order's events are independent of them.
+        let types: Vec<&str> = hits.iter().map(|h| h.msg.event_type.as_str()).collect();
+        let device_events: Vec<&str> = types
+            .iter()
+            .copied()
+            .filter(|t| t.starts_with("device."))
+            .collect();
+        assert_eq!(device_events, ["device.registered", "device.online"]);
+        assert_eq!(types.len(), 3);
+        let created = &hits
+            .iter()
+            .find(|h| h.msg.event_type == "order.created")
+            .expect("order.created")
+            .msg;
+        assert_eq!(created.order_no.as_deref(), Some("sig-1"));
+        for (key, want) in [
+            ("order_no", json!("sig-1")),
+            ("port_no", json!(2)),
+            ("charge_mode", json!(1)),
+            ("target_duration", json!(300)),
+            ("amount", json!(500)),
+            ("price_per_kwh", json!(150)),
+            ("service_fee", json!(50)),
+            ("status", json!("pending")),
+        ] {
+            assert_eq!(created.data[key], want, "order.created data.{key}");
+        }
+        assert!(created.data["created_at"].as_i64().unwrap() > 1_700_000_000);
+        let stats = eventually(|| async {
+            let s = app.client.stats().await.unwrap();
+            (s.event_backlog == 0).then_some(s)
+        })
+        .await;
+        assert_eq!(stats.push_success_rate, 1.0);
+        assert!(stats.mean_push_latency_ms >= 0.0);
+    }
+);
+
+both_db!(
+    a_receiver_that_answers_500_for_a_while_then_recovers_gets_every_event_once_per_id,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 6, 4).await;
+        let failing = Arc::new(AtomicBool::new(true));
+        let rx = Receiver::start({
+            let failing = failing.clone();
+            move |_| {
+                if failing.load(Ordering::SeqCst) {
+                    500
+                } else {
+                    200
+                }
+            }
+        })
+        .await;
+        let clock = start_clock();
+        let d = dispatcher(&store, &rx.url, &clock);
+
+        // First round: each order's first event fails and waits 1 s; nothing else is due.
+        assert_eq!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked {
+                delivered: 0,
+                retried: 6,
+                dead: 0
+            }
+        );
+        assert_eq!(
+            d.deliver_next().await.unwrap(),
+            Step::Idle,
+            "retry not due yet"
+        );
+        let first = &expected["ord-0"][0];
+        let row = store.outbox_event(first).await.unwrap().unwrap();
+        assert_eq!(row.attempts, 1);
+        assert_eq!(row.next_attempt_at_ms, clock.now_ms() + 1000);
+        assert_eq!(row.last_status, Some(500));
+
+        // The schedule: 1, 2, 4 s later each fails again.
+        for wait in [1, 2, 4] {
+            clock.advance(Duration::from_millis(wait * 1000 - 1));
+            assert_eq!(
+                d.deliver_next().await.unwrap(),
+                Step::Idle,
+                "{wait} s not over"
+            );
+            clock.advance(Duration::from_millis(1));
+            assert!(matches!(
+                d.deliver_next().await.unwrap(),
+                Step::Worked { retried: 6, .. }
+            ));
+        }
+        // The receiver recovers before the 4th retry (8 s later).
+        failing.store(false, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(8));
+        let delivered = d.drain().await.unwrap();
+        assert_eq!(delivered, 24);
+
+        let accepted = rx.accepted();
+        assert_eq!(rx.duplicates(), 0, "each event ID accepted exactly once");
+        let got: HashSet<String> = accepted.iter().map(|m| m.event_id.clone()).collect();
+        let want: HashSet<String> = expected.values().flatten().cloned().collect();
+        assert_eq!(got, want, "every event arrived");
+        assert_eq!(
+            rx.hits().len(),
+            24 + 6 * 4,
+            "24 accepted + 4 failed rounds of 6"
+        );
+        assert!(rx.hits().iter().all(|h| h.signature_ok));
+
+        let stats = app.client.stats().await.unwrap();
+        assert_eq!(stats.event_backlog, 0);
+        assert!(
+            (stats.push_success_rate - 24.0 / 48.0).abs() < 1e-9,
+            "success per attempt: {}",
+            stats.push_success_rate
+        );
+    }
+);
+
+both_db!(
+    a_400_goes_dead_holds_the_rest_of_its_order_and_replay_delivers_it,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 2, 3).await;
+        let poison = expected["ord-0"][0].clone();
+        let rejected = Arc::new(AtomicBool::new(false));
+        let rx = Receiver::start({
+            let (poison, rejected) = (poison.clone(), rejected.clone());
+            move |m| {
+                if m.event_id == poison && !rejected.swap(true, Ordering::SeqCst) {
+                    400
+                } else {
+                    200
+                }
+            }
+        })
+        .await;
+        let clock = start_clock();
+        let d = dispatcher(&store, &rx.url, &clock);
+        d.drain().await.unwrap();
+
+        // ord-0's first event is dead after one attempt; its later events wait; ord-1 is done.
+        let dead = app
+            .client
+            .dead_letters(&DeadLetterQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(dead.total, 1);
+        let letter = &dead.items[0];
+        assert_eq!(letter.event_id, poison);
+        assert_eq!(letter.attempts, 1);
+        assert_eq!(letter.last_status, Some(400));
+        assert_eq!(letter.order_no.as_deref(), Some("ord-0"));
+        let accepted_ids: Vec<String> = rx.accepted().into_iter().map(|m| m.event_id).collect();
+        assert_eq!(accepted_ids, expected["ord-1"]);
+        assert_eq!(app.client.stats().await.unwrap().event_backlog, 2);
+
+        // Replay: the dead event goes first, then the rest of its order.
+        let r = app.client.replay_dead_letter(&poison).await.unwrap();
+        assert_eq!(r.status, "pending");
+        let again = app.client.replay_dead_letter(&poison).await.unwrap_err();
+        assert_eq!(again.status(), Some(409), "not dead any more");
+        let missing = app
+            .client
+            .replay_dead_letter("no-such-event")
+            .await
+            .unwrap_err();
+        assert_eq!(missing.status(), Some(404));
+        d.drain().await.unwrap();
+        let ord0: Vec<String> = rx
+            .accepted()
+            .into_iter()
+            .filter(|m| m.order_no.as_deref() == Some("ord-0"))
+            .map(|m| m.event_id)
+            .collect();
+        assert_eq!(ord0, expected["ord-0"]);
+        assert_eq!(rx.duplicates(), 0);
+        let dead = app
+            .client
+            .dead_letters(&DeadLetterQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(dead.total, 0);
+    }
+);
+
+both_db!(retries_exhausted_after_five_go_dead, |db| async move {
+    let Some(app) = app_on(db).await else { return };
+    let store = app.service.store.clone();
+    let expected = fill(&store, 1, 1).await;
+    let rx = Receiver::start(|_| 503).await;
+    let clock = start_clock();
+    let d = dispatcher(&store, &rx.url, &clock);
+    for _ in 0..6 {
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { .. }
+        ));
+        clock.advance(Duration::from_secs(16));
+    }
+    assert_eq!(d.deliver_next().await.unwrap(), Step::Idle);
+    let row = store
+        .outbox_event(&expected["ord-0"][0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 6));
+    assert!(row.last_error.unwrap().contains("503"));
+    assert_eq!(rx.hits().len(), 6, "the first attempt and five retries");
+});
+
+both_db!(
+    events_of_one_order_arrive_in_order_while_orders_deliver_in_parallel,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 12, 8).await;
+        // Every third request fails; requests take a little while, so rounds overlap orders.
+        let n = Arc::new(AtomicUsize::new(0));
+        let rx = Receiver::start_with_delay(Duration::from_millis(15), {
+            let n = n.clone();
+            move |_| {
+                if n.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+                    500
+                } else {
+                    200
+                }
+            }
+        })
+        .await;
+        let clock = start_clock();
+        let d = dispatcher(&store, &rx.url, &clock);
+        for _ in 0..40 {
+            d.drain().await.unwrap();
+            clock.advance(Duration::from_secs(16));
+        }
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in rx.accepted() {
+            got.entry(m.order_no.unwrap()).or_default().push(m.event_id);
+        }
+        assert_eq!(
+            got, expected,
+            "per order, accepted in the order written, once each"
+        );
+        assert!(
+            rx.state.max_in_flight.load(Ordering::SeqCst) > 1,
+            "different orders were in flight at the same time"
+        );
+    }
+);
+
+both_db!(
+    undelivered_events_survive_a_restart_and_delivered_ones_are_not_sent_again,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 3, 2).await;
+        let rx = Receiver::start(|_| 200).await;
+        // Before the restart, one round delivers each order's first event.
+        let clock = start_clock();
+        let d = dispatcher(&store, &rx.url, &clock);
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { delivered: 3, .. }
+        ));
+        drop(d);
+        let database_url = app.stop().await;
+
+        let config = pile_server::Config {
+            database_url,
+            api_keys: vec!["test-key".into()],
+            db_pool: 8,
+            webhook_url: Some(rx.url.clone()),
+            webhook_secret: Some(SECRET.into()),
+            ..pile_server::Config::default()
+        };
+        let app = spawn_with(config).await;
+        let accepted = eventually(|| async {
+            let a = rx.accepted();
+            (a.len() >= 6).then_some(a)
+        })
+        .await;
+        let got: HashSet<String> = accepted.iter().map(|m| m.event_id.clone()).collect();
+        let want: HashSet<String> = expected.values().flatten().cloned().collect();
+        assert_eq!(got, want);
+        assert_eq!(rx.duplicates(), 0);
+        eventually(|| async {
+            (app.client.stats().await.unwrap().event_backlog == 0).then_some(())
+        })
+        .await;
+    }
+);
+
+#[tokio::test]
+async fn the_webhook_test_sends_a_signed_test_event_and_reports_the_answer() {
+    let rx = Receiver::start(|m| {
+        if m.event_type == "webhook.test" {
+            204
+        } else {
+            200
+        }
+    })
+    .await;
+    let url = rx.url.clone();
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.webhook_url = Some(url);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await
+    .unwrap();
+    let r = app.client.webhook_test().await.unwrap();
+    assert!(r.delivered);
+    assert_eq!(r.status, Some(204));
+    assert_eq!(r.url, rx.url);
+    assert!(r.latency_ms > 0.0);
+    let hit = rx
+        .hits()
+        .into_iter()
+        .find(|h| h.msg.event_type == "webhook.test")
+        .expect("the test event arrived");
+    assert!(hit.signature_ok && hit.headers_ok);
+    assert_eq!(hit.msg.event_id, r.event_id);
+
+    // Without a URL there is nothing to test.
+    let bare = crate::spawn_app().await;
+    let e = bare.client.webhook_test().await.unwrap_err();
+    assert_eq!(e.status(), Some(503));
+}
+
+#[tokio::test]
+async fn the_webhook_test_reports_an_unreachable_receiver() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let app = spawn_app_on(Db::Sqlite, |c| c.webhook_url = Some(url))
+        .await
+        .unwrap();
+    let r = app.client.webhook_test().await.unwrap();
+    assert!(!r.delivered);
+    assert_eq!(r.status, None);
+    assert!(r.error.unwrap().contains("network"));
+}
+
+async fn next_event(s: &mut pile_api::EventStream) -> EventMessage {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("stream open")
+        .expect("event parses")
+}
+
+#[tokio::test]
+async fn the_live_stream_sends_the_events_a_client_filters_for() {
+    let app = crate::spawn_app().await;
+    let mut stream = app
+        .client
+        .event_stream(&EventStreamQuery {
+            device_id: Some("82210225000520".into()),
+            event_type: Some("device.*".into()),
+        })
+        .await
+        .unwrap();
+    let mut all = app
+        .client
+        .event_stream(&EventStreamQuery::default())
+        .await
+        .unwrap();
+    let _other = app.connect_fake("99990000000001", "ap3000", 2).await;
+    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+    envelope(
+        app.charge(
+            "82210225000520",
+            json!({"port_no": 1, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "live-1"}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let a = next_event(&mut stream).await;
+    let b = next_event(&mut stream).await;
+    assert_eq!(
+        (a.event_type.as_str(), b.event_type.as_str()),
+        ("device.registered", "device.online")
+    );
+    assert!([&a, &b].iter().all(|m| m.device_phy_id == "82210225000520"));
+    let mut types = Vec::new();
+    while types.len() < 5 {
+        types.push(next_event(&mut all).await.event_type);
+    }
+    assert_eq!(
+        types,
+        [
+            "device.registered",
+            "device.online",
+            "device.registered",
+            "device.online",
+            "order.created"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_events_routes_need_a_key_and_are_in_the_openapi_document() {
+    let app = crate::spawn_app().await;
+    for (method, path, _) in pile_server::events::ROUTES {
+        let url = format!("{}{}", app.address, path.replace("{event_id}", "x"));
+        let req = if *method == "post" {
+            app.http.post(&url)
+        } else {
+            app.http.get(&url)
+        };
+        assert_eq!(req.send().await.unwrap().status().as_u16(), 401, "{path}");
+    }
+    let doc: serde_json::Value = app
+        .http
+        .get(format!("{}/api/v1/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (method, path, _) in pile_server::events::ROUTES {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+    }
+    let paged = envelope(
+        app.get("/api/v1/admin/webhooks/dead?page=1&size=10")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(paged["data"]["total"], 0);
+    envelope(
+        app.get("/api/v1/admin/webhooks/dead?size=0")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn heartbeat_events_are_not_sent_by_default() {
+    let app = crate::spawn_app().await;
+    let store = app.service.store.clone();
+    let now = start_clock().now_ms();
+    for t in ["device.heartbeat", "device.online"] {
+        store
+            .insert_event_now(
+                &Event {
+                    event_type: t,
+                    device_id: "d1".into(),
+                    order_no: None,
+                    data: json!({}),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let rx = Receiver::start(|_| 200).await;
+    let clock = start_clock();
+    dispatcher(&store, &rx.url, &clock).drain().await.unwrap();
+    let types: Vec<String> = rx.accepted().into_iter().map(|m| m.event_type).collect();
+    assert_eq!(types, ["device.online"]);
+    let counts: HashMap<String, usize> = store
+        .outbox_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .fold(HashMap::new(), |mut m, r| {
+            *m.entry(r.status).or_default() += 1;
+            m
+        });
+    assert_eq!(counts.get("skipped"), Some(&1));
+    assert_eq!(app.client.stats().await.unwrap().event_backlog, 0);
+}
+
+both_db!(
+    every_event_of_an_order_carries_what_a_receiver_bills_from,
+    |db| async move {
+        use pile_server::domain::EndReason;
+        use pile_server::service::{EndReport, PortReport, ProgressReport};
+        let Some(app) = app_on(db).await else { return };
+        let mut pile = app.connect_fake("04AB373B", "ap3000", 4).await;
+        envelope(
+            app.charge(
+                "04AB373B",
+                json!({"port_no": 2, "charge_mode": 1, "duration": 300, "amount": 500,
+                       "price_per_kwh": 150, "service_fee": 50, "order_no": "bill-1"}),
+            )
+            .await,
+            200,
+        )
+        .await;
+        let out = pile.next_command().await;
+        app.service
+            .start_confirmed("04AB373B", out.command_id, "bill-1", "aa")
+            .await
+            .unwrap();
+        app.service
+            .port_report(
+                "04AB373B",
+                &[PortReport {
+                    port_no: 2,
+                    socket_no: None,
+                    hole: None,
+                    status: pile_api::PortStatus::Charging,
+                    power_dw: 1_800,
+                    status_changed: true,
+                }],
+            )
+            .await;
+        app.service
+            .progress(
+                "04AB373B",
+                &ProgressReport {
+                    port_no: 2,
+                    device_ref: None,
+                    duration_sec: 60,
+                    energy_wh: 40,
+                    power_dw: 1_800,
+                    peak_power_dw: None,
+                },
+            )
+            .await
+            .unwrap();
+        app.service
+            .end_report(
+                "04AB373B",
+                &EndReport {
+                    port_no: 2,
+                    device_ref: None,
+                    device_duration_sec: None,
+                    duration_resolution_sec: 1,
+                    energy_wh: 123,
+                    peak_power_dw: Some(2_000),
+                    end_reason: EndReason::TargetReached,
+                    bkv_status: None,
+                    raw_hex: "00".into(),
+                },
+            )
+            .await
+            .unwrap();
+        // A second order the device refuses.
+        envelope(
+            app.charge(
+                "04AB373B",
+                json!({"port_no": 3, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "bill-2"}),
+            )
+            .await,
+            200,
+        )
+        .await;
+        let out = pile.next_command().await;
+        app.service
+            .start_rejected("04AB373B", out.command_id, "bill-2", "bb", "refused")
+            .await
+            .unwrap();
+
+        let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
+        let data = |t: &str, order: &str| -> serde_json::Value {
+            let r = rows
+                .iter()
+                .find(|r| r.event_type == t && r.order_no.as_deref() == Some(order))
+                .unwrap_or_else(|| panic!("{t} of {order}"));
+            serde_json::from_str(&r.payload).unwrap()
+        };
+        for t in [
+            "order.created",
+            "order.confirmed",
+            "charging.started",
+            "charging.progress",
+            "charging.ended",
+            "order.completed",
+        ] {
+            let d = data(t, "bill-1");
+            assert_eq!(d["order_no"], "bill-1", "{t}");
+            assert_eq!(d["port_no"], 2, "{t}");
+            assert_eq!(d["amount"], 500, "{t}");
+            assert_eq!(d["price_per_kwh"], 150, "{t}");
+            assert!(d["created_at"].is_i64(), "{t}");
+        }
+        assert!(data("charging.started", "bill-1")["started_at"].is_i64());
+        let p = data("charging.progress", "bill-1");
+        assert_eq!(
+            (p["energy_wh"].clone(), p["power_w"].clone()),
+            (json!(40), json!(180.0))
+        );
+        assert_eq!(p["total_kwh"], 0.04);
+        let done = data("order.completed", "bill-1");
+        for key in [
+            "duration_sec",
+            "total_kwh",
+            "peak_power",
+            "energy_fee",
+            "service_fee_amount",
+            "final_amount",
+            "ended_at",
+            "started_at",
+        ] {
+            assert!(!done[key].is_null(), "order.completed data.{key}");
+        }
+        assert_eq!(done["total_kwh"], 0.123);
+        assert_eq!(done["final_amount"], 24);
+        assert_eq!(done["end_reason"], 1);
+        assert_eq!(done["end_reason_name"], "target_reached");
+        assert_eq!(done["end_reason_text"], "充电目标已达到");
+        assert_eq!(done["status"], "completed");
+        let failed = data("order.failed", "bill-2");
+        assert_eq!(failed["port_no"], 3);
+        assert_eq!(failed["status"], "failed");
+        assert!(failed["end_reason_name"].is_string());
+        assert!(failed["end_reason_text"].is_string());
+        assert!(failed["ended_at"].is_i64());
+
+        let socket = rows
+            .iter()
+            .find(|r| r.event_type == "socket.state_changed")
+            .expect("socket.state_changed");
+        let s: serde_json::Value = serde_json::from_str(&socket.payload).unwrap();
+        assert_eq!(
+            (s["port_no"].clone(), s["to"].clone()),
+            (json!(2), json!("charging"))
+        );
+        let registered = rows
+            .iter()
+            .find(|r| r.event_type == "device.registered")
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&registered.payload).unwrap();
+        assert_eq!(r["protocol"], "ap3000");
+        assert!(r["registered_at"].is_i64());
+
+        app.disconnect_fake(&pile).await;
+        // The offline transition goes through the batched writer; flush it like shutdown does.
+        app.service.writer.flush().await;
+        let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
+        assert!(rows.iter().any(|r| r.event_type == "device.offline"));
+    }
+);
+
+#[tokio::test]
+async fn webhook_metrics_are_exposed() {
+    let rx = Receiver::start(|_| 200).await;
+    let url = rx.url.clone();
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.webhook_url = Some(url);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await
+    .unwrap();
+    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+    eventually(|| async { (rx.accepted().len() >= 2).then_some(()) }).await;
+    let text = eventually(|| async {
+        let t = app
+            .http
+            .get(format!("{}/metrics", app.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (t.contains("webhook_backlog") && t.contains("webhook_delivery_duration_seconds_bucket"))
+            .then_some(t)
+    })
+    .await;
+    for name in [
+        "webhook_deliveries_total{result=\"delivered\"}",
+        "webhook_dead_letters",
+    ] {
+        assert!(text.contains(name), "{name} in /metrics");
+    }
+}
+
+both_db!(a_slow_answer_holds_only_its_own_order, |db| async move {
+    let Some(app) = app_on(db).await else { return };
+    let store = app.service.store.clone();
+    let expected = fill(&store, 3, 2).await;
+    let rx = Receiver::start(|_| 200).await;
+    *rx.state.slow_id.lock().unwrap() = Some(expected["ord-0"][0].clone());
+    let clock = start_clock();
+    let settings = WebhookSettings {
+        round_wait: Duration::from_millis(100),
+        ..WebhookSettings::new(&rx.url, SECRET)
+    };
+    let d = Dispatcher::new(store.clone(), settings, clock.clone()).unwrap();
+    // The other orders finish while ord-0's first event is still waiting for its answer.
+    let mut others = Vec::new();
+    while others.len() < 4 {
+        d.deliver_next().await.unwrap();
+        others = rx
+            .accepted()
+            .into_iter()
+            .filter(|m| m.order_no.as_deref() != Some("ord-0"))
+            .collect();
+    }
+    assert!(
+        rx.accepted()
+            .iter()
+            .all(|m| m.order_no.as_deref() != Some("ord-0")),
+        "ord-0 has nothing accepted yet"
+    );
+    d.drain().await.unwrap();
+    let ord0: Vec<String> = rx
+        .accepted()
+        .into_iter()
+        .filter(|m| m.order_no.as_deref() == Some("ord-0"))
+        .map(|m| m.event_id)
+        .collect();
+    assert_eq!(
+        ord0, expected["ord-0"],
+        "in order once the slow answer came"
+    );
+    assert_eq!(rx.duplicates(), 0);
+    assert_eq!(rx.hits().len(), 6, "the slow event was not sent twice");
+});
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_stops_the_dispatcher_promptly() {
+    let rx = Receiver::start(|_| 200).await;
+    let url = rx.url.clone();
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.webhook_url = Some(url);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await
+    .unwrap();
+    let mut stream = app
+        .client
+        .event_stream(&EventStreamQuery::default())
+        .await
+        .unwrap();
+    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+    next_event(&mut stream).await;
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("the gateway stops within 5 s with a stream open");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended");
+}

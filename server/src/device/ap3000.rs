@@ -139,6 +139,7 @@ impl Session {
                     end_reason: EndReason::from_ap3000(st.stop_reason.0),
                     bkv_status: None,
                     raw_hex: hex::encode(&raw),
+                    connected_at_ms: Some(self.connected_at_ms),
                 };
                 // Acknowledge = committed: no ack when the settlement could not be stored.
                 match self.service.end_report(&device_id, &report).await {

@@ -87,6 +87,8 @@ pub(super) struct Session {
     pub next_seq: u32,
     pub last_frame: Instant,
     pub identified: bool,
+    /// When this connection identified itself (gateway clock, ms).
+    pub connected_at_ms: i64,
     /// Last reported state per port, to write only changes.
     pub ports: HashMap<u32, (PortStatus, i64)>,
     pub port_count: i64,
@@ -129,6 +131,7 @@ pub async fn run(
         next_seq: 0,
         last_frame: Instant::now(),
         identified: false,
+        connected_at_ms: 0,
         ports: HashMap::new(),
         port_count: 0,
         timers: Vec::new(),
@@ -352,6 +355,7 @@ impl Session {
         self.mailbox = Some(rx);
         self.device_id = Some(Arc::from(device_id.as_str()));
         self.identified = true;
+        self.connected_at_ms = self.service.clock.now_ms();
         self.last_frame = Instant::now();
         let hello = DeviceHello {
             device_id: device_id.clone(),

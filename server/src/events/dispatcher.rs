@@ -1,15 +1,16 @@
 //! The webhook dispatcher. One round ([`Dispatcher::deliver_next`]): read the due events
 //! (each order's oldest undelivered one, so each order at most once), `POST` them at the same
-//! time with bounded concurrency, write every result in one transaction. The loop around it
-//! ([`Dispatcher::run`]) only sleeps when there is nothing due and stops on shutdown.
+//! time with bounded concurrency, write every result in one transaction. A round waits at most
+//! `round_wait` for its answers; a slower request stays in flight (its order waits for it) and
+//! is recorded by a later round. The loop around it ([`Dispatcher::run`]) only sleeps when
+//! there is nothing due and stops on shutdown.
 //!
 //! A result is written after the receiver answered; a crash in between means the event is sent
 //! again after the restart with the same `event_id` (at-least-once: receivers dedupe by ID).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::HashSet;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;

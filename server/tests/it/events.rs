@@ -618,25 +618,26 @@ async fn next_event(s: &mut pile_api::EventStream) -> EventMessage {
         .expect("event parses")
 }
 
-#[tokio::test]
-async fn the_live_stream_sends_the_events_a_client_filters_for() {
-    let app = crate::spawn_app().await;
-    let mut stream = app
-        .client
-        .event_stream(&EventStreamQuery {
-            device_id: Some("82210225000520".into()),
-            event_type: Some("device.*".into()),
-        })
-        .await
-        .unwrap();
-    let mut all = app
-        .client
-        .event_stream(&EventStreamQuery::default())
-        .await
-        .unwrap();
-    let _other = app.connect_fake("99990000000001", "ap3000", 2).await;
-    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
-    envelope(
+both_db!(
+    the_live_stream_sends_the_events_a_client_filters_for,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let mut stream = app
+            .client
+            .event_stream(&EventStreamQuery {
+                device_id: Some("82210225000520".into()),
+                event_type: Some("device.*".into()),
+            })
+            .await
+            .unwrap();
+        let mut all = app
+            .client
+            .event_stream(&EventStreamQuery::default())
+            .await
+            .unwrap();
+        let _other = app.connect_fake("99990000000001", "ap3000", 2).await;
+        let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+        envelope(
         app.charge(
             "82210225000520",
             json!({"port_no": 1, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "live-1"}),
@@ -645,28 +646,29 @@ async fn the_live_stream_sends_the_events_a_client_filters_for() {
         200,
     )
     .await;
-    let a = next_event(&mut stream).await;
-    let b = next_event(&mut stream).await;
-    assert_eq!(
-        (a.event_type.as_str(), b.event_type.as_str()),
-        ("device.registered", "device.online")
-    );
-    assert!([&a, &b].iter().all(|m| m.device_phy_id == "82210225000520"));
-    let mut types = Vec::new();
-    while types.len() < 5 {
-        types.push(next_event(&mut all).await.event_type);
+        let a = next_event(&mut stream).await;
+        let b = next_event(&mut stream).await;
+        assert_eq!(
+            (a.event_type.as_str(), b.event_type.as_str()),
+            ("device.registered", "device.online")
+        );
+        assert!([&a, &b].iter().all(|m| m.device_phy_id == "82210225000520"));
+        let mut types = Vec::new();
+        while types.len() < 5 {
+            types.push(next_event(&mut all).await.event_type);
+        }
+        assert_eq!(
+            types,
+            [
+                "device.registered",
+                "device.online",
+                "device.registered",
+                "device.online",
+                "order.created"
+            ]
+        );
     }
-    assert_eq!(
-        types,
-        [
-            "device.registered",
-            "device.online",
-            "device.registered",
-            "device.online",
-            "order.created"
-        ]
-    );
-}
+);
 
 #[tokio::test]
 async fn the_events_routes_need_a_key_and_are_in_the_openapi_document() {
@@ -1014,4 +1016,76 @@ async fn shutdown_ends_open_streams_and_stops_the_dispatcher_promptly() {
     })
     .await;
     assert!(end.is_ok(), "the stream ended");
+}
+
+both_db!(
+    a_receiver_that_times_out_is_retried_and_a_down_one_too,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 1, 1).await;
+        let id = expected["ord-0"][0].clone();
+        let rx = Receiver::start(|_| 200).await;
+        *rx.state.slow_id.lock().unwrap() = Some(id.clone());
+        let clock = start_clock();
+        let settings = WebhookSettings {
+            timeout: Duration::from_millis(300),
+            ..WebhookSettings::new(&rx.url, SECRET)
+        };
+        let d = Dispatcher::new(store.clone(), settings, clock.clone()).unwrap();
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { retried: 1, .. }
+        ));
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert!(row.last_error.unwrap().contains("timeout"));
+        assert_eq!(row.last_status, None);
+
+        // Next attempt goes to a port where nobody listens: a network error, retried too.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = format!("http://{}{HOOK_PATH}", closed.local_addr().unwrap());
+        drop(closed);
+        let d = dispatcher(&store, &down, &clock);
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { retried: 1, .. }
+        ));
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert_eq!(row.attempts, 2);
+        assert!(row.last_error.unwrap().contains("network"));
+
+        // The receiver is back (and fast): delivered on the 2 s retry.
+        *rx.state.slow_id.lock().unwrap() = None;
+        let d = dispatcher(&store, &rx.url, &clock);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(d.drain().await.unwrap(), 1);
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("delivered", 3));
+    }
+);
+
+#[tokio::test]
+async fn an_idle_stream_gets_keep_alive_comments() {
+    let app = crate::spawn_app().await;
+    let mut resp = app.get("/api/v1/events/stream").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // The keep-alive interval is 15 s: wait for the comment, at most 25 s.
+    let text = tokio::time::timeout(Duration::from_secs(25), async {
+        let mut text = String::new();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(": keep-alive") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .expect("a keep-alive comment within 25 s");
+    assert!(text.contains(": keep-alive"), "{text:?}");
 }

@@ -813,6 +813,7 @@ both_db!(
                     end_reason: EndReason::TargetReached,
                     bkv_status: None,
                     raw_hex: "00".into(),
+                    connected_at_ms: None,
                 },
             )
             .await

@@ -1143,3 +1143,33 @@ both_db!(
         assert_eq!(next_event(&mut resumed).await.event_type, "order.created");
     }
 );
+
+#[tokio::test]
+async fn on_a_shared_postgresql_only_one_gateway_delivers_webhooks() {
+    let rx_a = Receiver::start(|_| 200).await;
+    let url = rx_a.url.clone();
+    let Some(app) = spawn_app_on(Db::Postgres, |c| {
+        c.webhook_url = Some(url);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await
+    else {
+        return;
+    };
+    // The gateway's dispatcher is running (it holds the lock) once its first event arrives.
+    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+    eventually(|| async { (rx_a.accepted().len() == 2).then_some(()) }).await;
+    // A second gateway's dispatcher on the same database, delivering elsewhere.
+    let rx_b = Receiver::start(|_| 200).await;
+    let other = Store::connect(&app.database_url, 2).await.unwrap();
+    let b = Arc::new(dispatcher(&other, &rx_b.url, &start_clock()));
+    let stop_b = tokio_util::sync::CancellationToken::new();
+    let b_task = tokio::spawn(b.run(stop_b.clone()));
+    let expected = fill(&app.service.store, 4, 3).await;
+    eventually(|| async { (rx_a.accepted().len() == 14).then_some(()) }).await;
+    assert!(rx_b.hits().is_empty(), "the standby sent nothing");
+    let got: HashSet<String> = rx_a.accepted().into_iter().map(|m| m.event_id).collect();
+    assert_eq!(got.len(), 2 + expected.values().flatten().count());
+    stop_b.cancel();
+    b_task.await.unwrap();
+}

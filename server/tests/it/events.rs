@@ -1009,10 +1009,11 @@ async fn shutdown_ends_open_streams_and_stops_the_dispatcher_promptly() {
         .unwrap();
     let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
     next_event(&mut stream).await;
-    tokio::time::timeout(Duration::from_secs(5), app.stop())
+    // Bounds catch a hang, not slowness: generous enough for a loaded 2-core CI machine.
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
         .await
-        .expect("the gateway stops within 5 s with a stream open");
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        .expect("the gateway stops with a stream open instead of hanging");
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(Ok(_)) = stream.next().await {}
     })
     .await;

@@ -12,7 +12,7 @@ pub mod sample;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -108,16 +108,16 @@ pub enum FleetLoadError {
 
 /// The run's observer: timings from the piles' driver tasks into sharded histograms.
 struct Recorder {
-    start: Instant,
     connect: Vec<Mutex<Histogram<u64>>>,
     heartbeat: Vec<Mutex<Histogram<u64>>>,
+    /// The first answered heartbeat of each connection, and all later ones.
+    heartbeat_first: Vec<Mutex<Histogram<u64>>>,
+    heartbeat_steady: Vec<Mutex<Histogram<u64>>>,
     connects: AtomicU64,
     connect_failures: AtomicU64,
     reconnects: AtomicU64,
-    /// Per pile, ms since `start` + 1 of the last connect and the last answered heartbeat
-    /// (0: never).
-    last_connect: Vec<AtomicU64>,
-    last_heartbeat: Vec<AtomicU64>,
+    /// Per pile: a heartbeat was answered on the current connection.
+    answered: Vec<AtomicBool>,
     /// (pile, port) → when the start command arrived, for the charges in flight.
     awaiting: Mutex<HashMap<(u32, u16), Option<Instant>>>,
 }
@@ -135,35 +135,25 @@ impl Recorder {
                 .map(|_| Mutex::new(report::histogram()))
                 .collect()
         };
-        let zeros = || (0..devices).map(|_| AtomicU64::new(0)).collect();
         Recorder {
-            start: Instant::now(),
             connect: shards(),
             heartbeat: shards(),
+            heartbeat_first: shards(),
+            heartbeat_steady: shards(),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
-            last_connect: zeros(),
-            last_heartbeat: zeros(),
+            answered: (0..devices).map(|_| AtomicBool::new(false)).collect(),
             awaiting: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn stamp(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64 + 1
     }
 
     /// A pile is ready for commands once the gateway answered a heartbeat on its current
     /// connection: by then the gateway has registered it.
     fn ready(&self, pile: u32) -> bool {
-        let i = pile as usize;
-        match (self.last_connect.get(i), self.last_heartbeat.get(i)) {
-            (Some(c), Some(h)) => {
-                let c = c.load(Ordering::Relaxed);
-                c > 0 && h.load(Ordering::Relaxed) >= c
-            }
-            _ => false,
-        }
+        self.answered
+            .get(pile as usize)
+            .is_some_and(|a| a.load(Ordering::Relaxed))
     }
 
     fn merged(shards: &[Mutex<Histogram<u64>>]) -> Histogram<u64> {
@@ -182,8 +172,8 @@ impl FleetObserver for Recorder {
         if nth > 1 {
             self.reconnects.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(c) = self.last_connect.get(pile as usize) {
-            c.store(self.stamp(), Ordering::Relaxed);
+        if let Some(a) = self.answered.get(pile as usize) {
+            a.store(false, Ordering::Relaxed);
         }
     }
 
@@ -192,10 +182,18 @@ impl FleetObserver for Recorder {
     }
 
     fn heartbeat_rtt(&self, pile: u32, rtt: Duration) {
-        report::record(&mut lock(&self.heartbeat[pile as usize % SHARDS]), rtt);
-        if let Some(h) = self.last_heartbeat.get(pile as usize) {
-            h.store(self.stamp(), Ordering::Relaxed);
-        }
+        let shard = pile as usize % SHARDS;
+        report::record(&mut lock(&self.heartbeat[shard]), rtt);
+        let first = self
+            .answered
+            .get(pile as usize)
+            .is_some_and(|a| !a.swap(true, Ordering::Relaxed));
+        let split = if first {
+            &self.heartbeat_first
+        } else {
+            &self.heartbeat_steady
+        };
+        report::record(&mut lock(&split[shard]), rtt);
     }
 
     fn command(&self, pile: u32, kind: CommandKind, port_no: Option<u16>) {
@@ -451,6 +449,10 @@ pub async fn run(config: FleetLoadConfig) -> Result<FleetReport, FleetLoadError>
         reconnects: recorder.reconnects.load(Ordering::Relaxed),
         connect_latency: Latency::from_histogram(&Recorder::merged(&recorder.connect)),
         heartbeat_rtt: Latency::from_histogram(&Recorder::merged(&recorder.heartbeat)),
+        heartbeat_rtt_first: Latency::from_histogram(&Recorder::merged(&recorder.heartbeat_first)),
+        heartbeat_rtt_steady: Latency::from_histogram(&Recorder::merged(
+            &recorder.heartbeat_steady,
+        )),
         command_delivery: Latency::from_histogram(&traffic.delivery),
         command_latency: Latency::from_histogram(&traffic.charging),
         stop_latency: Latency::from_histogram(&traffic.stop),

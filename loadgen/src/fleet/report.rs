@@ -144,6 +144,10 @@ pub struct FleetReport {
     pub connect_latency: Latency,
     /// Heartbeat frame written → its answer read, in the simulator.
     pub heartbeat_rtt: Latency,
+    /// `heartbeat_rtt` split: the first answered heartbeat of each connection (which a gateway
+    /// may answer only after registering the device) and every later one.
+    pub heartbeat_rtt_first: Latency,
+    pub heartbeat_rtt_steady: Latency,
     /// Charge API call → the pile received the start command.
     pub command_delivery: Latency,
     /// Charge API call → the order reads `charging` (polled every 10 ms).
@@ -206,6 +210,8 @@ impl FleetReport {
         );
         lat(&mut out, "Connect latency:", &self.connect_latency);
         lat(&mut out, "Heartbeat RTT:", &self.heartbeat_rtt);
+        lat(&mut out, "  first of a conn:", &self.heartbeat_rtt_first);
+        lat(&mut out, "  later ones:", &self.heartbeat_rtt_steady);
         let c = &self.commands;
         if c.rate > 0.0 {
             let _ = writeln!(out);

@@ -43,6 +43,11 @@ async fn every_pile_connects_and_is_online_at_the_gateway() {
         report.heartbeat_rtt.count
     );
     assert!(report.heartbeat_rtt.p50_ms > 0.0);
+    assert_eq!(report.heartbeat_rtt_first.count, 20);
+    assert_eq!(
+        report.heartbeat_rtt_first.count + report.heartbeat_rtt_steady.count,
+        report.heartbeat_rtt.count
+    );
     assert!(report.heartbeat_rtt.p50_ms <= report.heartbeat_rtt.p99_ms);
     assert!(report.duration_s >= 4.0 && report.duration_s < 10.0);
 
@@ -173,6 +178,8 @@ async fn the_cli_prints_a_versioned_json_report() {
         "reconnects",
         "connect_latency",
         "heartbeat_rtt",
+        "heartbeat_rtt_first",
+        "heartbeat_rtt_steady",
         "command_delivery",
         "command_latency",
         "stop_latency",

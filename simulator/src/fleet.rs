@@ -180,6 +180,7 @@ impl FleetHandle {
             progress_kept: cfg.progress_kept,
             answer_delay: cfg.answer_delay,
             clock: SimClock::system(),
+            observer: cfg.observer.clone(),
         });
         let shards = match cfg.scheduler_shards {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -380,6 +381,29 @@ async fn connect(server: SocketAddr, bind: Option<Ipv4Addr>) -> io::Result<TcpSt
     Ok(stream)
 }
 
+/// [`connect`], reporting the outcome to the fleet's observer if it has one.
+async fn timed_connect(
+    slot: &Slot,
+    server: SocketAddr,
+    bind: Option<Ipv4Addr>,
+) -> io::Result<TcpStream> {
+    let (observer, index, connects) = {
+        let pile = slot.lock();
+        let st = &pile.state;
+        (st.cfg.observer.clone(), st.index, st.stats.connects)
+    };
+    let Some(observer) = observer else {
+        return connect(server, bind).await;
+    };
+    let started = std::time::Instant::now();
+    let result = connect(server, bind).await;
+    match &result {
+        Ok(_) => observer.0.connected(index, started.elapsed(), connects + 1),
+        Err(_) => observer.0.connect_failed(index, started.elapsed()),
+    }
+    result
+}
+
 /// Drops a socket with a reset instead of a FIN: what a device whose TCP
 /// state vanished does once the peer talks to it again.
 fn abort(stream: TcpStream) {
@@ -405,7 +429,7 @@ async fn perform(
     let mut queue = std::collections::VecDeque::from(actions);
     while let Some(action) = queue.pop_front() {
         match action {
-            Action::Connect => match connect(server, bind).await {
+            Action::Connect => match timed_connect(slot, server, bind).await {
                 Ok(stream) => {
                     if let Some(old) = zombie.take() {
                         abort(old);

@@ -425,4 +425,54 @@ pub struct EventStreamQuery {
     /// An event type (`order.completed`), a prefix (`charging.*`), or several, comma-separated.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
+    /// Resume after this event: the events written since (up to 1,000) come first. The
+    /// `Last-Event-ID` header does the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_request_leaves_out_what_it_does_not_set() {
+        let req = ChargeRequest {
+            port_no: 1,
+            charge_mode: charge_mode::BY_TIME,
+            duration: 300,
+            amount: 500,
+            ..ChargeRequest::default()
+        };
+        let v = serde_json::to_value(&req).unwrap_or_default();
+        assert_eq!(v["port_no"], 1);
+        assert!(v.get("order_no").is_none());
+        assert!(v.get("queue_if_offline").is_none());
+        let back: ChargeRequest =
+            serde_json::from_str(r#"{"port_no":2,"charge_mode":4}"#).unwrap_or_default();
+        assert_eq!((back.port_no, back.charge_mode, back.amount), (2, 4, 0));
+    }
+
+    #[test]
+    fn statuses_are_lowercase_on_the_wire() {
+        assert_eq!(
+            serde_json::to_string(&OrderStatus::Charging).unwrap_or_default(),
+            "\"charging\""
+        );
+        for s in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(PortStatus::parse("plugged"), Some(PortStatus::Plugged));
+        assert_eq!(OrderStatus::parse("lost"), None);
+        assert!(OrderStatus::Pending.is_active() && !OrderStatus::Completed.is_active());
+    }
+
+    #[test]
+    fn an_error_envelope_has_null_data() {
+        let env: Envelope<OrderRef> = serde_json::from_str(
+            r#"{"code":409,"message":"port is busy","data":null,"request_id":"r","timestamp":1}"#,
+        )
+        .expect("envelope");
+        assert_eq!((env.code, env.data), (409, None));
+    }
 }

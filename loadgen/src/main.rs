@@ -10,7 +10,9 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pile_load::duration::parse_duration;
+use pile_load::fleet::{self, FleetLoadConfig};
 use pile_load::http::{self, HttpLoadConfig, Progress};
+use pile_sim::config::{IpRange, ProtocolChoice};
 
 #[derive(Parser)]
 #[command(name = "pile-load", version, about = "Load generator for pilekit")]
@@ -27,6 +29,60 @@ enum Command {
     /// errors are counted by kind (connect, timeout, reset, other). Bounded always: stops after
     /// -n requests or --duration, whichever comes first (default -n 1000).
     Http(HttpArgs),
+    /// Device-fleet load: N simulated piles (in this process) against a gateway, optional
+    /// start/stop traffic through its API, and the gateway's CPU and memory over the run.
+    ///
+    /// Bounded: stops after --duration (default 30s); every address must be loopback.
+    Fleet(FleetArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// The gateway's device address, HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// The gateway's HTTP API, http://HOST:PORT.
+    #[arg(long)]
+    api: String,
+    /// The gateway's API key.
+    #[arg(long)]
+    api_key: String,
+    /// Simulated piles.
+    #[arg(long, default_value_t = 100)]
+    devices: u32,
+    /// bkv, ap3000 or mixed (even piles BKV, odd AP3000).
+    #[arg(long, default_value = "bkv")]
+    protocol: ProtocolChoice,
+    /// New connections per second at start (at most 20000); the ramp must end within --duration.
+    #[arg(long, default_value_t = 1000.0)]
+    ramp: f64,
+    /// Heartbeat period (seconds, or e.g. 500ms).
+    #[arg(long, value_parser = parse_duration, default_value = "11")]
+    heartbeat: Duration,
+    /// How long the fleet runs, ramp included.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    duration: Duration,
+    /// Start commands per second on random idle ports (each charge is held up to 3 s, then
+    /// stopped); 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    charge_rate: f64,
+    /// The gateway's PID: CPU and RSS are sampled from /proc/PID (else from /metrics, if it
+    /// exports process series).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Ports per pile.
+    #[arg(long, default_value_t = 4)]
+    ports: u16,
+    /// Run seed (random if not given; printed on stderr and in the report).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Bind piles round-robin to source addresses, e.g. 127.0.0.2-127.0.255.254 (past the
+    /// 64 k ports of one address).
+    #[arg(long)]
+    source_ips: Option<IpRange>,
+    /// Print the versioned JSON report instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -87,11 +143,17 @@ fn main() -> ExitCode {
             };
         }
     };
-    // The load runs on threads of its own (see `pile_load::http`); this runtime only aggregates.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // `http` runs its load on threads of its own (see `pile_load::http`), so its runtime only
+    // aggregates; the fleet's piles run on this runtime's worker threads.
+    let runtime = match &cli.command {
+        Command::Http(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Command::Fleet(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -100,6 +162,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Http(args) => runtime.block_on(http_command(args)),
+        Command::Fleet(args) => runtime.block_on(fleet_command(args)),
     };
     match result {
         Ok(code) => code,
@@ -152,6 +215,34 @@ async fn http_command(args: HttpArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+async fn fleet_command(args: FleetArgs) -> anyhow::Result<ExitCode> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    eprintln!("pile-load fleet: run seed {seed} (replay this run with --seed {seed})");
+    let mut config = FleetLoadConfig::new(&args.server, &args.api, &args.api_key);
+    config.devices = args.devices;
+    config.protocol = args.protocol;
+    config.ramp = args.ramp;
+    config.heartbeat = args.heartbeat;
+    config.duration = args.duration;
+    config.charge_rate = args.charge_rate;
+    config.server_pid = args.server_pid;
+    config.ports = args.ports;
+    config.seed = seed;
+    config.source_ips = args.source_ips;
+    let want = u64::from(args.devices) + 1024;
+    let limit = pile_sim::fleet::raise_fd_limit(want);
+    if limit < want {
+        eprintln!("warning: open-file limit is {limit}, {want} wanted; not every pile can connect");
+    }
+    let report = fleet::run(config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_from(args: &HttpArgs) -> anyhow::Result<HttpLoadConfig> {

@@ -91,7 +91,8 @@ pub enum Submitted {
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     pub conn_id: u64,
-    pub commands: mpsc::Sender<Outgoing>,
+    /// Boxed so that an idle session's mailbox block stays small.
+    pub commands: mpsc::Sender<Box<Outgoing>>,
     /// Cancelled to close the session (replaced, shutting down).
     pub close: CancellationToken,
 }
@@ -298,7 +299,7 @@ impl Gateway {
             .get(device_id)
             .cloned();
         match handle {
-            Some(h) => match h.commands.try_send(out) {
+            Some(h) => match h.commands.try_send(Box::new(out)) {
                 Ok(()) => Submitted::Dispatched,
                 // A full or closing mailbox: the row stays queued and goes out on reconnect
                 // or when the session drains its queue.
@@ -368,7 +369,7 @@ impl Gateway {
 mod tests {
     use super::*;
 
-    fn handle(gw: &Gateway) -> (SessionHandle, mpsc::Receiver<Outgoing>) {
+    fn handle(gw: &Gateway) -> (SessionHandle, mpsc::Receiver<Box<Outgoing>>) {
         let (tx, rx) = mpsc::channel(4);
         (
             SessionHandle {
@@ -411,7 +412,7 @@ mod tests {
         let (h, mut rx) = handle(&gw);
         gw.register("D1", h);
         assert_eq!(gw.submit("D1", cmd.clone()), Submitted::Dispatched);
-        assert_eq!(rx.try_recv().ok(), Some(cmd));
+        assert_eq!(rx.try_recv().ok().map(|b| *b), Some(cmd));
     }
 
     #[test]

@@ -236,8 +236,9 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     }
 }
 
-/// Sets or echoes `X-Request-Id`, makes it available to the envelope, and records latency.
-async fn request_context(req: Request, next: Next) -> Response {
+/// Sets or echoes `X-Request-Id` and makes it available to the envelope (every response,
+/// the fallback included).
+async fn request_id_layer(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -245,6 +246,15 @@ async fn request_context(req: Request, next: Next) -> Response {
         .filter(|s| !s.is_empty() && s.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Latency and counts per matched route (a template, never a concrete ID).
+async fn observe(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -252,10 +262,7 @@ async fn request_context(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let started = Instant::now();
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
+    let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::histogram!(m::HTTP_DURATION, "method" => method.clone(), "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
@@ -331,7 +338,8 @@ pub fn app(state: AppState) -> Router {
         .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
-        .route_layer(middleware::from_fn(request_context))
+        .route_layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn(request_id_layer))
         .with_state(state)
 }
 
@@ -473,15 +481,31 @@ fn order_ref(o: &OrderRow) -> OrderRef {
 }
 
 async fn device_view(service: &Service, d: DeviceRow) -> Result<DeviceView, ApiError> {
+    let ports: Vec<PortRow> = service.store.ports(&d.device_id).await?;
+    let active: Vec<(i64, String)> = service
+        .store
+        .active_orders_of(&d.device_id)
+        .await?
+        .into_iter()
+        .map(|o| (o.port_no, o.order_no))
+        .collect();
+    Ok(build_view(service, d, ports, active))
+}
+
+/// A device's view: stored ports and orders, live fields from memory.
+fn build_view(
+    service: &Service,
+    d: DeviceRow,
+    ports: Vec<PortRow>,
+    active: Vec<(i64, String)>,
+) -> DeviceView {
     let online = service.gateway.is_online(&d.device_id);
     let live = service.live(&d.device_id);
-    let ports: Vec<PortRow> = service.store.ports(&d.device_id).await?;
-    let active = service.store.active_orders_of(&d.device_id).await?;
     let order_of = |port_no: i64| {
         active
             .iter()
-            .find(|o| o.port_no == port_no)
-            .map(|o| o.order_no.clone())
+            .find(|(p, _)| *p == port_no)
+            .map(|(_, o)| o.clone())
     };
     let bkv = d.protocol == "bkv";
     let mut views: Vec<PortView> = ports
@@ -522,7 +546,7 @@ async fn device_view(service: &Service, d: DeviceRow) -> Result<DeviceView, ApiE
             })
             .collect();
     }
-    Ok(DeviceView {
+    DeviceView {
         device_id: d.device_id,
         protocol: d.protocol,
         online,
@@ -541,7 +565,7 @@ async fn device_view(service: &Service, d: DeviceRow) -> Result<DeviceView, ApiE
             .or(d.firmware),
         signal: live.as_ref().and_then(|l| l.signal).or(d.signal),
         ports: views,
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,13 +628,13 @@ async fn stop(
 }
 
 async fn device(State(state): State<AppState>, Path(device_id): Path<String>) -> ApiResult {
-    let d = state
+    let (d, ports, active) = state
         .service
         .store
-        .device(&device_id)
+        .device_with_ports(&device_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {device_id} not found")))?;
-    Ok(ok(device_view(&state.service, d).await?))
+    Ok(ok(build_view(&state.service, d, ports, active)))
 }
 
 async fn devices(

@@ -328,7 +328,15 @@ pub struct EndReport {
     pub bkv_status: Option<u8>,
     /// Hex of the raw frame, kept in `end_reports`.
     pub raw_hex: String,
+    /// When the connection carrying the report identified itself (gateway clock, ms). A report
+    /// on a connection newer than the charge's confirmation is a replay after a network drop,
+    /// even one too short for the gateway to notice.
+    pub connected_at_ms: Option<i64>,
 }
+
+/// Slack beyond the device's duration resolution before a shorter device duration means the
+/// report was replayed late (network latency, report cadence).
+pub const REPLAY_TOLERANCE_SEC: i64 = 5;
 
 /// What the session does after an end report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -858,19 +866,23 @@ impl Service {
         let now_ms = self.clock.now_ms();
         let started = order.started_at_ms.unwrap_or(now_ms);
         let mut duration = domain::duration_sec(started, now_ms);
-        let offline_replayed = order.was_offline;
+        // Replayed: the device was marked offline during the charge, or the report comes on a
+        // connection opened after the charge was confirmed (a drop shorter than the offline
+        // threshold), or the device's duration is well below the time the gateway measured
+        // (the report waited somewhere). The device's figures are the truth then.
+        let reconnected = matches!(
+            (r.connected_at_ms, order.started_at_ms),
+            (Some(conn), Some(start)) if conn > start
+        );
+        let late = r
+            .device_duration_sec
+            .is_some_and(|dev| dev + r.duration_resolution_sec + REPLAY_TOLERANCE_SEC < duration);
+        let offline_replayed = order.was_offline || reconnected || late;
         if let Some(dev) = r.device_duration_sec {
-            // A report replayed after an offline spell arrives late: the device's figure is the
-            // truth then. Otherwise the gateway's clock is, checked against the device's.
-            if offline_replayed
-                || !domain::duration_agrees(duration, dev, r.duration_resolution_sec)
-            {
-                if !offline_replayed {
-                    tracing::warn!(%device_id, order_no = %order.order_no, gateway = duration, device = dev, "device duration disagrees");
-                }
-                if offline_replayed {
-                    duration = dev;
-                }
+            if offline_replayed {
+                duration = dev;
+            } else if !domain::duration_agrees(duration, dev, r.duration_resolution_sec) {
+                tracing::warn!(%device_id, order_no = %order.order_no, gateway = duration, device = dev, "device duration disagrees");
             }
         }
         // A stop the API asked for is a remote stop whatever the device calls it.

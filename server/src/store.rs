@@ -690,6 +690,64 @@ impl Store {
         Ok((rows, total))
     }
 
+    /// A device with its ports and each port's active order, in one round trip (the API's
+    /// most frequent read). `None` when the device is unknown.
+    pub async fn device_with_ports(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<(DeviceRow, Vec<PortRow>, Vec<(i64, String)>)>> {
+        let started = Instant::now();
+        let rows = sqlx::query(
+            "SELECT d.device_id, d.protocol, d.online, d.last_seen_at, d.connected_at, \
+             d.remote_addr, d.firmware, d.signal, d.port_count, p.port_no AS p_port_no, \
+             p.socket_no AS p_socket_no, p.hole AS p_hole, p.status AS p_status, \
+             p.power_dw AS p_power_dw, p.reported_status AS p_reported, \
+             (SELECT o.order_no FROM orders o WHERE o.device_id = d.device_id \
+              AND o.port_no = p.port_no AND o.status IN ('pending', 'charging') LIMIT 1) AS p_order_no \
+             FROM devices d LEFT JOIN ports p ON p.device_id = d.device_id \
+             WHERE d.device_id = $1 ORDER BY p.port_no",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        self.observe(started);
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let device = device_from_row(first)?;
+        let mut ports = Vec::with_capacity(rows.len());
+        let mut active = Vec::new();
+        for r in &rows {
+            let Some(port_no) = r.try_get::<Option<i64>, _>("p_port_no")? else {
+                continue;
+            };
+            ports.push(PortRow {
+                device_id: device.device_id.clone(),
+                port_no,
+                socket_no: r.try_get("p_socket_no")?,
+                hole: r.try_get("p_hole")?,
+                status: r
+                    .try_get::<Option<String>, _>("p_status")?
+                    .unwrap_or_default(),
+                power_dw: r.try_get::<Option<i64>, _>("p_power_dw")?.unwrap_or(0),
+                reported_status: r.try_get("p_reported")?,
+            });
+            if let Some(order_no) = r.try_get::<Option<String>, _>("p_order_no")? {
+                active.push((port_no, order_no));
+            }
+        }
+        if ports.is_empty() && device.port_count > 0 {
+            // Ports not reported yet: the view is built from the port count.
+            active = self
+                .active_orders_of(device_id)
+                .await?
+                .into_iter()
+                .map(|o| (o.port_no, o.order_no))
+                .collect();
+        }
+        Ok(Some((device, ports, active)))
+    }
+
     pub async fn ports(&self, device_id: &str) -> Result<Vec<PortRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {PORT_COLS} FROM ports WHERE device_id = $1 ORDER BY port_no"

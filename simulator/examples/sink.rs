@@ -2,7 +2,10 @@
 //! accepts both families on one port, answers heartbeats, registrations and
 //! status reports, acknowledges end reports, and prints counters every 10 s.
 //!
-//! `cargo run --release -p pile-sim --example sink -- 127.0.0.1:7065`
+//! `cargo run --release -p pile-sim --example sink -- 127.0.0.1:7065 [CHARGE_SHARE]`
+//!
+//! With a charge share (0..=1), that share of the piles is told to charge
+//! port 1 for ten hours after its first heartbeat, so progress reports flow.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -38,6 +41,32 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &cur);
         }
     }
+}
+
+/// Whether this connection's pile should charge (a hash of its ID against the share).
+fn chosen(id: &str, share: f64) -> bool {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % 10_000) as f64 / 10_000.0 < share
+}
+
+fn start_bkv(f: &bkv::Frame) -> Bytes {
+    bkv::Frame::start_by_time(f.gateway_id, 1, 1, 0, 600).to_bytes()
+}
+
+fn start_ap(f: &ap3000::Frame) -> Bytes {
+    let start = ap3000::Frame::start_by_seconds(
+        f.physical_id,
+        0x7001,
+        0,
+        36_000,
+        ap3000::OrderNo([7; 16]),
+        0,
+    );
+    let mut out = BytesMut::new();
+    start.encode(&mut out);
+    out.freeze()
 }
 
 fn answer_bkv(f: &bkv::Frame) -> Option<Bytes> {
@@ -79,7 +108,8 @@ fn answer_ap(f: &ap3000::Frame) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-async fn serve(mut stream: TcpStream, c: Arc<Counters>) {
+async fn serve(mut stream: TcpStream, c: Arc<Counters>, share: f64) {
+    let mut started = false;
     let mut buf = BytesMut::with_capacity(512);
     let mut family = None;
     let mut bkv_dec = bkv::Decoder::new();
@@ -103,6 +133,12 @@ async fn serve(mut stream: TcpStream, c: Arc<Counters>) {
                     None => break,
                     Some(Item::Frame { frame, .. }) => {
                         c.frames.fetch_add(1, Relaxed);
+                        if !started && matches!(frame.message, bkv::Message::Heartbeat(_)) {
+                            started = true;
+                            if chosen(&frame.gateway_id.to_string(), share) {
+                                out.extend_from_slice(&start_bkv(&frame));
+                            }
+                        }
                         answer_bkv(&frame)
                     }
                     Some(_) => {
@@ -114,6 +150,12 @@ async fn serve(mut stream: TcpStream, c: Arc<Counters>) {
                     None => break,
                     Some(Item::Frame { frame, .. }) => {
                         c.frames.fetch_add(1, Relaxed);
+                        if !started && matches!(frame.message, ap3000::Message::Heartbeat(_)) {
+                            started = true;
+                            if chosen(&frame.physical_id.to_string(), share) {
+                                out.extend_from_slice(&start_ap(&frame));
+                            }
+                        }
                         answer_ap(&frame)
                     }
                     Some(Item::Diagnostic(_)) => {
@@ -142,6 +184,10 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7065".into());
+    let share: f64 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
     let listener = TcpListener::bind(&addr).await?;
     println!("sink: listening on {}", listener.local_addr()?);
     let c = Arc::new(Counters::default());
@@ -166,7 +212,7 @@ async fn main() -> std::io::Result<()> {
             Ok((stream, _)) => {
                 c.connections.fetch_add(1, Relaxed);
                 c.open.fetch_add(1, Relaxed);
-                tokio::spawn(serve(stream, Arc::clone(&c)));
+                tokio::spawn(serve(stream, Arc::clone(&c), share));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }

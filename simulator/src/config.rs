@@ -120,6 +120,8 @@ pub struct FleetConfig {
     pub scheduler_shards: usize,
     /// How late answers are under the `delay_answers` fault.
     pub answer_delay: Duration,
+    /// Receives connect, heartbeat and command timings (load generation).
+    pub observer: Option<crate::observe::Observer>,
 }
 
 impl Default for FleetConfig {
@@ -144,6 +146,7 @@ impl Default for FleetConfig {
             progress_kept: 64,
             scheduler_shards: 0,
             answer_delay: Duration::from_secs(5),
+            observer: None,
         }
     }
 }

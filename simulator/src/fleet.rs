@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{ConfigError, FleetConfig, IpRange};
 use crate::fault::FaultKind;
@@ -179,6 +180,7 @@ impl FleetHandle {
             progress_kept: cfg.progress_kept,
             answer_delay: cfg.answer_delay,
             clock: SimClock::system(),
+            observer: cfg.observer.clone(),
         });
         let shards = match cfg.scheduler_shards {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -204,18 +206,22 @@ impl FleetHandle {
                 pile: Mutex::new(pile),
                 notify: Arc::new(Notify::new()),
             });
+            let span = tracing::debug_span!("pile", id = %ident.id, family = %ident.family);
             by_id.insert(ident.id, slots.len());
             let bind = cfg
                 .source_ips
                 .map(|r: IpRange| r.pick(u64::from(ident.index)));
-            tracker.spawn(drive(
-                Arc::clone(&slot),
-                sched.clone(),
-                u64::from(ident.index),
-                server,
-                bind,
-                cancel.clone(),
-            ));
+            tracker.spawn(
+                drive(
+                    Arc::clone(&slot),
+                    sched.clone(),
+                    u64::from(ident.index),
+                    server,
+                    bind,
+                    cancel.clone(),
+                )
+                .instrument(span),
+            );
             slots.push(slot);
         }
         tracker.close();
@@ -375,6 +381,29 @@ async fn connect(server: SocketAddr, bind: Option<Ipv4Addr>) -> io::Result<TcpSt
     Ok(stream)
 }
 
+/// [`connect`], reporting the outcome to the fleet's observer if it has one.
+async fn timed_connect(
+    slot: &Slot,
+    server: SocketAddr,
+    bind: Option<Ipv4Addr>,
+) -> io::Result<TcpStream> {
+    let (observer, index, connects) = {
+        let pile = slot.lock();
+        let st = &pile.state;
+        (st.cfg.observer.clone(), st.index, st.stats.connects)
+    };
+    let Some(observer) = observer else {
+        return connect(server, bind).await;
+    };
+    let started = std::time::Instant::now();
+    let result = connect(server, bind).await;
+    match &result {
+        Ok(_) => observer.0.connected(index, started.elapsed(), connects + 1),
+        Err(_) => observer.0.connect_failed(index, started.elapsed()),
+    }
+    result
+}
+
 /// Drops a socket with a reset instead of a FIN: what a device whose TCP
 /// state vanished does once the peer talks to it again.
 fn abort(stream: TcpStream) {
@@ -400,7 +429,7 @@ async fn perform(
     let mut queue = std::collections::VecDeque::from(actions);
     while let Some(action) = queue.pop_front() {
         match action {
-            Action::Connect => match connect(server, bind).await {
+            Action::Connect => match timed_connect(slot, server, bind).await {
                 Ok(stream) => {
                     if let Some(old) = zombie.take() {
                         abort(old);
@@ -408,6 +437,7 @@ async fn perform(
                     if let Some(old) = conn.replace(stream) {
                         abort(old);
                     }
+                    tracing::debug!("connected");
                     let more = slot.lock().on_connected(Instant::now());
                     queue.extend(more);
                 }
@@ -418,7 +448,8 @@ async fn perform(
             },
             Action::Write(bytes) => {
                 if let Some(c) = conn.as_mut() {
-                    if c.write_all(&bytes).await.is_err() {
+                    if let Err(e) = c.write_all(&bytes).await {
+                        tracing::debug!(error = %e, "write failed");
                         *conn = None;
                         slot.lock().on_disconnected(Instant::now());
                     }
@@ -502,6 +533,7 @@ async fn drive(
                 };
                 match read {
                     Ok(0) => {
+                        tracing::debug!("closed by the server");
                         conn = None;
                         slot.lock().on_disconnected(Instant::now());
                     }

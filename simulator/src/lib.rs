@@ -13,6 +13,7 @@ pub mod decode;
 pub mod fault;
 pub mod fleet;
 pub mod msg;
+pub mod observe;
 pub mod pile;
 pub mod replay;
 pub mod sched;

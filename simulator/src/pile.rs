@@ -83,6 +83,8 @@ pub struct PileConfig {
     pub progress_kept: usize,
     pub answer_delay: Duration,
     pub clock: SimClock,
+    /// Timing hooks for a load generator.
+    pub observer: Option<crate::observe::Observer>,
 }
 
 /// Something the driver must do for the pile.
@@ -265,6 +267,8 @@ pub struct PileState {
     merge_flush_at: Option<Instant>,
     frames: VecDeque<FrameLog>,
     rbuf: BytesMut,
+    /// Send times of unanswered heartbeats, oldest first (only with an observer).
+    heartbeats_sent: VecDeque<Instant>,
 }
 
 /// A virtual pile: state plus the codec of its family.
@@ -621,7 +625,15 @@ impl PileState {
 
     fn handle_down(&mut self, now: Instant, down: Down) {
         match down {
-            Down::HeartbeatAck | Down::TimeAck | Down::StatusAck | Down::Ignored => {}
+            Down::HeartbeatAck => {
+                if let (Some(sent), Some(obs)) =
+                    (self.heartbeats_sent.pop_front(), &self.cfg.observer)
+                {
+                    obs.0
+                        .heartbeat_rtt(self.index, now.saturating_duration_since(sent));
+                }
+            }
+            Down::TimeAck | Down::StatusAck | Down::Ignored => {}
             Down::RegisterAck => {
                 if !self.registered {
                     self.registered = true;
@@ -636,6 +648,14 @@ impl PileState {
                 self.say(Up::Heartbeat);
             }
             Down::Start { ctx, req } => {
+                if let Some(obs) = &self.cfg.observer {
+                    let port = match req.port {
+                        PortSel::Port(n) => Some(n),
+                        PortSel::Any | PortSel::Invalid => None,
+                    };
+                    obs.0
+                        .command(self.index, crate::observe::CommandKind::Start, port);
+                }
                 self.advance_charges(now);
                 let (result, port_no, order) = self.start_charge(now, &req);
                 self.say(Up::StartReply {
@@ -652,6 +672,14 @@ impl PileState {
                 port,
                 order,
             } => {
+                if let Some(obs) = &self.cfg.observer {
+                    let port_no = match port {
+                        PortSel::Port(n) => Some(n),
+                        PortSel::Any | PortSel::Invalid => None,
+                    };
+                    obs.0
+                        .command(self.index, crate::observe::CommandKind::Stop, port_no);
+                }
                 if let Some((result, port_no, order)) = self.stop_charge(now, port, order) {
                     self.say(Up::StopReply {
                         ctx,
@@ -822,6 +850,7 @@ impl Pile {
                 merge_flush_at: None,
                 frames: VecDeque::new(),
                 rbuf: BytesMut::new(),
+                heartbeats_sent: VecDeque::new(),
                 cfg,
             },
             codec,
@@ -947,6 +976,14 @@ impl Pile {
                 continue;
             }
             if let Some(frame) = self.codec.encode(&self.state, &up, now) {
+                let s = &mut self.state;
+                if up == Up::Heartbeat && s.cfg.observer.is_some() {
+                    // Bounded: a gateway that never answers leaves at most 8.
+                    if s.heartbeats_sent.len() >= 8 {
+                        s.heartbeats_sent.pop_front();
+                    }
+                    s.heartbeats_sent.push_back(now);
+                }
                 self.state.transmit(now, frame, &*self.codec);
             }
         }
@@ -1036,6 +1073,7 @@ impl Pile {
         }
         s.link = Link::Online { since: now };
         s.stats.connects += 1;
+        s.heartbeats_sent.clear();
         s.go_offline();
         s.last_tx = now;
         s.replay.mark_all_unsent();
@@ -1362,6 +1400,7 @@ mod tests {
             progress_kept: 16,
             answer_delay: Duration::from_secs(5),
             clock: SimClock::new(t0, 1_700_000_000_000),
+            observer: None,
         })
     }
 

@@ -139,6 +139,7 @@ impl Session {
                     end_reason: EndReason::from_ap3000(st.stop_reason.0),
                     bkv_status: None,
                     raw_hex: hex::encode(&raw),
+                    connected_at_ms: Some(self.connected_at_ms),
                 };
                 // Acknowledge = committed: no ack when the settlement could not be stored.
                 match self.service.end_report(&device_id, &report).await {
@@ -162,11 +163,18 @@ impl Session {
                 };
                 let reply_hex = hex::encode(&raw);
                 let result = match &f.command {
-                    PortCommand::Start { order_no, .. } if r.result.0 == 0 => self
-                        .service
-                        .start_confirmed(&device_id, f.command_id, order_no, &reply_hex)
+                    PortCommand::Start {
+                        order_no, port_no, ..
+                    } if r.result.0 == 0 => {
+                        self.confirmed_start(
+                            &device_id,
+                            f.command_id,
+                            order_no,
+                            *port_no,
+                            &reply_hex,
+                        )
                         .await
-                        .map(|_| ()),
+                    }
                     PortCommand::Start { order_no, .. } => self
                         .service
                         .start_rejected(

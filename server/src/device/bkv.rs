@@ -119,6 +119,7 @@ impl Session {
                     end_reason: EndReason::Unknown,
                     bkv_status: Some(e.status.0),
                     raw_hex: hex::encode(&raw),
+                    connected_at_ms: Some(self.connected_at_ms),
                 };
                 if self.bkv_end(&device_id, &report).await {
                     self.reply_bkv(Frame::charge_end_ack(gw, frame.seq, e.socket, e.hole, true));
@@ -137,6 +138,7 @@ impl Session {
                     end_reason: EndReason::Unknown,
                     bkv_status: Some(e.status.0),
                     raw_hex: hex::encode(&raw),
+                    connected_at_ms: Some(self.connected_at_ms),
                 };
                 if self.bkv_end(&device_id, &report).await {
                     let ack = Frame::charge_end_report_ack(&frame, e.socket, e.hole, true);
@@ -156,6 +158,7 @@ impl Session {
                     end_reason: EndReason::Unknown,
                     bkv_status: Some(e.status.0),
                     raw_hex: hex::encode(&raw),
+                    connected_at_ms: Some(self.connected_at_ms),
                 };
                 if self.bkv_end(&device_id, &report).await {
                     self.reply_bkv(Frame::charge_end_ack(gw, frame.seq, e.socket, e.hole, true));
@@ -219,10 +222,8 @@ impl Session {
                         port_no: *port_no,
                     });
                 }
-                self.service
-                    .start_confirmed(device_id, f.command_id, order_no, &reply_hex)
+                self.confirmed_start(device_id, f.command_id, order_no, *port_no, &reply_hex)
                     .await
-                    .map(|_| ())
             }
             PortCommand::Start { order_no, .. } => self
                 .service

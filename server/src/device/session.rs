@@ -87,19 +87,21 @@ pub(super) struct Session {
     pub next_seq: u32,
     pub last_frame: Instant,
     pub identified: bool,
+    /// When this connection identified itself (gateway clock, ms).
+    pub connected_at_ms: i64,
     /// Last reported state per port, to write only changes.
     pub ports: HashMap<u32, (PortStatus, i64)>,
     pub port_count: i64,
     pub timers: Vec<StopTimer>,
     /// Orders the gateway already stopped on its own.
     pub gateway_stops: HashSet<String>,
-    pub mailbox: Option<mpsc::Receiver<Outgoing>>,
+    pub mailbox: Option<mpsc::Receiver<Box<Outgoing>>>,
     pub close: CancellationToken,
 }
 
-async fn recv(rx: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outgoing> {
+async fn recv(rx: &mut Option<mpsc::Receiver<Box<Outgoing>>>) -> Option<Outgoing> {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.recv().await.map(|b| *b),
         None => std::future::pending().await,
     }
 }
@@ -129,6 +131,7 @@ pub async fn run(
         next_seq: 0,
         last_frame: Instant::now(),
         identified: false,
+        connected_at_ms: 0,
         ports: HashMap::new(),
         port_count: 0,
         timers: Vec::new(),
@@ -352,6 +355,7 @@ impl Session {
         self.mailbox = Some(rx);
         self.device_id = Some(Arc::from(device_id.as_str()));
         self.identified = true;
+        self.connected_at_ms = self.service.clock.now_ms();
         self.last_frame = Instant::now();
         let hello = DeviceHello {
             device_id: device_id.clone(),
@@ -480,6 +484,31 @@ impl Session {
                 self.dispatch(cmd, now).await;
             }
         }
+    }
+
+    /// The device confirmed a start. If its order is no longer waiting (cancelled after its
+    /// TTL, stopped meanwhile) the port must not keep charging: the gateway stops it.
+    pub async fn confirmed_start(
+        &mut self,
+        device_id: &str,
+        command_id: i64,
+        order_no: &str,
+        port_no: u32,
+        reply_hex: &str,
+    ) -> Result<(), crate::service::ServiceError> {
+        let confirmed = self
+            .service
+            .start_confirmed(device_id, command_id, order_no, reply_hex)
+            .await?;
+        if !confirmed {
+            if let Some(o) = self.service.store.order(order_no).await? {
+                if !o.status.is_active() {
+                    tracing::warn!(%order_no, status = %o.status, "late start confirmation; stopping the port");
+                    self.gateway_stop(order_no, port_no).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A stop the gateway decides itself (target reached at the exact second, amount used

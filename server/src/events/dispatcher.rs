@@ -1,21 +1,22 @@
 //! The webhook dispatcher. One round ([`Dispatcher::deliver_next`]): read the due events
 //! (each order's oldest undelivered one, so each order at most once), `POST` them at the same
-//! time with bounded concurrency, write every result in one transaction. The loop around it
-//! ([`Dispatcher::run`]) only sleeps when there is nothing due and stops on shutdown.
+//! time with bounded concurrency, write every result in one transaction. A round waits at most
+//! `round_wait` for its answers; a slower request stays in flight (its order waits for it) and
+//! is recorded by a later round. The loop around it ([`Dispatcher::run`]) only sleeps when
+//! there is nothing due and stops on shutdown.
 //!
 //! A result is written after the receiver answered; a crash in between means the event is sent
 //! again after the restart with the same `event_id` (at-least-once: receivers dedupe by ID).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::HashSet;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{signing, EventClock, BACKLOG, DEAD_LETTERS, DELIVERIES, DELIVERY_DURATION};
-use crate::store::outbox::{DeliveryResult, OutboxRow};
+use crate::store::outbox::{DeliveryResult, DispatchLock, OutboxRow};
 use crate::store::{Store, StoreError};
 
 /// Waits after failed attempts 1…5; a sixth failure is final.
@@ -389,6 +390,28 @@ impl Dispatcher {
     /// wake-up) otherwise; the gauges refresh about once a second. Stops on `shutdown`,
     /// abandoning a round in flight (its events are sent again later, same IDs).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // One dispatcher per database: on a shared PostgreSQL the others stand by.
+        let mut told = false;
+        let _lock = loop {
+            let pause = match self.store.try_dispatch_lock().await {
+                Ok(DispatchLock::Busy) => {
+                    if !told {
+                        tracing::info!("another gateway delivers the webhooks; standing by");
+                        told = true;
+                    }
+                    Duration::from_secs(5)
+                }
+                Ok(lock) => break lock,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook dispatcher lock failed");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        };
         let mut gauges_at: Option<Instant> = None;
         loop {
             if gauges_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,7 +13,7 @@ use axum::Router;
 use futures::StreamExt;
 use pile_api::{DeadLetter, Page, ReplayResult};
 
-use super::stream::Filter;
+use super::stream::{message_of, Filter};
 use super::Events;
 use crate::http::{ok, ApiError, AppState};
 use crate::store::outbox::{OutboxRow, Replay};
@@ -149,16 +150,43 @@ async fn webhook_test(State(state): State<AppState>) -> Result<Response, ApiErro
     Ok(ok(dispatcher.send_test().await))
 }
 
+/// Events replayed to a client that resumes with `Last-Event-ID`.
+const RESUME_LIMIT: i64 = 1000;
+
 async fn stream(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let events = events(&state)?;
     let filter = Filter::new(
         q.get("device_id").map(String::as_str),
         q.get("type").map(String::as_str),
     );
-    let body = events.hub.subscribe(filter).map(|ev| {
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(q.get("last_event_id").map(String::as_str))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    // Subscribe before reading what was missed, so nothing falls between the two; events
+    // that arrive both ways are sent once.
+    let live = events.hub.subscribe(filter.clone());
+    let missed = match resume_after {
+        Some(id) => events.store.outbox_after_event(&id, RESUME_LIMIT).await?,
+        None => Vec::new(),
+    };
+    let seen: std::collections::HashSet<String> =
+        missed.iter().map(|r| r.event_id.clone()).collect();
+    let replay: Vec<std::sync::Arc<pile_api::EventMessage>> = missed
+        .iter()
+        .map(message_of)
+        .filter(|m| filter.matches(m))
+        .map(std::sync::Arc::new)
+        .collect();
+    let live = live.filter(move |ev| std::future::ready(!seen.contains(&ev.event_id)));
+    let body = futures::stream::iter(replay).chain(live).map(|ev| {
         let sse = SseEvent::default()
             .event(ev.event_type.as_str())
             .id(ev.event_id.as_str());

@@ -146,11 +146,13 @@ impl Drop for ClientGuard {
     }
 }
 
-/// Follows the outbox from its current end and publishes every new row. Without clients it
-/// only moves its cursor.
-///
-/// Limitation: on PostgreSQL, a row whose transaction commits after a higher ID was already
-/// read is not streamed (the webhook still delivers it; the stream is a live view).
+/// How long the tail waits for a missing row ID before moving past it: on PostgreSQL a lower
+/// ID may commit after a higher one (or never, after a rollback).
+const GAP_WAIT: Duration = Duration::from_secs(1);
+
+/// Follows the outbox from its current end and publishes every new row in ID order. Without
+/// clients it only moves its cursor. A gap in the IDs holds the stream for up to
+/// [`GAP_WAIT`], so a row whose transaction commits late is still streamed in its place.
 pub async fn tail(store: Store, hub: Hub, every: Duration, shutdown: CancellationToken) {
     let mut last = loop {
         match store.outbox_max_id().await {
@@ -164,6 +166,7 @@ pub async fn tail(store: Store, hub: Hub, every: Duration, shutdown: Cancellatio
             }
         }
     };
+    let mut gap_since: Option<tokio::time::Instant> = None;
     loop {
         let mut full = false;
         if hub.clients() == 0 {
@@ -172,13 +175,22 @@ pub async fn tail(store: Store, hub: Hub, every: Duration, shutdown: Cancellatio
             let end = store.outbox_max_id().await;
             if let (Ok(id), 0) = (end, hub.clients()) {
                 last = last.max(id);
+                gap_since = None;
             }
         } else {
             match store.outbox_after(last, TAIL_BATCH).await {
                 Ok(rows) => {
                     full = rows.len() as i64 == TAIL_BATCH;
                     for row in &rows {
-                        last = last.max(row.id);
+                        if row.id != last + 1 {
+                            let since = *gap_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() < GAP_WAIT {
+                                full = false;
+                                break;
+                            }
+                        }
+                        gap_since = None;
+                        last = row.id;
                         hub.publish(message_of(row));
                     }
                 }

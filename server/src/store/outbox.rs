@@ -240,7 +240,40 @@ pub(super) async fn insert_event(tx: &mut Tx, ev: &Event, now_ms: i64) -> Result
     Ok(())
 }
 
+/// Who may run the webhook dispatcher (one per database).
+#[derive(Debug)]
+pub enum DispatchLock {
+    /// SQLite: one gateway per database file, nothing to coordinate.
+    NotNeeded,
+    /// PostgreSQL: this session holds the advisory lock until the connection is dropped.
+    Held(sqlx::pool::PoolConnection<sqlx::Any>),
+    /// Another gateway's dispatcher holds it.
+    Busy,
+}
+
+/// The advisory-lock key of the webhook dispatcher.
+const DISPATCH_LOCK_KEY: i64 = 7_055_001;
+
 impl Store {
+    /// Several gateways may share one PostgreSQL: only the one holding this lock delivers
+    /// webhooks (the others stand by), so an event is not sent by two of them at once.
+    pub async fn try_dispatch_lock(&self) -> Result<DispatchLock> {
+        if self.backend == super::Backend::Sqlite {
+            return Ok(DispatchLock::NotNeeded);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS ok")
+            .bind(DISPATCH_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("ok")?;
+        Ok(if got {
+            DispatchLock::Held(conn)
+        } else {
+            DispatchLock::Busy
+        })
+    }
+
     /// Writes one event in its own transaction, for changes that have no other state
     /// (`device.alarm`, `device.heartbeat` when switched on).
     pub async fn insert_event_now(&self, ev: &Event, now_ms: i64) -> Result<()> {
@@ -406,6 +439,19 @@ impl Store {
             "SELECT {OUTBOX_COLS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
         ))
         .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outbox_from_row).collect()
+    }
+
+    /// Events written after the one with `event_id` (none when it is unknown), oldest first.
+    pub async fn outbox_after_event(&self, event_id: &str, limit: i64) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE id > \
+             (SELECT id FROM outbox WHERE event_id = $1) ORDER BY id LIMIT $2"
+        ))
+        .bind(event_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

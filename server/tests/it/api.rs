@@ -435,8 +435,11 @@ async fn the_openapi_document_lists_every_route_and_every_route_is_served() {
             "{method} {path} is not routed ({status})"
         );
     }
-    let v = envelope(app.get("/api/v1/third/nothing").send().await.unwrap(), 404).await;
+    let resp = app.get("/api/v1/third/nothing").send().await.unwrap();
+    assert!(resp.headers().contains_key("x-request-id"));
+    let v = envelope(resp, 404).await;
     assert!(v["message"].as_str().unwrap().contains("no such route"));
+    assert!(!v["request_id"].as_str().unwrap().is_empty());
 }
 
 #[tokio::test]

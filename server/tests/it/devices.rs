@@ -854,3 +854,79 @@ async fn an_ap3000_charge_by_amount_is_stopped_by_the_gateway_when_the_money_is_
     let o = wait_status(&app, "ap-amount", OrderStatus::Completed).await;
     assert_eq!((o.end_reason, o.final_amount), (Some(1), 20));
 }
+
+#[tokio::test]
+async fn a_start_confirmed_after_its_order_expired_is_stopped_again() {
+    let app = spawn_app_on(Db::Sqlite, |c| c.command_ttl = Duration::from_millis(500))
+        .await
+        .unwrap();
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    envelope(
+        app.charge(
+            "04AB373B",
+            json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "ap-late"}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let cmd = pile.expect().await;
+    let start = start_of(&cmd).clone();
+    let o = wait_status(&app, "ap-late", OrderStatus::Cancelled).await;
+    assert_eq!(o.end_reason, Some(11));
+    // The reply finally arrives: the port must not keep charging for a cancelled order.
+    pile.send(ap3000::Frame::start_stop_reply(
+        pile.id,
+        cmd.message_id,
+        ap3000::StartResult::DONE,
+        start.order_no,
+        0,
+    ))
+    .await;
+    let stop = pile.expect().await;
+    let stop = start_of(&stop);
+    assert_eq!((stop.command, stop.order_no), (0, start.order_no));
+    assert_eq!(
+        app.client.order("ap-late").await.unwrap().status,
+        OrderStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn a_settlement_on_a_new_connection_after_a_drop_shorter_than_the_threshold_is_an_offline_replay(
+) {
+    let app = spawn_app().await; // offline after 30 s: the drop below goes unnoticed
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    envelope(app.charge("04AB373B", json!({"port_no": 1, "charge_mode": 1, "duration": 4, "amount": 400, "order_no": "ap-blip"})).await, 200).await;
+    let cmd = pile.expect().await;
+    let start = start_of(&cmd).clone();
+    pile.send(ap3000::Frame::start_stop_reply(
+        pile.id,
+        cmd.message_id,
+        ap3000::StartResult::DONE,
+        start.order_no,
+        0,
+    ))
+    .await;
+    wait_status(&app, "ap-blip", OrderStatus::Charging).await;
+    // The network blips; the pile finishes its 4 s while away and comes back later.
+    drop(pile);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    let end = pile.settlement(8, 0, start.order_no, 1, 4, 3);
+    pile.send(end).await;
+    assert!(matches!(
+        pile.expect().await.message,
+        ap3000::Message::Ack { command: 0x03, .. }
+    ));
+    let o = wait_status(&app, "ap-blip", OrderStatus::Completed).await;
+    assert!(o.offline_replayed);
+    assert_eq!(
+        (o.duration_sec, o.final_amount),
+        (1, 100),
+        "the device's duration, billed by it"
+    );
+}

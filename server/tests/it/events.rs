@@ -618,25 +618,27 @@ async fn next_event(s: &mut pile_api::EventStream) -> EventMessage {
         .expect("event parses")
 }
 
-#[tokio::test]
-async fn the_live_stream_sends_the_events_a_client_filters_for() {
-    let app = crate::spawn_app().await;
-    let mut stream = app
-        .client
-        .event_stream(&EventStreamQuery {
-            device_id: Some("82210225000520".into()),
-            event_type: Some("device.*".into()),
-        })
-        .await
-        .unwrap();
-    let mut all = app
-        .client
-        .event_stream(&EventStreamQuery::default())
-        .await
-        .unwrap();
-    let _other = app.connect_fake("99990000000001", "ap3000", 2).await;
-    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
-    envelope(
+both_db!(
+    the_live_stream_sends_the_events_a_client_filters_for,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let mut stream = app
+            .client
+            .event_stream(&EventStreamQuery {
+                device_id: Some("82210225000520".into()),
+                event_type: Some("device.*".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut all = app
+            .client
+            .event_stream(&EventStreamQuery::default())
+            .await
+            .unwrap();
+        let _other = app.connect_fake("99990000000001", "ap3000", 2).await;
+        let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+        envelope(
         app.charge(
             "82210225000520",
             json!({"port_no": 1, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "live-1"}),
@@ -645,28 +647,29 @@ async fn the_live_stream_sends_the_events_a_client_filters_for() {
         200,
     )
     .await;
-    let a = next_event(&mut stream).await;
-    let b = next_event(&mut stream).await;
-    assert_eq!(
-        (a.event_type.as_str(), b.event_type.as_str()),
-        ("device.registered", "device.online")
-    );
-    assert!([&a, &b].iter().all(|m| m.device_phy_id == "82210225000520"));
-    let mut types = Vec::new();
-    while types.len() < 5 {
-        types.push(next_event(&mut all).await.event_type);
+        let a = next_event(&mut stream).await;
+        let b = next_event(&mut stream).await;
+        assert_eq!(
+            (a.event_type.as_str(), b.event_type.as_str()),
+            ("device.registered", "device.online")
+        );
+        assert!([&a, &b].iter().all(|m| m.device_phy_id == "82210225000520"));
+        let mut types = Vec::new();
+        while types.len() < 5 {
+            types.push(next_event(&mut all).await.event_type);
+        }
+        assert_eq!(
+            types,
+            [
+                "device.registered",
+                "device.online",
+                "device.registered",
+                "device.online",
+                "order.created"
+            ]
+        );
     }
-    assert_eq!(
-        types,
-        [
-            "device.registered",
-            "device.online",
-            "device.registered",
-            "device.online",
-            "order.created"
-        ]
-    );
-}
+);
 
 #[tokio::test]
 async fn the_events_routes_need_a_key_and_are_in_the_openapi_document() {
@@ -810,6 +813,7 @@ both_db!(
                     end_reason: EndReason::TargetReached,
                     bkv_status: None,
                     raw_hex: "00".into(),
+                    connected_at_ms: None,
                 },
             )
             .await
@@ -1005,12 +1009,168 @@ async fn shutdown_ends_open_streams_and_stops_the_dispatcher_promptly() {
         .unwrap();
     let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
     next_event(&mut stream).await;
-    tokio::time::timeout(Duration::from_secs(5), app.stop())
+    // Bounds catch a hang, not slowness: generous enough for a loaded 2-core CI machine.
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
         .await
-        .expect("the gateway stops within 5 s with a stream open");
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        .expect("the gateway stops with a stream open instead of hanging");
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(Ok(_)) = stream.next().await {}
     })
     .await;
     assert!(end.is_ok(), "the stream ended");
+}
+
+both_db!(
+    a_receiver_that_times_out_is_retried_and_a_down_one_too,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 1, 1).await;
+        let id = expected["ord-0"][0].clone();
+        let rx = Receiver::start(|_| 200).await;
+        *rx.state.slow_id.lock().unwrap() = Some(id.clone());
+        let clock = start_clock();
+        let settings = WebhookSettings {
+            timeout: Duration::from_millis(300),
+            ..WebhookSettings::new(&rx.url, SECRET)
+        };
+        let d = Dispatcher::new(store.clone(), settings, clock.clone()).unwrap();
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { retried: 1, .. }
+        ));
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert!(row.last_error.unwrap().contains("timeout"));
+        assert_eq!(row.last_status, None);
+
+        // Next attempt goes to a port where nobody listens: a network error, retried too.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = format!("http://{}{HOOK_PATH}", closed.local_addr().unwrap());
+        drop(closed);
+        let d = dispatcher(&store, &down, &clock);
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            d.deliver_next().await.unwrap(),
+            Step::Worked { retried: 1, .. }
+        ));
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert_eq!(row.attempts, 2);
+        assert!(row.last_error.unwrap().contains("network"));
+
+        // The receiver is back (and fast): delivered on the 2 s retry.
+        *rx.state.slow_id.lock().unwrap() = None;
+        let d = dispatcher(&store, &rx.url, &clock);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(d.drain().await.unwrap(), 1);
+        let row = store.outbox_event(&id).await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("delivered", 3));
+    }
+);
+
+#[tokio::test]
+async fn an_idle_stream_gets_keep_alive_comments() {
+    let app = crate::spawn_app().await;
+    let mut resp = app.get("/api/v1/events/stream").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // The keep-alive interval is 15 s: wait for the comment, at most 25 s.
+    let text = tokio::time::timeout(Duration::from_secs(25), async {
+        let mut text = String::new();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(": keep-alive") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .expect("a keep-alive comment within 25 s");
+    assert!(text.contains(": keep-alive"), "{text:?}");
+}
+
+both_db!(
+    a_client_that_resumes_with_last_event_id_gets_what_it_missed_once,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let mut first = app
+            .client
+            .event_stream(&EventStreamQuery::default())
+            .await
+            .unwrap();
+        let _a = app.connect_fake("82210225000520", "bkv", 4).await;
+        let registered = next_event(&mut first).await;
+        assert_eq!(registered.event_type, "device.registered");
+        drop(first);
+        // While nobody listens: another device connects.
+        let _b = app.connect_fake("99990000000001", "ap3000", 2).await;
+        let mut resumed = app
+            .client
+            .event_stream(&EventStreamQuery {
+                last_event_id: Some(registered.event_id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let m = next_event(&mut resumed).await;
+            got.push((m.event_type, m.device_phy_id));
+        }
+        assert_eq!(
+            got,
+            [
+                ("device.online".to_string(), "82210225000520".to_string()),
+                (
+                    "device.registered".to_string(),
+                    "99990000000001".to_string()
+                ),
+                ("device.online".to_string(), "99990000000001".to_string()),
+            ]
+        );
+        // Then live, with nothing repeated.
+        envelope(
+            app.charge(
+                "82210225000520",
+                json!({"port_no": 1, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "resume-1"}),
+            )
+            .await,
+            200,
+        )
+        .await;
+        assert_eq!(next_event(&mut resumed).await.event_type, "order.created");
+    }
+);
+
+#[tokio::test]
+async fn on_a_shared_postgresql_only_one_gateway_delivers_webhooks() {
+    let rx_a = Receiver::start(|_| 200).await;
+    let url = rx_a.url.clone();
+    let Some(app) = spawn_app_on(Db::Postgres, |c| {
+        c.webhook_url = Some(url);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await
+    else {
+        return;
+    };
+    // The gateway's dispatcher is running (it holds the lock) once its first event arrives.
+    let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+    eventually(|| async { (rx_a.accepted().len() == 2).then_some(()) }).await;
+    // A second gateway's dispatcher on the same database, delivering elsewhere.
+    let rx_b = Receiver::start(|_| 200).await;
+    let other = Store::connect(&app.database_url, 2).await.unwrap();
+    let b = Arc::new(dispatcher(&other, &rx_b.url, &start_clock()));
+    let stop_b = tokio_util::sync::CancellationToken::new();
+    let b_task = tokio::spawn(b.run(stop_b.clone()));
+    let expected = fill(&app.service.store, 4, 3).await;
+    eventually(|| async { (rx_a.accepted().len() == 14).then_some(()) }).await;
+    assert!(rx_b.hits().is_empty(), "the standby sent nothing");
+    let got: HashSet<String> = rx_a.accepted().into_iter().map(|m| m.event_id).collect();
+    assert_eq!(got.len(), 2 + expected.values().flatten().count());
+    stop_b.cancel();
+    b_task.await.unwrap();
 }

@@ -5,6 +5,7 @@ use pile_server::config::Config;
 use pile_server::gateway::{Outgoing, SessionHandle};
 use pile_server::service::{DeviceHello, Service};
 use sqlx::Connection;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,7 @@ pub struct TestApp {
 pub struct FakeSession {
     pub device_id: String,
     pub conn_id: u64,
-    pub commands: mpsc::Receiver<Outgoing>,
+    pub commands: mpsc::Receiver<Box<Outgoing>>,
     pub close: CancellationToken,
     /// Commands that were queued while it was offline.
     pub queued: Vec<Outgoing>,
@@ -66,7 +67,7 @@ impl FakeSession {
         if !self.queued.is_empty() {
             return self.queued.remove(0);
         }
-        tokio::time::timeout(Duration::from_secs(5), self.commands.recv())
+        *tokio::time::timeout(Duration::from_secs(5), self.commands.recv())
             .await
             .expect("a command within 5 s")
             .expect("session mailbox open")
@@ -168,7 +169,8 @@ impl TestApp {
         if let Some(app) = self.app.take() {
             app.wait().await.expect("clean shutdown");
         }
-        self.database_url.clone()
+        // The database outlives this gateway (restart tests reopen it).
+        std::mem::take(&mut self.database_url)
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
@@ -241,7 +243,40 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if self.database_url.starts_with("postgres") {
+            drop_postgres_database(&self.database_url);
+        }
     }
+}
+
+/// Drops a per-test PostgreSQL database (connections are closed by force), on a thread of its
+/// own because `Drop` cannot await.
+fn drop_postgres_database(url: &str) {
+    let Some((base, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if !name.starts_with("pile_test_") {
+        return;
+    }
+    let admin = std::env::var("PILE_TEST_DATABASE_URL").unwrap_or_else(|_| format!("{base}/test"));
+    let name = name.to_string();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Reads an envelope, asserting its HTTP status.

@@ -19,6 +19,7 @@ fn end_report(port_no: u32, energy_wh: i64, reason: EndReason) -> EndReport {
         end_reason: reason,
         bkv_status: None,
         raw_hex: "00".into(),
+        connected_at_ms: None,
     }
 }
 

@@ -52,6 +52,7 @@ mod tests {
             progress_kept: 16,
             answer_delay: Duration::from_secs(5),
             clock: SimClock::new(t0, 1_790_000_000_000),
+            observer: None,
         });
         let mut p = Pile::new(
             id.into(),

@@ -6,4 +6,5 @@ mod bkv;
 mod decode;
 mod faults;
 mod fleet;
+mod gateway;
 mod support;

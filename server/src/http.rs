@@ -628,15 +628,17 @@ async fn stop(
 }
 
 async fn device(State(state): State<AppState>, Path(device_id): Path<String>) -> ApiResult {
-    let (d, ports, active) = state
-        .service
-        .store
-        .device_with_ports(&device_id)
+    let service = &state.service;
+    let (d, ports, active) = service
+        .lookup_device(&device_id, || service.store.device_with_ports(&device_id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {device_id} not found")))?;
     Ok(ok(build_view(&state.service, d, ports, active)))
 }
 
+/// The device list reads the store only: a device that just connected for the first time
+/// appears once the batched writer commits it (one batch, 200 ms by default). Single-device
+/// lookups (GET, charge, stop) flush the writer instead and never miss a connected device.
 async fn devices(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -787,7 +789,7 @@ async fn consistency(State(state): State<AppState>) -> ApiResult {
 async fn frames(State(state): State<AppState>, Path(device_id): Path<String>) -> ApiResult {
     match state.service.gateway.frames(&device_id) {
         Some(f) => Ok(ok(f)),
-        None if state.service.store.device(&device_id).await?.is_some() => {
+        None if state.service.known_device(&device_id).await?.is_some() => {
             Ok(ok(Vec::<FrameRecord>::new()))
         }
         None => Err(ApiError::NotFound(format!("device {device_id} not found"))),

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{self, ChargeSpec, EndReason, Tariff};
 use crate::gateway::{Gateway, Outgoing, PortCommand, Submitted};
 use crate::metrics as m;
-use crate::store::{BatchOp, CreateOutcome, NewOrder, OrderRow, Settlement, Store, StoreError};
+use crate::store::{
+    BatchOp, CreateOutcome, DeviceRow, NewOrder, OrderRow, Settlement, Store, StoreError,
+};
 
 /// Wall clock in Unix ms that follows tokio's clock, so paused-time tests move it too.
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +266,9 @@ pub struct Live {
     pub signal: Option<i64>,
     /// When `last_seen` was last handed to the batched writer.
     pub persisted_seen_ms: i64,
+    /// A registration write (new device's row, registration data) is queued in the batched
+    /// writer and no API lookup has flushed it yet.
+    pub(crate) unflushed: bool,
 }
 
 /// How often a connected device's `last_seen_at` is written to the database.
@@ -407,6 +412,41 @@ impl Service {
             .cloned()
     }
 
+    /// Runs `lookup` against the store so that it sees a connected device's registration:
+    /// a new device's row and its registration data go through the batched writer, so when
+    /// some are still queued (or the store does not know a connected device) the writer is
+    /// flushed first. A connected device is never reported unknown. Lists do not do this and
+    /// may lag a new device by one writer batch (`flush_interval`, 200 ms by default).
+    pub async fn lookup_device<T, F, Fut>(&self, device_id: &str, lookup: F) -> Result<Option<T>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+    {
+        // Cleared before the flush: anything queued before this point is covered by it, and
+        // a later registration write sets the flag again.
+        let unflushed = self
+            .live_mut(device_id, |l| std::mem::take(&mut l.unflushed))
+            .unwrap_or(false);
+        if unflushed {
+            self.writer.flush().await;
+        }
+        if let Some(found) = lookup().await? {
+            return Ok(Some(found));
+        }
+        if unflushed || self.live(device_id).is_none() {
+            return Ok(None);
+        }
+        self.writer.flush().await;
+        Ok(lookup().await?)
+    }
+
+    /// A device's row, waiting for the batched writer when the device is connected but not
+    /// yet written (see [`Service::lookup_device`]).
+    pub async fn known_device(&self, device_id: &str) -> Result<Option<DeviceRow>> {
+        self.lookup_device(device_id, || self.store.device(device_id))
+            .await
+    }
+
     // -- HTTP side --------------------------------------------------------------------------
 
     /// Creates (or returns, for a repeated `order_no`) an order and dispatches or queues its
@@ -419,8 +459,7 @@ impl Service {
         queue_if_offline: bool,
     ) -> Result<OrderRow> {
         let device = self
-            .store
-            .device(device_id)
+            .known_device(device_id)
             .await?
             .ok_or_else(|| ServiceError::DeviceNotFound(device_id.to_string()))?;
         if let Some(no) = &order_no {
@@ -496,7 +535,7 @@ impl Service {
         port_no: u32,
         order_no: Option<&str>,
     ) -> Result<OrderRow> {
-        if self.store.device(device_id).await?.is_none() {
+        if self.known_device(device_id).await?.is_none() {
             return Err(ServiceError::DeviceNotFound(device_id.to_string()));
         }
         let active = self
@@ -580,6 +619,7 @@ impl Service {
                 firmware: hello.firmware.clone(),
                 signal: hello.signal,
                 persisted_seen_ms: now_ms,
+                unflushed: false,
             },
         );
         let d = crate::store::DeviceOnline {
@@ -591,16 +631,22 @@ impl Service {
             signal: hello.signal,
             now,
         };
-        // A known device's reconnect goes through the batched writer (a reconnect storm after
-        // a restart must not cost one fsync per pile); a new device is written at once so the
-        // API knows it immediately.
-        if self.store.device_exists(&hello.device_id).await? {
-            self.writer.push(BatchOp::Online(d)).await;
-        } else {
-            self.store.device_online(&d).await?;
+        // Every connect goes through the batched writer, a new device's registration too (a
+        // registration or reconnect storm must not cost one fsync per pile). The API finds a
+        // connected device whose row is not written yet through `lookup_device`, which flushes.
+        let known = self.store.device_exists(&hello.device_id).await?;
+        if !known {
+            self.live_mut(&hello.device_id, |l| l.unflushed = true);
         }
+        self.writer.push(BatchOp::Online(d)).await;
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
-        let queued = self.store.queued_commands(&hello.device_id, now_ms).await?;
+        // A command is only queued for a device with a committed row, so a device without
+        // one has nothing waiting.
+        let queued = if known {
+            self.store.queued_commands(&hello.device_id, now_ms).await?
+        } else {
+            Vec::new()
+        };
         Ok(queued
             .into_iter()
             .filter_map(|row| {
@@ -661,15 +707,17 @@ impl Service {
         signal: Option<i64>,
         port_count: Option<i64>,
     ) -> Result<()> {
-        self.store
-            .update_device_info(
-                device_id,
-                firmware,
+        // Batched behind the device's `Online`, so it reaches a row that is new in that batch.
+        self.live_mut(device_id, |l| l.unflushed = true);
+        self.writer
+            .push(BatchOp::Info {
+                device_id: device_id.to_string(),
+                firmware: firmware.map(str::to_string),
                 signal,
                 port_count,
-                self.clock.now_sec(),
-            )
-            .await?;
+                now: self.clock.now_sec(),
+            })
+            .await;
         Ok(())
     }
 
@@ -999,13 +1047,14 @@ impl Service {
         if !self.gateway.unregister(device_id, conn_id) {
             return Ok(());
         }
-        let last_seen_ms = self
-            .live_mut(device_id, |l| l.last_seen_ms)
-            .unwrap_or_else(|| self.clock.now_ms());
-        self.live
+        let live = self
+            .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(device_id);
+        let last_seen_ms = live
+            .as_ref()
+            .map_or_else(|| self.clock.now_ms(), |l| l.last_seen_ms);
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
         self.writer
             .push(BatchOp::Offline {
@@ -1014,6 +1063,11 @@ impl Service {
                 now: self.clock.now_sec(),
             })
             .await;
+        if live.is_some_and(|l| l.unflushed) {
+            // Gone before its registration was written: write it now, since the API only
+            // flushes for connected devices and must still know this one.
+            self.writer.flush().await;
+        }
         tracing::info!(%device_id, "device offline");
         Ok(())
     }

@@ -224,8 +224,18 @@ pub struct Event {
 /// Work the batched writer hands in; one transaction per batch.
 #[derive(Debug, Clone)]
 pub enum BatchOp {
-    /// A known device reconnected.
+    /// A device connected: created (with `device.registered`) when new, refreshed when known,
+    /// with its `device.online` event; the same rows and events as [`Store::device_online`].
     Online(DeviceOnline),
+    /// Registration data (firmware, signal, port count); queued behind the device's `Online`
+    /// so it lands on the row even when that row is created in the same batch.
+    Info {
+        device_id: String,
+        firmware: Option<String>,
+        signal: Option<i64>,
+        port_count: Option<i64>,
+        now: i64,
+    },
     /// A device went away.
     Offline {
         device_id: String,
@@ -368,6 +378,10 @@ pub struct DeviceOnline {
     /// Unix seconds.
     pub now: i64,
 }
+
+const UPDATE_DEVICE_INFO: &str = "UPDATE devices SET firmware = COALESCE($2, firmware), \
+     signal = COALESCE($3, signal), port_count = COALESCE($4, port_count), updated_at = $5 \
+     WHERE device_id = $1";
 
 async fn device_online_tx(tx: &mut Tx, d: &DeviceOnline) -> Result<bool> {
     let existed = sqlx::query("SELECT online FROM devices WHERE device_id = $1")
@@ -617,17 +631,14 @@ impl Store {
         port_count: Option<i64>,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE devices SET firmware = COALESCE($2, firmware), signal = COALESCE($3, signal), \
-             port_count = COALESCE($4, port_count), updated_at = $5 WHERE device_id = $1",
-        )
-        .bind(device_id)
-        .bind(firmware.map(str::to_string))
-        .bind(signal)
-        .bind(port_count)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(UPDATE_DEVICE_INFO)
+            .bind(device_id)
+            .bind(firmware.map(str::to_string))
+            .bind(signal)
+            .bind(port_count)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -1325,6 +1336,22 @@ impl Store {
             match op {
                 BatchOp::Online(d) => {
                     device_online_tx(&mut tx, d).await?;
+                }
+                BatchOp::Info {
+                    device_id,
+                    firmware,
+                    signal,
+                    port_count,
+                    now,
+                } => {
+                    sqlx::query(UPDATE_DEVICE_INFO)
+                        .bind(device_id)
+                        .bind(firmware.clone())
+                        .bind(*signal)
+                        .bind(*port_count)
+                        .bind(*now)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 BatchOp::Offline {
                     device_id,

@@ -930,3 +930,87 @@ async fn a_settlement_on_a_new_connection_after_a_drop_shorter_than_the_threshol
         "the device's duration, billed by it"
     );
 }
+
+// New devices are written through the batched writer: a registration storm is answered, every
+// pile shows online once its batch commits, and the API never calls a connected pile unknown.
+
+both!(
+    a_registration_storm_is_answered_and_every_pile_shows_online,
+    |app: TestApp| async move {
+        const PILES: usize = 300;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..PILES {
+            let addr = app.device_addr;
+            tasks.spawn(async move {
+                let mut pile = ApPile::connect(addr, &format!("0A{i:06X}")).await;
+                pile.boot(2).await; // registration and heartbeat both acknowledged
+                pile
+            });
+        }
+        let mut piles = Vec::with_capacity(PILES);
+        while let Some(pile) = tasks.join_next().await {
+            piles.push(pile.expect("pile task"));
+        }
+        eventually(|| async {
+            let resp = app
+                .get("/api/v1/third/devices?online=true&page=1&size=10")
+                .send()
+                .await
+                .ok()?;
+            let v: serde_json::Value = resp.json().await.ok()?;
+            (v["data"]["total"].as_u64() == Some(PILES as u64)).then_some(())
+        })
+        .await;
+        drop(piles);
+    }
+);
+
+mod a_new_pile_is_found_by_the_api_before_its_row_is_flushed {
+    use super::*;
+
+    /// A writer interval far longer than the test: only the API's own flush writes the row.
+    async fn run(db: Db) {
+        let Some(app) = spawn_app_on(db, |c| c.flush_interval = Duration::from_secs(60)).await
+        else {
+            return;
+        };
+        let mut pile = ApPile::connect(app.device_addr, "0B000001").await;
+        let reg = pile.register_frame(2);
+        pile.send(reg).await;
+        let ack = pile.expect().await;
+        assert!(
+            matches!(ack.message, ap3000::Message::Ack { command: 0x20, .. }),
+            "{ack:?}"
+        );
+        let d = app
+            .client
+            .device("0B000001")
+            .await
+            .expect("device, not 404");
+        assert!(d.online);
+        assert_eq!(d.ports.len(), 2, "registration data flushed with the row");
+        let order = envelope(
+            app.charge(
+                "0B000001",
+                json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "new-1"}),
+            )
+            .await,
+            200,
+        )
+        .await;
+        assert_eq!(order["data"]["order_no"], "new-1");
+        let cmd = pile.expect().await;
+        assert_eq!(start_of(&cmd).command, 1, "a start command");
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        run(Db::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        run(Db::Postgres).await;
+    }
+}

@@ -59,7 +59,7 @@ fn config(server: SocketAddr, devices: u32) -> FleetConfig {
 }
 
 /// Waits (bounded) until `cond` holds.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..200 {
         if cond() {
             return;

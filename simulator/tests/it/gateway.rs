@@ -175,8 +175,13 @@ async fn a_charge_that_ends_while_offline_is_settled_after_the_reconnect() {
         .await;
     let d = o["duration_sec"].as_i64().unwrap();
     assert!((3..=5).contains(&d), "the right duration: {o:#}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fleet.pile_snapshot("04AB373B").unwrap().pending_acks, 0);
+    // The gateway acknowledged the replayed settlement, so the pile's EEPROM empties.
+    crate::fleet::wait_for("the pile to drop its acknowledged settlement", || {
+        fleet
+            .pile_snapshot("04AB373B")
+            .is_ok_and(|s| s.pending_acks == 0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

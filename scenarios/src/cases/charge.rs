@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pile_api::{OrderStatus, OrderView, ProgressSample, StopRequest};
+use pile_api::{OrderStatus, OrderView, ProgressSample};
 use pile_sim::fleet::PileHandle;
 use serde_json::json;
 
@@ -379,15 +379,7 @@ pub async fn remote_stop_on(
     ));
     let stop_at_ms = crate::report::now_unix_ms();
     let t = Instant::now();
-    let stop = ctx
-        .client
-        .stop(
-            device,
-            &StopRequest {
-                port_no: port,
-                order_no: Some(order_no.clone()),
-            },
-        )
+    let stop = stop_order(ctx, device, port, &order_no)
         .await
         .map(|_| ())
         .map_err(|e| client_err(&e));

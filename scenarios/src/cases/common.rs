@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pile_api::{ChargeRequest, ClientError, DeviceView, OrderRef, OrderStatus, OrderView};
+use pile_api::{
+    ChargeRequest, ClientError, DeviceView, OrderRef, OrderStatus, OrderView, StopRequest,
+};
 use pile_sim::fleet::PileHandle;
 use serde_json::{json, Value};
 
@@ -257,6 +259,20 @@ pub async fn start_charge(
 }
 
 /// Waits for the order to settle (completed, failed or cancelled).
+/// Stops `order_no` on `port_no` of `device` through the API.
+pub async fn stop_order(
+    ctx: &Ctx,
+    device: &str,
+    port_no: u32,
+    order_no: &str,
+) -> Result<OrderRef, ClientError> {
+    let req = StopRequest {
+        port_no,
+        order_no: Some(order_no.to_string()),
+    };
+    ctx.client.stop(device, &req).await
+}
+
 pub async fn wait_settled(ctx: &Ctx, order_no: &str, timeout: Duration) -> Option<OrderView> {
     let (ok, v) = wait_order(ctx, order_no, timeout, is_final).await;
     if ok {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pile_api::{OrderListQuery, OrderStatus, StopRequest};
+use pile_api::{OrderListQuery, OrderStatus};
 use pile_sim::fault::FaultKind;
 use serde_json::json;
 
@@ -168,16 +168,7 @@ pub async fn idempotent(ctx: &Ctx) -> CaseResult {
         count.as_ref().is_ok_and(|c| *c == 1) && list.as_ref().is_ok_and(|p| p.total == 1),
     ));
     if let Ok(o) = &a {
-        let _ = ctx
-            .client
-            .stop(
-                &device,
-                &StopRequest {
-                    port_no: 1,
-                    order_no: Some(o.order_no.clone()),
-                },
-            )
-            .await;
+        let _ = stop_order(ctx, &device, 1, &o.order_no).await;
     }
     r
 }
@@ -368,16 +359,7 @@ pub async fn webhook_outage(ctx: &Ctx) -> CaseResult {
     };
     r.set("order_no", order_no.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = ctx
-        .client
-        .stop(
-            &device,
-            &StopRequest {
-                port_no: 1,
-                order_no: Some(order_no.clone()),
-            },
-        )
-        .await;
+    let _ = stop_order(ctx, &device, 1, &order_no).await;
     let fin = wait_settled(ctx, &order_no, Duration::from_secs(30)).await;
     let _ = pile.unplug(1);
     webhook_checks(ctx, &mut r, &order_no, fin.is_some()).await;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pile_api::{OrderStatus, StopRequest};
+use pile_api::OrderStatus;
 use serde_json::json;
 
 use crate::cases::charge::{need_pile, NOMINAL_W};
@@ -240,29 +240,11 @@ pub async fn port_busy(ctx: &Ctx) -> CaseResult {
     ));
     // Leave nothing running behind.
     if let Ok(o) = &first {
-        let _ = ctx
-            .client
-            .stop(
-                &device,
-                &StopRequest {
-                    port_no: 1,
-                    order_no: Some(o.order_no.clone()),
-                },
-            )
-            .await;
+        let _ = stop_order(ctx, &device, 1, &o.order_no).await;
         r.set("first_order_no", o.order_no.clone());
     }
     if let Ok(o) = &second {
-        let _ = ctx
-            .client
-            .stop(
-                &device,
-                &StopRequest {
-                    port_no: 1,
-                    order_no: Some(o.order_no.clone()),
-                },
-            )
-            .await;
+        let _ = stop_order(ctx, &device, 1, &o.order_no).await;
     }
     r
 }

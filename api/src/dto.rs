@@ -285,6 +285,73 @@ pub struct Stats {
     pub online_devices: i64,
     pub orders_by_status: std::collections::BTreeMap<String, i64>,
     pub uptime_sec: u64,
+    /// The webhook endpoint's delivery state; `None` when no webhook URL is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookEndpointStatus>,
+    /// This instance's identity when the gateway runs as several instances (scale-out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+/// The circuit breaker of a webhook endpoint.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Deliveries flow.
+    #[default]
+    Closed,
+    /// The endpoint fails: events wait without spending attempts; one probe at most every 30 s.
+    Open,
+    /// A probe is out; the first success closes the breaker.
+    HalfOpen,
+}
+
+/// Delivery state of the configured webhook endpoint (`Stats::webhook`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WebhookEndpointStatus {
+    /// The endpoint URL without credentials or query string.
+    pub url: String,
+    pub state: BreakerState,
+    /// Failed attempts in a row (0 after a success).
+    pub consecutive_failures: u32,
+    /// Events waiting for delivery (pending, including those waiting for a retry).
+    pub backlog: i64,
+    /// Age of the oldest pending event, seconds.
+    #[serde(default)]
+    pub oldest_pending_age_sec: Option<i64>,
+    /// Events dead-lettered and not replayed.
+    pub dead_letters: i64,
+    /// When the breaker next lets a probe through (Unix seconds), while open.
+    #[serde(default)]
+    pub next_probe_at: Option<i64>,
+    /// Unix seconds of the last successful delivery.
+    #[serde(default)]
+    pub last_success_at: Option<i64>,
+}
+
+/// One gateway instance sharing the database (`GET /api/v1/admin/instances`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceView {
+    pub instance_id: String,
+    /// Where its HTTP API and device listener are reachable, as it advertised them.
+    pub http_addr: String,
+    pub device_addr: String,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Last liveness beat, Unix seconds.
+    pub last_beat_at: i64,
+    /// Beating within its lease time.
+    pub alive: bool,
+    /// Device sessions whose lease it holds.
+    pub sessions: i64,
+    /// Process CPU, % of one core, and resident memory, as it last reported them.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    /// Holds the webhook dispatcher's advisory lock.
+    #[serde(default)]
+    pub dispatcher: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -749,6 +749,8 @@ async fn stats(State(state): State<AppState>) -> ApiResult {
         online_devices: store.online_count().await?,
         orders_by_status: store.orders_by_status().await?.into_iter().collect(),
         uptime_sec: state.started.elapsed().as_secs(),
+        webhook: None,
+        instance_id: None,
     }))
 }
 

@@ -82,7 +82,13 @@ impl Client {
             .await
     }
 
-    pub async fn stop(&self, device_id: &str, req: &StopRequest) -> Result<OrderRef, ClientError> {
+    /// Stops the running order of a port; the answer says what the stop did
+    /// ([`StopStatus`]).
+    pub async fn stop(
+        &self,
+        device_id: &str,
+        req: &StopRequest,
+    ) -> Result<StopResult, ClientError> {
         self.post(&format!("/api/v1/third/devices/{device_id}/stop"), req)
             .await
     }
@@ -120,6 +126,17 @@ impl Client {
 
     pub async fn frames(&self, device_id: &str) -> Result<Vec<FrameRecord>, ClientError> {
         self.get(&format!("/api/v1/admin/devices/{device_id}/frames"), &())
+            .await
+    }
+
+    /// The newest `limit` frames of a device (1–200), oldest first.
+    pub async fn recent_frames(
+        &self,
+        device_id: &str,
+        limit: u32,
+    ) -> Result<Vec<FrameRecord>, ClientError> {
+        let query = FramesQuery { limit: Some(limit) };
+        self.get(&format!("/api/v1/admin/devices/{device_id}/frames"), &query)
             .await
     }
 

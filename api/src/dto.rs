@@ -1,12 +1,38 @@
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::schema;
 
 /// Every JSON response is wrapped in this envelope.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Envelope<T> {
     /// 0 on success, else the HTTP status.
+    #[schema(examples(0))]
     pub code: u16,
+    #[schema(examples("ok"))]
     pub message: String,
     pub data: Option<T>,
+    /// The `X-Request-Id` of the request (echoed, or generated when it had none).
+    #[schema(examples("3f1c2a9e-6d1b-4c55-9a0e-0b7f2f4c1d2e"))]
+    pub request_id: String,
+    /// Unix seconds.
+    #[schema(examples(1732400000))]
+    pub timestamp: i64,
+}
+
+/// The envelope of every error answer, whatever its status: `code` is the HTTP status,
+/// `message` says what went wrong (a 400 names the field), `data` is null.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(examples(json!({"code": 400, "message": "invalid field `port_no`: must be between 1 and 4",
+    "data": null, "request_id": "3f1c2a9e-6d1b-4c55-9a0e-0b7f2f4c1d2e", "timestamp": 1732400000})))]
+pub struct ErrorEnvelope {
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    pub code: u16,
+    pub message: String,
+    /// Always null.
+    #[schema(schema_with = schema::null)]
+    pub data: Option<()>,
     pub request_id: String,
     /// Unix seconds.
     pub timestamp: i64,
@@ -21,41 +47,66 @@ pub mod charge_mode {
 }
 
 /// `POST /api/v1/third/devices/{device_id}/charge`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+///
+/// Billing needs (a 400 names the missing field otherwise):
+/// - without prices (`price_per_kwh` and `service_fee` both 0 or absent), `amount` is
+///   required: the order costs `amount` pro rata of its target (0 makes it free);
+/// - `charge_mode` 3 needs `amount` ≥ 1 and a price; `charge_mode` 4 needs a price (it is
+///   billed by energy);
+/// - with prices, `amount` caps the bill; absent or 0 means no cap.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(examples(json!({"port_no": 1, "charge_mode": 1, "duration": 300, "amount": 500,
+    "price_per_kwh": 150, "service_fee": 50, "order_no": "platform-0001"})))]
 pub struct ChargeRequest {
+    /// The device's port, 1-based; at most the device's port count.
+    #[schema(minimum = 1, maximum = 500)]
     pub port_no: u32,
+    #[schema(schema_with = schema::charge_mode)]
     pub charge_mode: u8,
-    /// Seconds, for mode 1.
+    /// Seconds, for mode 1 (required ≥ 1 there; ignored otherwise).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 54000, default = 0)]
     pub duration: i64,
-    /// Wh, for mode 2.
+    /// Wh, for mode 2 (required ≥ 1 there).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 65535, default = 0)]
     pub energy_wh: i64,
-    /// Fen.
+    /// Fen: the prepaid amount (see the billing rules above).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100000000)]
     pub amount: i64,
     /// Fen per kWh.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100000, default = 0)]
     pub price_per_kwh: i64,
-    /// Fen per kWh.
+    /// Service fee, fen per kWh.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100000, default = 0)]
     pub service_fee: i64,
+    /// A client order number: the same one twice returns the same order (idempotent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub order_no: Option<String>,
     /// `false` makes a charge for an offline device fail with 503 instead of queueing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(default = true)]
     pub queue_if_offline: Option<bool>,
 }
 
 /// `POST /api/v1/third/devices/{device_id}/stop`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(examples(json!({"port_no": 1, "order_no": "platform-0001"})))]
 pub struct StopRequest {
+    /// The device's port, 1-based; at most the device's port count.
+    #[schema(minimum = 1, maximum = 500)]
     pub port_no: u32,
+    /// When given, the order running on the port must be this one (else 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub order_no: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Pending,
@@ -100,8 +151,10 @@ impl std::fmt::Display for OrderStatus {
     }
 }
 
-/// Answer of the charge and stop routes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Answer of the charge route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(examples(json!({"order_no": "platform-0001", "device_id": "82210225000520",
+    "port_no": 1, "status": "pending"})))]
 pub struct OrderRef {
     pub order_no: String,
     pub device_id: String,
@@ -109,7 +162,45 @@ pub struct OrderRef {
     pub status: OrderStatus,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// What a stop did to the order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StopStatus {
+    /// The stop command is on its way to the device (or waits for it to reconnect); the
+    /// order settles — `completed`, `end_reason` 3 — when the device reports its end.
+    Stopping,
+    /// The order had not reached the device and was cancelled at once (`end_reason` 3).
+    Cancelled,
+    /// The order had already ended.
+    Completed,
+    /// The order had already failed.
+    Failed,
+}
+
+impl StopStatus {
+    /// The answer for an order in `status` after its stop was requested.
+    pub fn of(status: OrderStatus) -> Self {
+        match status {
+            OrderStatus::Pending | OrderStatus::Charging => StopStatus::Stopping,
+            OrderStatus::Completed => StopStatus::Completed,
+            OrderStatus::Failed => StopStatus::Failed,
+            OrderStatus::Cancelled => StopStatus::Cancelled,
+        }
+    }
+}
+
+/// Answer of the stop route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(examples(json!({"order_no": "platform-0001", "device_id": "82210225000520",
+    "port_no": 1, "status": "stopping"})))]
+pub struct StopResult {
+    pub order_no: String,
+    pub device_id: String,
+    pub port_no: u32,
+    pub status: StopStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PortStatus {
     Offline,
@@ -143,7 +234,7 @@ impl PortStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PortView {
     /// 1-based platform port number.
     pub port_no: u32,
@@ -157,10 +248,12 @@ pub struct PortView {
 }
 
 /// `GET /api/v1/third/devices/{device_id}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DeviceView {
+    #[schema(examples("82210225000520"))]
     pub device_id: String,
     /// `"bkv"` or `"ap3000"`.
+    #[schema(schema_with = schema::protocol)]
     pub protocol: String,
     pub online: bool,
     pub last_seen_at: Option<i64>,
@@ -172,12 +265,13 @@ pub struct DeviceView {
 }
 
 /// `GET /api/v1/third/orders/{order_no}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct OrderView {
     pub order_no: String,
     pub device_id: String,
     pub port_no: u32,
     pub status: OrderStatus,
+    #[schema(schema_with = schema::charge_mode)]
     pub charge_mode: u8,
     pub target_duration: i64,
     pub amount: i64,
@@ -200,7 +294,7 @@ pub struct OrderView {
 }
 
 /// One element of `GET /api/v1/third/orders/{order_no}/progress`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ProgressSample {
     pub at: i64,
     pub duration_sec: i64,
@@ -210,7 +304,7 @@ pub struct ProgressSample {
 }
 
 /// Every paged list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// All matches, not only this page.
@@ -220,44 +314,69 @@ pub struct Page<T> {
 }
 
 /// Query of `GET /api/v1/third/devices`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeviceListQuery {
+    /// Only devices online (`true`) or offline (`false`); all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online: Option<bool>,
+    /// 1-based page, default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
+    /// Items per page, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub size: Option<u32>,
 }
 
 /// Query of `GET /api/v1/third/orders`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrderListQuery {
+    /// Only orders in this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<OrderStatus>)]
     pub status: Option<String>,
+    /// Only orders of this device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^[A-Za-z0-9]{1,64}$")]
     pub device_id: Option<String>,
+    /// 1-based page, default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
+    /// Items per page, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub size: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Query of `GET /api/v1/admin/devices/{device_id}/frames`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FramesQuery {
+    /// The newest `limit` frames (oldest first), default all that are kept (200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TableCounts {
     pub devices: i64,
     pub orders: i64,
     pub cmd_logs: i64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PoolStats {
     pub in_use: u32,
     pub idle: u32,
     pub max: u32,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct LogCounts {
     pub error: u64,
     pub warn: u64,
@@ -267,7 +386,7 @@ pub struct LogCounts {
 }
 
 /// `GET /api/v1/admin/stats`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Stats {
     pub tables: TableCounts,
     pub db_pool: PoolStats,
@@ -294,7 +413,7 @@ pub struct Stats {
 }
 
 /// The circuit breaker of a webhook endpoint.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Deliveries flow.
@@ -307,7 +426,7 @@ pub enum BreakerState {
 }
 
 /// Delivery state of the configured webhook endpoint (`Stats::webhook`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct WebhookEndpointStatus {
     /// The endpoint URL without credentials or query string.
     pub url: String,
@@ -330,7 +449,7 @@ pub struct WebhookEndpointStatus {
 }
 
 /// One gateway instance sharing the database (`GET /api/v1/admin/instances`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct InstanceView {
     pub instance_id: String,
     /// Where its HTTP API and device listener are reachable, as it advertised them.
@@ -354,7 +473,7 @@ pub struct InstanceView {
     pub dispatcher: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct CommandMatch {
     /// Downlink commands sent.
     pub sent: i64,
@@ -364,7 +483,7 @@ pub struct CommandMatch {
     pub match_rate: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PortMismatch {
     pub device_id: String,
     pub port_no: u32,
@@ -373,7 +492,7 @@ pub struct PortMismatch {
 }
 
 /// `GET /api/v1/admin/consistency`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Consistency {
     /// Orders whose device is unknown.
     pub orphan_orders: Vec<String>,
@@ -383,7 +502,7 @@ pub struct Consistency {
     pub port_mismatches: Vec<PortMismatch>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Up,
@@ -391,7 +510,7 @@ pub enum Direction {
 }
 
 /// One element of `GET /api/v1/admin/devices/{id}/frames`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct FrameRecord {
     /// Unix milliseconds.
     pub at_ms: i64,
@@ -401,7 +520,7 @@ pub struct FrameRecord {
 }
 
 /// `GET /healthz` and `GET /readyz`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Health {
     /// `"ok"` or `"unavailable"`.
     pub status: String,
@@ -416,7 +535,7 @@ pub struct Health {
 /// One event as a webhook body and as the `data` of a live-stream message:
 /// `{event_id, event_type, device_phy_id, order_no?, timestamp, nonce, data}`.
 /// `nonce` is per delivery attempt (signed); the live stream leaves it empty.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct EventMessage {
     pub event_id: String,
     pub event_type: String,
@@ -432,7 +551,7 @@ pub struct EventMessage {
 }
 
 /// One element of `GET /api/v1/admin/webhooks/dead`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DeadLetter {
     pub event_id: String,
     pub event_type: String,
@@ -454,16 +573,21 @@ pub struct DeadLetter {
     pub data: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
+    /// 1-based page, default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
+    /// Items per page, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub size: Option<u32>,
 }
 
 /// `POST /api/v1/admin/webhooks/dead/{event_id}/replay`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ReplayResult {
     pub event_id: String,
     /// `"pending"`: queued for delivery again.
@@ -471,7 +595,7 @@ pub struct ReplayResult {
 }
 
 /// `POST /api/v1/admin/webhooks/test`: what the receiver answered to a signed `webhook.test`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct WebhookTestResult {
     pub url: String,
     pub event_id: String,
@@ -485,8 +609,10 @@ pub struct WebhookTestResult {
 }
 
 /// Filters of `GET /api/v1/events/stream`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventStreamQuery {
+    /// Only this device's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     /// An event type (`order.completed`), a prefix (`charging.*`), or several, comma-separated.

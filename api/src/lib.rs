@@ -5,6 +5,7 @@
 
 mod client;
 mod dto;
+pub mod schema;
 
 pub use client::{Client, ClientError, EventStream};
 pub use dto::*;

@@ -265,7 +265,7 @@ pub async fn stop_order(
     device: &str,
     port_no: u32,
     order_no: &str,
-) -> Result<OrderRef, ClientError> {
+) -> Result<pile_api::StopResult, ClientError> {
     let req = StopRequest {
         port_no,
         order_no: Some(order_no.to_string()),

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use dispatcher::{Dispatcher, Step, WebhookSettings};
-pub use routes::{router, ROUTES};
+pub use routes::router;
 pub use stream::{Filter, Hub};
 
 use crate::config::Config;

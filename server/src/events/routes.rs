@@ -8,52 +8,29 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use futures::StreamExt;
-use pile_api::{DeadLetter, Page, ReplayResult};
+use pile_api::{
+    DeadLetter, DeadLetterQuery, Envelope, ErrorEnvelope, EventMessage, EventStreamQuery, Page,
+    ReplayResult, WebhookTestResult,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::stream::{message_of, Filter};
 use super::Events;
 use crate::http::{ok, ApiError, AppState};
 use crate::store::outbox::{OutboxRow, Replay};
 
-/// The events routes, for the OpenAPI document.
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    (
-        "get",
-        "/api/v1/admin/webhooks/dead",
-        "Dead-lettered webhook events, paged (page, size)",
-    ),
-    (
-        "post",
-        "/api/v1/admin/webhooks/dead/{event_id}/replay",
-        "Queue a dead-lettered event for delivery again",
-    ),
-    (
-        "post",
-        "/api/v1/admin/webhooks/test",
-        "Send a signed webhook.test event now and report the receiver's status and latency",
-    ),
-    (
-        "get",
-        "/api/v1/events/stream",
-        "Server-sent events of every event, live (filters: device_id, type)",
-    ),
-];
-
 /// Keep-alive comments on the stream, so proxies and clients see it is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/admin/webhooks/dead", get(dead_letters))
-        .route(
-            "/api/v1/admin/webhooks/dead/{event_id}/replay",
-            post(replay),
-        )
-        .route("/api/v1/admin/webhooks/test", post(webhook_test))
-        .route("/api/v1/events/stream", get(stream))
+/// The events routes, each with its operation in the OpenAPI document.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
+        .routes(routes!(webhook_test))
+        .routes(routes!(stream))
 }
 
 impl AppState {
@@ -103,6 +80,18 @@ fn dead_letter(r: OutboxRow) -> DeadLetter {
     }
 }
 
+/// Dead-lettered webhook events, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/webhooks/dead",
+    tag = "events",
+    params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "One page; `total` counts every dead letter", body = Envelope<Page<DeadLetter>>),
+        (status = 400, description = "`page` or `size` is invalid; `message` names it", body = ErrorEnvelope),
+        (status = 503, description = "The events subsystem is not running, or the database is unavailable", body = ErrorEnvelope),
+    )
+)]
 async fn dead_letters(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -118,6 +107,19 @@ async fn dead_letters(
     }))
 }
 
+/// Queue a dead-lettered event for delivery again, with a fresh retry budget.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/webhooks/dead/{event_id}/replay",
+    tag = "events",
+    params(("event_id" = String, Path, description = "The event's ID")),
+    responses(
+        (status = 200, description = "Queued again", body = Envelope<ReplayResult>),
+        (status = 404, description = "Unknown event", body = ErrorEnvelope),
+        (status = 409, description = "The event is not dead-lettered", body = ErrorEnvelope),
+        (status = 503, description = "The events subsystem is not running, or the database is unavailable", body = ErrorEnvelope),
+    )
+)]
 async fn replay(
     State(state): State<AppState>,
     Path(event_id): Path<String>,
@@ -141,6 +143,18 @@ async fn replay(
     }
 }
 
+/// Send a signed `webhook.test` event now and report the receiver's status and latency.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/webhooks/test",
+    tag = "events",
+    responses(
+        (status = 200, description = "What the receiver answered (`delivered` false when it failed)",
+         body = Envelope<WebhookTestResult>),
+        (status = 503, description = "No webhook URL is configured, or the events subsystem is not running",
+         body = ErrorEnvelope),
+    )
+)]
 async fn webhook_test(State(state): State<AppState>) -> Result<Response, ApiError> {
     let events = events(&state)?;
     let dispatcher = events
@@ -153,6 +167,22 @@ async fn webhook_test(State(state): State<AppState>) -> Result<Response, ApiErro
 /// Events replayed to a client that resumes with `Last-Event-ID`.
 const RESUME_LIMIT: i64 = 1000;
 
+/// Every event as server-sent events, live (`event:` type, `id:` event ID, `data:` the event).
+///
+/// A client resuming with `Last-Event-ID` (or `?last_event_id=`) first gets the events written
+/// since (up to 1,000), then live ones, none twice. Keep-alive comment every 15 s.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/stream",
+    tag = "events",
+    params(EventStreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`; each `data:` line is one event",
+         content_type = "text/event-stream", body = EventMessage),
+        (status = 503, description = "The events subsystem is not running, or the database is unavailable", body = ErrorEnvelope),
+    )
+)]
 async fn stream(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,

@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// Gateway figures for the acceptance record (tables, pool, slow queries, logs, pushes).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/stats",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The figures, measured by the gateway", body = Envelope<Stats>),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn stats(State(state): State<AppState>) -> ApiResult {
     let store = &state.service.store;
     let (devices, orders, cmd_logs) = store.table_counts().await?;
@@ -31,6 +41,16 @@ pub(super) async fn stats(State(state): State<AppState>) -> ApiResult {
     }))
 }
 
+/// Consistency checks: orphan and stale orders, command match rate, port mismatches.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/consistency",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The checks", body = Envelope<Consistency>),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn consistency(State(state): State<AppState>) -> ApiResult {
     let service = &state.service;
     let store = &service.store;
@@ -65,6 +85,13 @@ pub(super) async fn consistency(State(state): State<AppState>) -> ApiResult {
     }))
 }
 
+/// Liveness: 200 while the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process runs", body = Envelope<Health>))
+)]
 pub(super) async fn healthz() -> Response {
     ok(Health {
         status: "ok".into(),
@@ -72,6 +99,17 @@ pub(super) async fn healthz() -> Response {
     })
 }
 
+/// Readiness: the database answers and the device listener is up.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Envelope<Health>),
+        (status = 503, description = "Not ready; `message` and `data.checks` name the failing check",
+         body = Envelope<Health>),
+    )
+)]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = std::collections::BTreeMap::new();
     let db = match tokio::time::timeout(
@@ -123,6 +161,14 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format",
+               content_type = "text/plain", body = String))
+)]
 pub(super) async fn prometheus(State(state): State<AppState>) -> Response {
     metrics::gauge!(m::ACTIVE_SESSIONS).set(state.service.gateway.session_count() as f64);
     (

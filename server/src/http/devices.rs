@@ -2,6 +2,43 @@
 
 use super::*;
 
+/// Start charging a port.
+///
+/// Creates an order (`pending`) and sends its start command, or queues it when the device is
+/// offline (it expires after `--command-ttl`, the order `cancelled` with reason 11).
+/// Validation, each failure a 400 naming the field: `port_no` between 1 and the device's
+/// port count (1–500 while the device has not reported it); `charge_mode` 1–4; `duration` ≥ 1
+/// for mode 1; `energy_wh` ≥ 1 for mode 2; `amount` required without prices, ≥ 1 for mode 3;
+/// mode 3 and mode 4 need `price_per_kwh` or `service_fee`. With prices, `amount` 0 or absent
+/// means no cap.
+#[utoipa::path(
+    post,
+    path = "/api/v1/third/devices/{device_id}/charge",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "The device's ID (letters and digits)",
+            pattern = r"^[A-Za-z0-9]{1,64}$", example = "82210225000520")),
+    request_body(content = ChargeRequest, examples(
+        ("by_time" = (summary = "5 minutes, 500 fen prepaid, prices 150 + 50 fen/kWh",
+            value = json!({"port_no": 1, "charge_mode": 1, "duration": 300, "amount": 500,
+                           "price_per_kwh": 150, "service_fee": 50}))),
+        ("by_time_flat" = (summary = "1 hour for a flat 300 fen (no prices: billed pro rata of the hour)",
+            value = json!({"port_no": 2, "charge_mode": 1, "duration": 3600, "amount": 300}))),
+        ("by_amount" = (summary = "Until 1000 fen are used at 150 fen/kWh",
+            value = json!({"port_no": 1, "charge_mode": 3, "amount": 1000, "price_per_kwh": 150}))),
+        ("until_full" = (summary = "Until full at 150 + 50 fen/kWh, no cap",
+            value = json!({"port_no": 1, "charge_mode": 4, "price_per_kwh": 150, "service_fee": 50}))),
+    )),
+    responses(
+        (status = 200, description = "The order (`pending`); the same `order_no` again returns the same order",
+         body = Envelope<OrderRef>),
+        (status = 400, description = "A field is invalid or missing; `message` names it", body = ErrorEnvelope),
+        (status = 404, description = "Unknown device", body = ErrorEnvelope),
+        (status = 409, description = "The port already has a pending or charging order (`port is busy`), \
+            or `order_no` belongs to another device's or port's order", body = ErrorEnvelope),
+        (status = 503, description = "The device is offline and `queue_if_offline` is false, or the database \
+            is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn charge(
     State(state): State<AppState>,
     Path(device_id): Path<String>,
@@ -13,7 +50,7 @@ pub(super) async fn charge(
     let mode = int_field(&b, "charge_mode", true)?.unwrap_or(0);
     let duration = int_field(&b, "duration", false)?.unwrap_or(0);
     let energy_wh = int_field(&b, "energy_wh", false)?.unwrap_or(0);
-    let amount = int_field(&b, "amount", false)?.unwrap_or(0);
+    let amount = int_field(&b, "amount", false)?;
     let price = int_field(&b, "price_per_kwh", false)?.unwrap_or(0);
     let service_fee = int_field(&b, "service_fee", false)?.unwrap_or(0);
     let order_no = str_field(&b, "order_no")?.filter(|s| !s.is_empty());
@@ -21,24 +58,69 @@ pub(super) async fn charge(
         valid_order_no(no)?;
     }
     let queue = bool_field(&b, "queue_if_offline")?.unwrap_or(true);
-    let spec = domain::validate_charge(
+    let spec = match domain::validate_charge(
         port_no,
         mode,
         duration,
         energy_wh,
-        amount,
+        amount.unwrap_or(0),
         price,
         service_fee,
         None,
-    )
-    .map_err(|f| ApiError::bad(f.field, f.reason))?;
+    ) {
+        Ok(spec) => spec,
+        // The range depends on the device: answer with its real port count.
+        Err(f) if f.field == "port_no" => {
+            let device = known_device(&state, &device_id).await?;
+            check_port(port_no, device.port_count)?;
+            return Err(ApiError::bad(f.field, f.reason));
+        }
+        Err(f) => return Err(ApiError::bad(f.field, f.reason)),
+    };
+    billing_rules(mode, amount, price, service_fee)?;
     let order = state
         .service
         .charge(&device_id, &spec, order_no, queue)
         .await?;
+    if order.device_id != device_id || order.port_no != i64::from(spec.port_no) {
+        return Err(ApiError::Conflict(format!(
+            "order_no {} belongs to an order on device {} port {}",
+            order.order_no, order.device_id, order.port_no
+        )));
+    }
     Ok(ok(order_ref(&order)))
 }
 
+/// A device the store knows, or 404.
+async fn known_device(state: &AppState, device_id: &str) -> Result<DeviceRow, ApiError> {
+    state
+        .service
+        .known_device(device_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("device {device_id} not found")))
+}
+
+/// Stop the running order of a port.
+///
+/// A pending order that has not reached the device is cancelled at once (`cancelled`); a
+/// charging one gets a stop command (`stopping`) and settles — `completed`, `end_reason` 3 —
+/// when the device reports its end (`order.completed` event, or `GET` the order).
+#[utoipa::path(
+    post,
+    path = "/api/v1/third/devices/{device_id}/stop",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "The device's ID (letters and digits)",
+            pattern = r"^[A-Za-z0-9]{1,64}$", example = "82210225000520")),
+    request_body(content = StopRequest, example = json!({"port_no": 1})),
+    responses(
+        (status = 200, description = "What the stop did to the order", body = Envelope<StopResult>),
+        (status = 400, description = "A field is invalid or missing; `message` names it", body = ErrorEnvelope),
+        (status = 404, description = "Unknown device", body = ErrorEnvelope),
+        (status = 409, description = "Nothing is running on the port, or `order_no` is not the order running there",
+         body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn stop(
     State(state): State<AppState>,
     Path(device_id): Path<String>,
@@ -47,21 +129,43 @@ pub(super) async fn stop(
     valid_device_id(&device_id)?;
     let b = json_body(body)?;
     let port_no = int_field(&b, "port_no", true)?.unwrap_or(0);
-    if !(1..=500).contains(&port_no) {
-        return Err(ApiError::bad("port_no", "must be between 1 and 500"));
-    }
     let order_no = str_field(&b, "order_no")?.filter(|s| !s.is_empty());
+    if let Some(no) = &order_no {
+        valid_order_no(no)?;
+    }
+    let device = known_device(&state, &device_id).await?;
+    check_port(port_no, device.port_count)?;
     let order = state
         .service
         .stop(&device_id, port_no as u32, order_no.as_deref())
         .await?;
-    Ok(ok(order_ref(&order)))
+    Ok(ok(StopResult {
+        order_no: order.order_no,
+        device_id: order.device_id,
+        port_no: order.port_no as u32,
+        status: StopStatus::of(order.status),
+    }))
 }
 
+/// Device state with its ports.
+#[utoipa::path(
+    get,
+    path = "/api/v1/third/devices/{device_id}",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "The device's ID (letters and digits)",
+            pattern = r"^[A-Za-z0-9]{1,64}$", example = "82210225000520")),
+    responses(
+        (status = 200, description = "The device; ports `offline` while it is", body = Envelope<DeviceView>),
+        (status = 400, description = "`device_id` is not 1–64 letters or digits", body = ErrorEnvelope),
+        (status = 404, description = "Unknown device", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn device(
     State(state): State<AppState>,
     Path(device_id): Path<String>,
 ) -> ApiResult {
+    valid_device_id(&device_id)?;
     let service = &state.service;
     let (d, ports, active) = service
         .lookup_device(&device_id, || service.store.device_with_ports(&device_id))
@@ -70,9 +174,22 @@ pub(super) async fn device(
     Ok(ok(build_view(&state.service, d, ports, active)))
 }
 
+/// Paged device list.
+///
 /// The device list reads the store only: a device that just connected for the first time
 /// appears once the batched writer commits it (one batch, 200 ms by default). Single-device
 /// lookups (GET, charge, stop) flush the writer instead and never miss a connected device.
+#[utoipa::path(
+    get,
+    path = "/api/v1/third/devices",
+    tag = "devices",
+    params(DeviceListQuery),
+    responses(
+        (status = 200, description = "One page; `total` counts every match", body = Envelope<Page<DeviceView>>),
+        (status = 400, description = "`online`, `page` or `size` is invalid; `message` names it", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn devices(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -97,12 +214,39 @@ pub(super) async fn devices(
     }))
 }
 
+/// The device's last frames, oldest first.
+///
+/// The gateway keeps the last 200 frames of each device in memory (not across restarts);
+/// `limit` returns only the newest ones.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/devices/{device_id}/frames",
+    tag = "admin",
+    params(("device_id" = String, Path, description = "The device's ID (letters and digits)",
+            pattern = r"^[A-Za-z0-9]{1,64}$", example = "82210225000520"),
+           FramesQuery),
+    responses(
+        (status = 200, description = "Frames, oldest first (empty for a known device that sent none since start)",
+         body = Envelope<Vec<FrameRecord>>),
+        (status = 400, description = "`device_id` or `limit` is invalid; `message` names it", body = ErrorEnvelope),
+        (status = 404, description = "Unknown device", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn frames(
     State(state): State<AppState>,
     Path(device_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    valid_device_id(&device_id)?;
+    let ring = crate::gateway::FRAME_RING as u32;
+    let limit = query_num(&q, "limit", ring, ring)? as usize;
     match state.service.gateway.frames(&device_id) {
-        Some(f) => Ok(ok(f)),
+        Some(mut f) => {
+            let extra = f.len().saturating_sub(limit);
+            f.drain(..extra);
+            Ok(ok(f))
+        }
         None if state.service.known_device(&device_id).await?.is_some() => {
             Ok(ok(Vec::<FrameRecord>::new()))
         }

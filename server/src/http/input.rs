@@ -80,16 +80,79 @@ pub(super) fn valid_device_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An optional integer query parameter from 1 to `max`, `default` when absent or empty.
+pub(super) fn query_num(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: u32,
+    max: u32,
+) -> Result<u32, ApiError> {
+    match q.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::bad(name, format!("must be an integer from 1 to {max}"))),
+    }
+}
+
 pub(super) fn paging(q: &HashMap<String, String>) -> Result<(u32, u32), ApiError> {
-    let num = |name: &str, default: u32, max: u32| -> Result<u32, ApiError> {
-        match q.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            None => Ok(default),
-            Some(s) => s
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| ApiError::bad(name, format!("must be an integer from 1 to {max}"))),
+    Ok((
+        query_num(q, "page", 1, 1_000_000)?,
+        query_num(q, "size", 50, 1000)?,
+    ))
+}
+
+/// Most ports a device can have (BKV: 250 sockets × 2 holes).
+pub(super) const MAX_PORTS: i64 = 500;
+
+/// `port_no` against the device's port count; 1–500 while the device has not reported it.
+pub(super) fn check_port(port_no: i64, port_count: i64) -> Result<(), ApiError> {
+    if port_count > 0 {
+        if !(1..=port_count).contains(&port_no) {
+            return Err(ApiError::bad(
+                "port_no",
+                format!("must be between 1 and {port_count}"),
+            ));
         }
-    };
-    Ok((num("page", 1, 1_000_000)?, num("size", 50, 1000)?))
+    } else if !(1..=MAX_PORTS).contains(&port_no) {
+        return Err(ApiError::bad(
+            "port_no",
+            format!(
+                "must be between 1 and {MAX_PORTS} (the device has not reported its port count yet)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What billing needs from a charge request, beyond the ranges of `domain::validate_charge`
+/// (the rules are in the server README):
+/// - `charge_mode` 4 (until full) is billed by energy at the given prices, so it needs
+///   `price_per_kwh` or `service_fee`;
+/// - without prices an order costs `amount` pro rata of its target, so `amount` is required
+///   (an explicit 0 makes the order free);
+/// - with prices `amount` caps the bill, and absent or 0 means no cap.
+pub(super) fn billing_rules(
+    mode: i64,
+    amount: Option<i64>,
+    price_per_kwh: i64,
+    service_fee: i64,
+) -> Result<(), ApiError> {
+    let priced = price_per_kwh > 0 || service_fee > 0;
+    if mode == 4 && !priced {
+        return Err(ApiError::bad(
+            "price_per_kwh",
+            "charge_mode 4 (until full) is billed by energy: it needs price_per_kwh or service_fee",
+        ));
+    }
+    if !priced && amount.is_none() {
+        return Err(ApiError::bad(
+            "amount",
+            "is required without price_per_kwh or service_fee (the order costs `amount` pro rata \
+             of its target; 0 makes it free)",
+        ));
+    }
+    Ok(())
 }

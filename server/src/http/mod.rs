@@ -15,7 +15,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 pub use pile_api::*;
@@ -23,6 +22,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::{self, EndReason};
 use crate::metrics as m;
@@ -105,7 +106,7 @@ impl IntoResponse for ApiError {
             // 5xx bodies stay generic; the detail goes to the log.
             tracing::error!(request_id = %request_id(), %detail, "internal error");
         }
-        let body = Envelope::<Value> {
+        let body = ErrorEnvelope {
             code: status.as_u16(),
             message: self.to_string(),
             data: None,
@@ -164,8 +165,7 @@ pub use auth::hash_key;
 use auth::*;
 use devices::*;
 use input::*;
-use openapi::*;
-pub use openapi::{openapi_document, ROUTES};
+pub use openapi::openapi_document;
 use orders::*;
 use views::*;
 
@@ -240,32 +240,87 @@ async fn observe(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Every route, with its operation in the OpenAPI document: each handler is registered with
+/// `routes!`, so the router and the document cannot disagree. `keyed_layer` wraps the routes
+/// that need an API key (the auth layer in [`app`], nothing for the bare document).
+fn routes(
+    keyed_layer: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut keyed = OpenApiRouter::new()
+        .routes(routes!(charge))
+        .routes(routes!(stop))
+        .routes(routes!(device))
+        .routes(routes!(devices))
+        .routes(routes!(order))
+        .routes(routes!(progress))
+        .routes(routes!(orders))
+        .routes(routes!(stats))
+        .routes(routes!(consistency))
+        .routes(routes!(frames))
+        .merge(crate::events::router());
+    openapi::document_keyed(keyed.get_openapi_mut());
+    let open = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(prometheus))
+        .routes(routes!(openapi::openapi));
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::skeleton())
+        .merge(keyed_layer(keyed))
+        .merge(open)
+        .split_for_parts();
+    openapi::document_common(&mut doc);
+    (router, doc)
+}
+
 /// The one router, used by `main` and by the tests.
 pub fn app(state: AppState) -> Router {
-    let keyed = Router::new()
-        .route("/api/v1/third/devices/{device_id}/charge", post(charge))
-        .route("/api/v1/third/devices/{device_id}/stop", post(stop))
-        .route("/api/v1/third/devices/{device_id}", get(device))
-        .route("/api/v1/third/devices", get(devices))
-        .route("/api/v1/third/orders/{order_no}", get(order))
-        .route("/api/v1/third/orders/{order_no}/progress", get(progress))
-        .route("/api/v1/third/orders", get(orders))
-        .route("/api/v1/admin/stats", get(stats))
-        .route("/api/v1/admin/consistency", get(consistency))
-        .route("/api/v1/admin/devices/{device_id}/frames", get(frames))
-        .merge(crate::events::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    let open = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(prometheus))
-        .route("/api/v1/openapi.json", get(openapi));
+    let auth_state = state.clone();
+    let (router, _doc) =
+        routes(|keyed| keyed.route_layer(middleware::from_fn_with_state(auth_state, auth)));
     let limit = state.body_limit;
-    keyed
-        .merge(open)
+    router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .route_layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn(envelope_errors))
         .layer(middleware::from_fn(request_id_layer))
         .with_state(state)
+}
+
+/// Error answers that did not come from [`ApiError`] — the router's own 405, an extractor's
+/// rejection — get the envelope too, keeping their status and headers (`Allow` on a 405).
+async fn envelope_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed".to_string(),
+        _ if !text.trim().is_empty() => text.trim().to_string(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    let body = Json(ErrorEnvelope {
+        code: status.as_u16(),
+        message,
+        data: None,
+        request_id: request_id(),
+        timestamp: now_sec(),
+    })
+    .into_response();
+    let (body_parts, body) = body.into_parts();
+    parts.headers.extend(body_parts.headers);
+    Response::from_parts(parts, body)
 }

@@ -1,98 +1,171 @@
-//! The OpenAPI document.
+//! The OpenAPI 3.1 document, derived from the handlers' `#[utoipa::path]` attributes and the
+//! `pile-api` types they serialise.
+//!
+//! There is no route list: `super::routes` registers each handler with `utoipa_axum`'s
+//! `routes!`, which puts the route into the router and its operation into the document in one
+//! step. What the layers around the handlers add is documented here, next to the layer's
+//! effect: every operation behind the API-key check gets the `ApiKey` security requirement
+//! and the 401 / 429 / 500 answers of that stack; every operation with a request body gets
+//! 413. Handler-specific answers (400, 404, 409, 503) are in each handler's attribute.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
 use super::*;
 
-/// Every route, for the OpenAPI document and its test.
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    (
-        "post",
-        "/api/v1/third/devices/{device_id}/charge",
-        "Start charging a port",
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pilekit gateway API",
+        description = "The gateway's HTTP API (`shared/design/API.md`). Every JSON answer is an \
+            envelope `{code, message, data, request_id, timestamp}`: `code` 0 on success, else \
+            the HTTP status, with `data` null. Money in integer fen, energy in kWh (`total_kwh`) \
+            or Wh (`*_wh`), times in seconds, timestamps in Unix seconds.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    (
-        "post",
-        "/api/v1/third/devices/{device_id}/stop",
-        "Stop the running order of a port",
-    ),
-    (
-        "get",
-        "/api/v1/third/devices/{device_id}",
-        "Device state with ports",
-    ),
-    ("get", "/api/v1/third/devices", "Paged device list"),
-    ("get", "/api/v1/third/orders/{order_no}", "Order detail"),
-    (
-        "get",
-        "/api/v1/third/orders/{order_no}/progress",
-        "Progress samples of an order",
-    ),
-    ("get", "/api/v1/third/orders", "Paged order list"),
-    (
-        "get",
-        "/api/v1/admin/stats",
-        "Gateway figures for the acceptance record",
-    ),
-    ("get", "/api/v1/admin/consistency", "Consistency checks"),
-    (
-        "get",
-        "/api/v1/admin/devices/{device_id}/frames",
-        "Last 200 frames of a device",
-    ),
-    ("get", "/healthz", "Liveness"),
-    ("get", "/readyz", "Readiness, naming the failing check"),
-    ("get", "/metrics", "Prometheus metrics"),
-    ("get", "/api/v1/openapi.json", "This document"),
-];
+    modifiers(&ApiKeyScheme),
+    components(schemas(ErrorEnvelope)),
+    tags(
+        (name = "devices", description = "Device control and state"),
+        (name = "orders", description = "Orders and their progress"),
+        (name = "admin", description = "Operations: figures, consistency, frames"),
+        (name = "events", description = "Webhook dead letters and the live event stream"),
+        (name = "operations", description = "Health, readiness, metrics, this document (no key)"),
+    )
+)]
+struct ApiDoc;
 
-/// A hand-maintained OpenAPI 3.0 document of [`ROUTES`].
-pub fn openapi_document() -> Value {
-    let mut paths = Map::new();
-    for (method, path, summary) in ROUTES.iter().chain(crate::events::ROUTES) {
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| {
-                serde_json::json!({"name": name, "in": "path", "required": true,
-                                   "schema": {"type": "string"}})
-            })
-            .collect();
-        let keyed = path.starts_with("/api/v1/third")
-            || path.starts_with("/api/v1/admin")
-            || path.starts_with("/api/v1/events");
-        let mut op = serde_json::json!({
-            "summary": summary,
-            "parameters": params,
-            "responses": {
-                "200": {"description": "Envelope with code 0"},
-                "400": {"description": "Invalid field, named in message"},
-                "401": {"description": "Missing or wrong X-Api-Key"},
-                "404": {"description": "Not found"},
-                "409": {"description": "Conflict (port is busy)"},
-                "503": {"description": "Unavailable"}
-            }
-        });
-        if keyed {
-            op["security"] = serde_json::json!([{"ApiKey": []}]);
-        }
-        if *method == "post" {
-            op["requestBody"] = serde_json::json!({"required": true,
-                "content": {"application/json": {"schema": {"type": "object"}}}});
-        }
-        let entry = paths
-            .entry(path.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(ops) = entry {
-            ops.insert(method.to_string(), op);
-        }
+struct ApiKeyScheme;
+
+impl Modify for ApiKeyScheme {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Api-Key",
+                "An API key of the gateway (`--api-key`, or the one generated at first start)",
+            ))),
+        );
     }
-    serde_json::json!({
-        "openapi": "3.0.3",
-        "info": {"title": "pilekit gateway API", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}}},
-        "paths": paths,
+}
+
+/// The name of the security scheme.
+const API_KEY: &str = "ApiKey";
+
+/// The document's skeleton: info, tags, the security scheme and the error envelope.
+pub(super) fn skeleton() -> Document {
+    ApiDoc::openapi()
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+fn operations(doc: &mut Document) -> impl Iterator<Item = &mut Operation> {
+    doc.paths.paths.values_mut().flat_map(|item| {
+        [
+            item.get.as_mut(),
+            item.put.as_mut(),
+            item.post.as_mut(),
+            item.delete.as_mut(),
+            item.options.as_mut(),
+            item.head.as_mut(),
+            item.patch.as_mut(),
+            item.trace.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
     })
 }
 
+fn add(op: &mut Operation, status: u16, description: &str) {
+    op.responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| error_response(description));
+}
+
+/// Documents what `auth` and the store add to every operation of the keyed router.
+pub(super) fn document_keyed(doc: &mut Document) {
+    for op in operations(doc) {
+        op.security = Some(vec![SecurityRequirement::new(
+            API_KEY,
+            Vec::<String>::new(),
+        )]);
+        add(op, 401, "Missing or wrong `X-Api-Key`");
+        add(
+            op,
+            429,
+            "The key's rate limit (`--rate-limit` requests per second) is used up",
+        );
+        add(
+            op,
+            500,
+            "Internal error (the detail is in the gateway's log)",
+        );
+    }
+}
+
+/// Documents what the body limit adds, and sorts the answers by status.
+pub(super) fn document_common(doc: &mut Document) {
+    for op in operations(doc) {
+        if op.request_body.is_some() {
+            add(op, 413, "The request body is larger than `--body-limit`");
+        }
+        let mut sorted: Vec<_> = std::mem::take(&mut op.responses.responses)
+            .into_iter()
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        op.responses.responses.extend(sorted);
+    }
+}
+
+/// The OpenAPI document of every route the gateway serves.
+pub fn openapi_document() -> Document {
+    routes(|keyed| keyed).1
+}
+
+/// The document as served, built once.
+fn document_json() -> &'static Bytes {
+    static DOC: OnceLock<Bytes> = OnceLock::new();
+    DOC.get_or_init(|| {
+        Bytes::from(
+            openapi_document()
+                .to_json()
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+        )
+    })
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of every route (not enveloped)",
+         content_type = "application/json", body = Object),
+    )
+)]
 pub(super) async fn openapi() -> Response {
-    Json(openapi_document()).into_response()
+    (
+        [("content-type", "application/json")],
+        document_json().clone(),
+    )
+        .into_response()
 }

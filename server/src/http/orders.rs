@@ -2,10 +2,25 @@
 
 use super::*;
 
+/// Order detail with its settlement.
+#[utoipa::path(
+    get,
+    path = "/api/v1/third/orders/{order_no}",
+    tag = "orders",
+    params(("order_no" = String, Path, description = "The order number (the client's or the gateway's)",
+            pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "platform-0001")),
+    responses(
+        (status = 200, description = "The order", body = Envelope<OrderView>),
+        (status = 400, description = "`order_no` is not 1–64 letters, digits, '-', '_' or '.'", body = ErrorEnvelope),
+        (status = 404, description = "Unknown order", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn order(
     State(state): State<AppState>,
     Path(order_no): Path<String>,
 ) -> ApiResult {
+    valid_order_no(&order_no)?;
     let o = state
         .service
         .store
@@ -15,10 +30,25 @@ pub(super) async fn order(
     Ok(ok(order_view(&o)))
 }
 
+/// Progress samples of an order, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/third/orders/{order_no}/progress",
+    tag = "orders",
+    params(("order_no" = String, Path, description = "The order number (the client's or the gateway's)",
+            pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "platform-0001")),
+    responses(
+        (status = 200, description = "The samples", body = Envelope<Vec<ProgressSample>>),
+        (status = 400, description = "`order_no` is not 1–64 letters, digits, '-', '_' or '.'", body = ErrorEnvelope),
+        (status = 404, description = "Unknown order", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn progress(
     State(state): State<AppState>,
     Path(order_no): Path<String>,
 ) -> ApiResult {
+    valid_order_no(&order_no)?;
     if state.service.store.order(&order_no).await?.is_none() {
         return Err(ApiError::NotFound(format!("order {order_no} not found")));
     }
@@ -39,6 +69,19 @@ pub(super) async fn progress(
     Ok(ok(samples))
 }
 
+/// Paged order list, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/third/orders",
+    tag = "orders",
+    params(OrderListQuery),
+    responses(
+        (status = 200, description = "One page; `total` counts every match", body = Envelope<Page<OrderView>>),
+        (status = 400, description = "`status`, `device_id`, `page` or `size` is invalid; `message` names it",
+         body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
 pub(super) async fn orders(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -57,6 +100,9 @@ pub(super) async fn orders(
         .get("device_id")
         .map(|s| s.trim())
         .filter(|s| !s.is_empty());
+    if let Some(id) = device_id {
+        valid_device_id(id)?;
+    }
     let (rows, total) = state
         .service
         .store

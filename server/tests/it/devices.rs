@@ -91,7 +91,7 @@ both!(
         let busy = envelope(
             app.charge(
                 "04AB373B",
-                json!({"port_no": 2, "charge_mode": 1, "duration": 60}),
+                json!({"port_no": 2, "charge_mode": 1, "amount": 0, "duration": 60}),
             )
             .await,
             409,
@@ -162,7 +162,7 @@ both!(
         envelope(
             app.charge(
                 "04AB373B",
-                json!({"port_no": 1, "charge_mode": 1, "duration": 600, "order_no": "ap-stop"}),
+                json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 600, "order_no": "ap-stop"}),
             )
             .await,
             200,
@@ -371,8 +371,11 @@ async fn a_reconnect_with_the_same_id_replaces_the_old_session_at_once() {
     assert_eq!(app.client.stats().await.unwrap().active_sessions, 1);
     // Commands go to the new connection.
     envelope(
-        app.charge("04AB373B", json!({"port_no": 1, "charge_mode": 4}))
-            .await,
+        app.charge(
+            "04AB373B",
+            json!({"port_no": 1, "charge_mode": 4, "price_per_kwh": 150}),
+        )
+        .await,
         200,
     )
     .await;
@@ -390,7 +393,7 @@ async fn a_charge_for_an_offline_pile_goes_out_when_it_reconnects() {
     envelope(
         app.charge(
             "04AB373B",
-            json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "ap-q"}),
+            json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 60, "order_no": "ap-q"}),
         )
         .await,
         200,
@@ -583,7 +586,7 @@ async fn an_unanswered_command_is_resent_once_with_the_same_id_then_logged_unans
     envelope(
         app.charge(
             "04AB373B",
-            json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "ap-resend"}),
+            json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 60, "order_no": "ap-resend"}),
         )
         .await,
         200,
@@ -623,8 +626,11 @@ async fn commands_to_one_device_leave_half_a_second_between_them() {
     pile.boot(2).await;
     for port in 1..=2 {
         envelope(
-            app.charge("04AB373B", json!({"port_no": port, "charge_mode": 4}))
-                .await,
+            app.charge(
+                "04AB373B",
+                json!({"port_no": port, "charge_mode": 4, "price_per_kwh": 150}),
+            )
+            .await,
             200,
         )
         .await;
@@ -722,7 +728,7 @@ async fn a_bkv_remote_stop_sends_switch_off_and_settles_with_reason_3() {
     envelope(
         app.charge(
             "82210225000520",
-            json!({"port_no": 1, "charge_mode": 1, "duration": 600, "order_no": "bkv-stop"}),
+            json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 600, "order_no": "bkv-stop"}),
         )
         .await,
         200,
@@ -865,7 +871,7 @@ async fn a_start_confirmed_after_its_order_expired_is_stopped_again() {
     envelope(
         app.charge(
             "04AB373B",
-            json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "ap-late"}),
+            json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 60, "order_no": "ap-late"}),
         )
         .await,
         200,
@@ -992,7 +998,7 @@ mod a_new_pile_is_found_by_the_api_before_its_row_is_flushed {
         let order = envelope(
             app.charge(
                 "0B000001",
-                json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "new-1"}),
+                json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 60, "order_no": "new-1"}),
             )
             .await,
             200,

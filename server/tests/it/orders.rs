@@ -140,8 +140,11 @@ both!(
         );
         // The port is free again.
         envelope(
-            app.charge("04AB373B", json!({"port_no": 2, "charge_mode": 4}))
-                .await,
+            app.charge(
+                "04AB373B",
+                json!({"port_no": 2, "charge_mode": 4, "price_per_kwh": 150}),
+            )
+            .await,
             200,
         )
         .await;
@@ -245,7 +248,7 @@ both!(
         let v = envelope(
             app.charge(
                 "82210225000520",
-                json!({"port_no": 1, "charge_mode": 1, "duration": 60, "queue_if_offline": false}),
+                json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 60, "queue_if_offline": false}),
             )
             .await,
             503,
@@ -256,7 +259,7 @@ both!(
         envelope(
             app.charge(
                 "82210225000520",
-                json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "ord-q"}),
+                json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 60, "order_no": "ord-q"}),
             )
             .await,
             200,
@@ -278,7 +281,7 @@ async fn a_command_that_waits_past_its_ttl_cancels_the_order_with_reason_11() {
     envelope(
         app.charge(
             "82210225000520",
-            json!({"port_no": 1, "charge_mode": 1, "duration": 60, "order_no": "ord-ttl"}),
+            json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 60, "order_no": "ord-ttl"}),
         )
         .await,
         200,
@@ -380,7 +383,7 @@ async fn shutdown_flushes_batched_progress_and_a_restart_keeps_open_orders() {
     envelope(
         app.charge(
             "04AB373B",
-            json!({"port_no": 1, "charge_mode": 1, "duration": 300, "order_no": "ord-r"}),
+            json!({"port_no": 1, "charge_mode": 1, "amount": 0, "duration": 300, "order_no": "ord-r"}),
         )
         .await,
         200,

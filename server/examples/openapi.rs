@@ -1,0 +1,13 @@
+//! Prints the gateway's OpenAPI document (the same one `GET /api/v1/openapi.json` serves).
+//!
+//! `cargo run -p pile-server --example openapi > openapi.json`
+
+fn main() {
+    match pile_server::http::openapi_document().to_pretty_json() {
+        Ok(json) => println!("{json}"),
+        Err(e) => {
+            eprintln!("cannot serialise the document: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! `cargo run -p pile-server --example openapi > openapi.json`
 
 fn main() {
-    match pile_server::http::openapi_document().to_pretty_json() {
+    match serde_json::to_string_pretty(&pile_server::http::openapi_document()) {
         Ok(json) => println!("{json}"),
         Err(e) => {
             eprintln!("cannot serialise the document: {e}");

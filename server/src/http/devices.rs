@@ -192,8 +192,9 @@ pub(super) async fn device(
 )]
 pub(super) async fn devices(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult {
+    let q = single_params(q)?;
     let (page, size) = paging(&q)?;
     let online = match q.get("online").map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => None,
@@ -236,8 +237,9 @@ pub(super) async fn devices(
 pub(super) async fn frames(
     State(state): State<AppState>,
     Path(device_id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult {
+    let q = single_params(q)?;
     valid_device_id(&device_id)?;
     let ring = crate::gateway::FRAME_RING as u32;
     let limit = query_num(&q, "limit", ring, ring)? as usize;

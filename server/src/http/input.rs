@@ -80,6 +80,21 @@ pub(super) fn valid_device_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A query string as one value per name: a name given twice is a 400 naming it (which of
+/// the two was meant is anyone's guess). An empty value counts as absent, as the upstream
+/// scripts send `?status=&device_id=`.
+pub(super) fn single_params(
+    pairs: Vec<(String, String)>,
+) -> Result<HashMap<String, String>, ApiError> {
+    let mut map = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if map.insert(name.clone(), value).is_some() {
+            return Err(ApiError::bad(&name, "is given more than once"));
+        }
+    }
+    Ok(map)
+}
+
 /// An optional integer query parameter from 1 to `max`, `default` when absent or empty.
 pub(super) fn query_num(
     q: &HashMap<String, String>,

@@ -24,7 +24,8 @@ use super::*;
         description = "The gateway's HTTP API (`shared/design/API.md`). Every JSON answer is an \
             envelope `{code, message, data, request_id, timestamp}`: `code` 0 on success, else \
             the HTTP status, with `data` null. Money in integer fen, energy in kWh (`total_kwh`) \
-            or Wh (`*_wh`), times in seconds, timestamps in Unix seconds.",
+            or Wh (`*_wh`), times in seconds, timestamps in Unix seconds. A query parameter given \
+            twice is a 400 naming it; one given empty (`?status=`) counts as absent.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&ApiKeyScheme),
@@ -135,21 +136,73 @@ pub(super) fn document_common(doc: &mut Document) {
     }
 }
 
-/// The OpenAPI document of every route the gateway serves.
-pub fn openapi_document() -> Document {
-    routes(|keyed| keyed).1
+/// The OpenAPI document of every route the gateway serves, as JSON.
+pub fn openapi_document() -> Value {
+    let doc = routes(|keyed| keyed).1;
+    let mut value = serde_json::to_value(&doc).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the OpenAPI document does not serialise");
+        Value::Null
+    });
+    // utoipa composes a generic type's argument inline (`Envelope<OrderRef>` carries a copy of
+    // `OrderRef`); a code generator would then make one class per copy. Point the copies at
+    // the named schemas instead.
+    reference_named_schemas(&mut value);
+    value
+}
+
+/// Replaces every inline schema that equals a named component schema with a `$ref` to it,
+/// until nothing changes (a component's copies can refer to copies of others).
+fn reference_named_schemas(doc: &mut Value) {
+    for _ in 0..8 {
+        let before = doc.clone();
+        reference_named_schemas_once(doc);
+        if *doc == before {
+            return;
+        }
+    }
+}
+
+fn reference_named_schemas_once(doc: &mut Value) {
+    let named: Vec<(String, Value)> = match doc.pointer("/components/schemas") {
+        Some(Value::Object(schemas)) => schemas
+            .iter()
+            .filter(|(_, s)| {
+                ["properties", "enum", "oneOf"]
+                    .iter()
+                    .any(|k| s.get(*k).is_some())
+            })
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect(),
+        _ => return,
+    };
+    // Inside out: a copy whose own inner copies became references then equals its component.
+    fn walk(v: &mut Value, named: &[(String, Value)]) {
+        match v {
+            Value::Object(map) => map.values_mut().for_each(|x| walk(x, named)),
+            Value::Array(items) => items.iter_mut().for_each(|x| walk(x, named)),
+            _ => return,
+        }
+        if let Some((name, _)) = named.iter().find(|(_, s)| s == v) {
+            *v = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+        }
+    }
+    if let Some(Value::Object(schemas)) = doc.pointer_mut("/components/schemas") {
+        // A component's own root is not replaced, only what is inside it.
+        for schema in schemas.values_mut() {
+            if let Value::Object(map) = schema {
+                map.values_mut().for_each(|x| walk(x, &named));
+            }
+        }
+    }
+    if let Some(paths) = doc.get_mut("paths") {
+        walk(paths, &named);
+    }
 }
 
 /// The document as served, built once.
 fn document_json() -> &'static Bytes {
     static DOC: OnceLock<Bytes> = OnceLock::new();
-    DOC.get_or_init(|| {
-        Bytes::from(
-            openapi_document()
-                .to_json()
-                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
-        )
-    })
+    DOC.get_or_init(|| Bytes::from(serde_json::to_vec(&openapi_document()).unwrap_or_default()))
 }
 
 /// This document.

@@ -84,8 +84,9 @@ pub(super) async fn progress(
 )]
 pub(super) async fn orders(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult {
+    let q = single_params(q)?;
     let (page, size) = paging(&q)?;
     let status = match q.get("status").map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => None,

@@ -33,23 +33,27 @@ struct Args {
 /// Frames per second at most; also how often "… ago" texts move.
 const TICK: Duration = Duration::from_millis(250);
 
+/// Exits with a start-up problem, in one line (no backtrace: it is the operator's input).
+fn refuse(reason: &str) -> ! {
+    eprintln!("pile-tui: {reason}");
+    std::process::exit(2)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let refresh = Duration::try_from_secs_f64(args.refresh.max(0.2)).context("--refresh")?;
-    let server = startup::normalize_url("--server", &args.server).map_err(anyhow::Error::msg)?;
+    let server = startup::normalize_url("--server", &args.server).unwrap_or_else(|e| refuse(&e));
     let sim = args
         .sim
         .as_deref()
-        .map(|s| startup::normalize_url("--sim", s))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+        .map(|s| startup::normalize_url("--sim", s).unwrap_or_else(|e| refuse(&e)));
     let mut cfg = PollConfig::new(server.clone(), args.api_key.clone(), refresh);
     cfg.sim = sim.clone();
     // A refused key or an address that is no gateway will not get better: say so and exit
     // before taking the terminal. A gateway that is not up yet is shown as disconnected.
     if let Err(reason) = startup::check_gateway(&cfg.client(), net::REQUEST_TIMEOUT).await {
-        anyhow::bail!(reason);
+        refuse(&reason);
     }
     // `ratatui::init` enters raw mode and the alternate screen and installs a panic hook
     // that restores the terminal before the panic message is printed.

@@ -925,18 +925,29 @@ impl App {
         v
     }
 
+    /// Keeps the current view's selection in range. Only the view on screen: on a large fleet
+    /// the other lists are not worth sorting per update (they are clamped when shown).
     fn clamp(&mut self) {
-        let n = self.visible_devices().len();
-        self.device_sel = self.device_sel.min(n.saturating_sub(1));
-        let n = self.visible_orders().len();
-        self.order_sel = self.order_sel.min(n.saturating_sub(1));
-        let n = self.open_device().map(|d| d.ports.len()).unwrap_or(0);
-        self.port_sel = self.port_sel.min(n.saturating_sub(1));
-        let n = self.frames().len();
-        self.frame_sel = self.frame_sel.min(n.saturating_sub(1));
-        if self.tab() == Tab::Problems {
-            let n = self.problems().len();
-            self.problem_sel = self.problem_sel.min(n.saturating_sub(1));
+        match self.screen() {
+            Screen::Tab(Tab::Devices) => {
+                let n = self.visible_devices().len();
+                self.device_sel = self.device_sel.min(n.saturating_sub(1));
+            }
+            Screen::Tab(Tab::Orders) => {
+                let n = self.visible_orders().len();
+                self.order_sel = self.order_sel.min(n.saturating_sub(1));
+            }
+            Screen::Tab(Tab::Problems) => {
+                let n = self.problems().len();
+                self.problem_sel = self.problem_sel.min(n.saturating_sub(1));
+            }
+            Screen::Device(_) => {
+                let n = self.open_device().map(|d| d.ports.len()).unwrap_or(0);
+                self.port_sel = self.port_sel.min(n.saturating_sub(1));
+                let n = self.frames().len();
+                self.frame_sel = self.frame_sel.min(n.saturating_sub(1));
+            }
+            Screen::Tab(Tab::Overview | Tab::Events) | Screen::Order(_) => {}
         }
     }
 }

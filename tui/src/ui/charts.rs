@@ -21,10 +21,7 @@ pub type Points = Vec<(f64, f64)>;
 /// BKV piles report a minute counter there (0, 60, 60, 120 …), which would stack samples on
 /// the same x and draw a flat line with spikes. Without `started_at` (an order that never
 /// confirmed) the first sample is the origin.
-pub fn progress_points(
-    samples: &[ProgressSample],
-    started_at: Option<i64>,
-) -> (Points, Points) {
+pub fn progress_points(samples: &[ProgressSample], started_at: Option<i64>) -> (Points, Points) {
     let Some(origin) = started_at.or(samples.first().map(|s| s.at)) else {
         return (Vec::new(), Vec::new());
     };
@@ -201,14 +198,24 @@ pub fn fleet_chart(f: &mut Frame, area: Rect, online: &Series, offline: &Series,
             .style(Style::new().fg(Color::Red))
             .data(&off),
     ];
-    let span_s = (FLEET_SPAN_MS / 1000) as f64;
+    // The x axis spans the data (5 to 30 minutes), so a dashboard just started does not
+    // squeeze its first minute into the last pixels of a 30-minute axis.
+    let span_s = (span.max(300.0).min((FLEET_SPAN_MS / 1000) as f64) / 60.0).ceil() * 60.0;
+    let label = |s: f64| {
+        let s = s as i64;
+        if s % 60 == 0 {
+            format!("-{}m", s / 60)
+        } else {
+            format!("-{}", ago(s * 1000))
+        }
+    };
     f.render_widget(
         Chart::new(datasets)
             .block(block)
             .x_axis(
                 Axis::default()
                     .bounds([-span_s, 0.0])
-                    .labels(["-30m", "-15m", "now"])
+                    .labels([label(span_s), label(span_s / 2.0), "now".to_string()])
                     .style(DIM),
             )
             .y_axis(
@@ -217,7 +224,8 @@ pub fn fleet_chart(f: &mut Frame, area: Rect, online: &Series, offline: &Series,
                     .labels(["0".to_string(), format!("{max_y:.0}")])
                     .style(DIM),
             )
-            .hidden_legend_constraints((Constraint::Ratio(1, 3), Constraint::Ratio(1, 3))),
+            // The counts are in the title; a legend box would hide the newest points.
+            .legend_position(None),
         area,
     );
 }

@@ -439,3 +439,17 @@ fn a_finished_order_shows_its_settlement() {
         &["completed", "0.03 yuan", "3 remote_stop", "1m30s"],
     );
 }
+
+#[test]
+fn a_dashboard_just_started_draws_the_fleet_over_five_minutes_not_squeezed_into_thirty() {
+    let mut app = loaded_app(false);
+    let mut s = snapshot();
+    s.stats.as_mut().unwrap().online_devices = 3;
+    apply_snapshot(&mut app, NOW_MS + 60_000, s);
+    app.tick(NOW_MS + 60_000);
+    let screen = draw(&app, 120, 40);
+    assert_contains_all(&screen, &["-5m", "-2m30s", "last 1m00s (since start)"]);
+    assert!(!screen.contains("-30m"), "{screen}");
+    // No legend box over the newest points.
+    assert!(!screen.contains("offline│"), "{screen}");
+}

@@ -259,14 +259,17 @@ fn draw_backlog(app: &App, stats: &Stats, f: &mut Frame, area: Rect) {
             ));
             fit::line(spans, area.width.saturating_sub(2) as usize)
         }
-        None => Line::from(Span::styled(
-            format!(
-                "no endpoint state · push {:.1} % · {:.1} ms",
-                stats.push_success_rate * 100.0,
-                stats.mean_push_latency_ms
-            ),
-            DIM,
-        )),
+        None => fit::line(
+            vec![Span::styled(
+                format!(
+                    "no endpoint state · push {:.1} % · {:.1} ms",
+                    stats.push_success_rate * 100.0,
+                    stats.mean_push_latency_ms
+                ),
+                DIM,
+            )],
+            area.width.saturating_sub(2) as usize,
+        ),
     };
     charts::spark(
         f,

@@ -34,7 +34,7 @@ use super::*;
         (status = 400, description = "A field is invalid or missing; `message` names it", body = ErrorEnvelope),
         (status = 404, description = "Unknown device", body = ErrorEnvelope),
         (status = 409, description = "The port already has a pending or charging order (`port is busy`), \
-            or `order_no` belongs to another device's or port's order", body = ErrorEnvelope),
+            or `order_no` is already used for another device or port", body = ErrorEnvelope),
         (status = 503, description = "The device is offline and `queue_if_offline` is false, or the database \
             is unavailable", body = ErrorEnvelope),
     )
@@ -82,12 +82,6 @@ pub(super) async fn charge(
         .service
         .charge(&device_id, &spec, order_no, queue)
         .await?;
-    if order.device_id != device_id || order.port_no != i64::from(spec.port_no) {
-        return Err(ApiError::Conflict(format!(
-            "order_no {} belongs to an order on device {} port {}",
-            order.order_no, order.device_id, order.port_no
-        )));
-    }
     Ok(ok(order_ref(&order)))
 }
 

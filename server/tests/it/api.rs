@@ -752,24 +752,35 @@ both!(
 
 /// Connects a device that has not reported its port count (no registration data yet).
 async fn connect_without_port_count(app: &TestApp, device_id: &str) {
+    use pile_server::core::{Hello, Intent, IntentResult};
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let handle = pile_server::gateway::SessionHandle {
-        conn_id: app.service.gateway.next_conn_id(),
-        commands: tx,
-        close: tokio_util::sync::CancellationToken::new(),
+    let conn_id = app.service.gateway.next_conn_id();
+    let link = pile_server::service::SessionLink {
+        conn_id,
+        handle: pile_server::gateway::SessionHandle {
+            conn_id,
+            commands: tx,
+            close: tokio_util::sync::CancellationToken::new(),
+        },
     };
-    app.service.gateway.register(device_id, handle);
-    app.service
-        .device_online(pile_server::service::DeviceHello {
-            device_id: device_id.into(),
-            protocol: "bkv",
-            remote_addr: "127.0.0.1:9".into(),
-            firmware: None,
-            iccid: None,
-            signal: None,
-        })
-        .await
-        .unwrap();
+    let hello = Hello {
+        device_id: device_id.into(),
+        protocol: "bkv",
+        remote_addr: "127.0.0.1:9".into(),
+        firmware: None,
+        iccid: None,
+        signal: None,
+        conn_id,
+        at_ms: app.service.clock.now_ms(),
+    };
+    let answer = app
+        .service
+        .apply(&link, None, Intent::Identify { token: 1, hello })
+        .await;
+    assert!(
+        matches!(answer, Some((_, IntentResult::Identified { .. }))),
+        "{answer:?}"
+    );
 }
 
 both!(
@@ -918,23 +929,16 @@ both!(
         )
         .await;
         let start = pile.next_command().await;
-        app.service
-            .start_confirmed("04AB373B", start.command_id, "nocap", "")
-            .await
-            .unwrap();
-        let report = pile_server::service::EndReport {
-            port_no: 1,
-            device_ref: None,
-            device_duration_sec: None,
-            duration_resolution_sec: 1,
-            energy_wh: 12_345,
-            peak_power_dw: Some(2_000),
-            end_reason: pile_server::domain::EndReason::Unplugged,
-            bkv_status: None,
-            raw_hex: "00".into(),
-            connected_at_ms: None,
-        };
-        app.service.end_report("04AB373B", &report).await.unwrap();
+        pile.confirm(&start).await;
+        let (settled, _) = pile
+            .end(ap_end(
+                "nocap",
+                1,
+                12_345,
+                pile_server::domain::EndReason::Unplugged,
+            ))
+            .await;
+        assert!(settled);
         let o = app.client.order("nocap").await.unwrap();
         // 12.345 kWh × 150 = 1851.75 → 1852; × 50 = 617.25 → 617; not capped by the 0.
         assert_eq!(
@@ -967,10 +971,7 @@ both!(
         )
         .await;
         let start = pile.next_command().await;
-        app.service
-            .start_confirmed("04AB373B", start.command_id, "st-1", "")
-            .await
-            .unwrap();
+        pile.confirm(&start).await;
         let v = envelope(stop(1).await.unwrap(), 200).await;
         assert_eq!(
             v["data"],
@@ -1157,7 +1158,10 @@ both!(
                           "order_no": "shared-1"});
         envelope(app.charge("82210225000520", body.clone()).await, 200).await;
         let v = envelope(app.charge("82210225000521", body).await, 409).await;
-        assert!(v["message"].as_str().unwrap().contains("82210225000520"));
+        assert!(
+            v["message"].as_str().unwrap().contains("already used"),
+            "{v}"
+        );
         let other_port = json!({"port_no": 2, "charge_mode": 1, "duration": 60, "amount": 0,
                                 "order_no": "shared-1"});
         envelope(app.charge("82210225000520", other_port).await, 409).await;

@@ -63,9 +63,9 @@ both!(
     }
 );
 
-both!(
+both_clocked!(
     an_ap3000_charge_runs_to_completion_with_duration_energy_money_and_reason,
-    |app: TestApp| async move {
+    |app: TestApp, clock: pile_server::clock::Clock| async move {
         let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
         pile.boot(4).await;
         let v = envelope(
@@ -113,7 +113,8 @@ both!(
         eventually(|| async { (app.client.progress("ap-1").await.ok()?.len() == 1).then_some(()) })
             .await;
 
-        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        // Two seconds of charging by the gateway's clock.
+        clock.advance_ms(2_000);
         // 0.123 kWh: the device counts 0.01 kWh, so 12 → 0.12 kWh.
         let end = pile.settlement(500, 1, start.order_no, 2, 12, 3);
         pile.send(end.clone()).await;
@@ -435,6 +436,7 @@ async fn garbage_bad_checksums_and_split_or_merged_frames_do_not_disturb_a_sessi
     let hb = pile.heartbeat_frame().to_vec();
     for b in &hb {
         pile.send_raw(std::slice::from_ref(b)).await;
+        // Not a wait: a pause between the bytes so they leave as separate segments.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(matches!(
@@ -1017,8 +1019,5 @@ mod a_new_pile_is_found_by_the_api_before_its_row_is_flushed {
         run(Db::Sqlite).await;
     }
 
-    #[tokio::test]
-    async fn postgres() {
-        run(Db::Postgres).await;
-    }
+    crate::pg!(run(Db::Postgres));
 }

@@ -356,9 +356,11 @@ fn a_port_reported_idle_under_an_open_order_is_reconciled_after_three_reports_ov
     identify(&mut c, T0, vec![], vec![charging]);
     let mut reconciled = Vec::new();
     // The first idle report comes at 11 s; the watch needs three, a minute apart at least.
-    for (i, t) in [11_000, 22_000, 33_000, 44_000, 55_000, 66_000, 77_000, 88_000]
-        .into_iter()
-        .enumerate()
+    for (i, t) in [
+        11_000, 22_000, 33_000, 44_000, 55_000, 66_000, 77_000, 88_000,
+    ]
+    .into_iter()
+    .enumerate()
     {
         c.handle_bytes(T0 + t, &ap_heartbeat(2 + i as u16, &[0, 0]));
         for intent in drain_intents(&mut c) {

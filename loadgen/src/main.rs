@@ -39,18 +39,23 @@ enum Command {
     ///
     /// Bounded: stops after --duration (default 30s); every address must be loopback.
     Fleet(FleetArgs),
+    /// A share of a `fleet --processes N` run, streaming its piles' events on stdout.
+    #[command(hide = true)]
+    FleetShard(ShardArgs),
 }
 
 #[derive(Args)]
 struct FleetArgs {
-    /// The gateway's device address, HOST:PORT.
+    /// The gateway's device address, HOST:PORT (several, comma-separated: a pile dials the
+    /// next one after a failed connect or a drop).
     #[arg(long)]
     server: String,
-    /// The gateway's HTTP API, http://HOST:PORT.
+    /// The gateway's HTTP API, http://HOST:PORT (leave out against a bare accept loop: no
+    /// online count, no charge traffic).
     #[arg(long)]
-    api: String,
+    api: Option<String>,
     /// The gateway's API key.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     api_key: String,
     /// Simulated piles.
     #[arg(long, default_value_t = 100)]
@@ -58,12 +63,21 @@ struct FleetArgs {
     /// bkv, ap3000 or mixed (even piles BKV, odd AP3000).
     #[arg(long, default_value = "bkv")]
     protocol: ProtocolChoice,
-    /// New connections per second at start (at most 20000); the ramp must end within --duration.
+    /// First device ID; IDs count up from it. A 14-digit BKV gateway ID or an 8-hex-digit
+    /// AP3000 physical ID; give both (comma-separated) for mixed. Use a range no running
+    /// pile-sim uses, or its sessions are taken over.
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    first_id: Vec<String>,
+    /// New connections per second at start, across all processes (at most 100000); the ramp
+    /// must end within --duration.
     #[arg(long, default_value_t = 1000.0)]
     ramp: f64,
     /// Heartbeat period (seconds, or e.g. 500ms).
     #[arg(long, value_parser = parse_duration, default_value = "11")]
     heartbeat: Duration,
+    /// How long a pile waits after a drop or a failed connect before it dials again.
+    #[arg(long, value_parser = parse_duration, default_value = "5")]
+    reconnect_delay: Duration,
     /// How long the fleet runs, ramp included.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     duration: Duration,
@@ -85,9 +99,45 @@ struct FleetArgs {
     /// 64 k ports of one address).
     #[arg(long)]
     source_ips: Option<IpRange>,
+    /// Spread the piles over this many simulator processes (children of this one), past the
+    /// per-process open-file limit; reported as one fleet.
+    #[arg(long, default_value_t = 1)]
+    processes: u32,
+    /// No progress line on stderr.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// Print the versioned JSON report instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// One share of a `--processes` fleet (started by `pile-load fleet`, not by hand).
+#[derive(Args)]
+struct ShardArgs {
+    #[arg(long)]
+    server: String,
+    #[arg(long)]
+    devices: u32,
+    #[arg(long)]
+    protocol: ProtocolChoice,
+    #[arg(long)]
+    first_bkv_id: String,
+    #[arg(long)]
+    first_ap3000_id: String,
+    #[arg(long)]
+    ports: u16,
+    #[arg(long)]
+    heartbeat_ms: u64,
+    #[arg(long)]
+    reconnect_delay_ms: u64,
+    #[arg(long)]
+    ramp: f64,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    source_ips: Option<IpRange>,
+    #[arg(long)]
+    duration_ms: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -202,7 +252,7 @@ fn main() -> ExitCode {
         Command::Http(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        Command::Fleet(_) => tokio::runtime::Builder::new_multi_thread()
+        Command::Fleet(_) | Command::FleetShard(_) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
     };
@@ -216,6 +266,22 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Http(args) => runtime.block_on(http_command(args)),
         Command::Fleet(args) => runtime.block_on(fleet_command(args)),
+        Command::FleetShard(a) => runtime
+            .block_on(fleet::shard::run_child(fleet::shard::ShardSpec {
+                server: a.server,
+                devices: a.devices,
+                protocol: a.protocol,
+                first_bkv_id: a.first_bkv_id,
+                first_ap3000_id: a.first_ap3000_id,
+                ports: a.ports,
+                heartbeat: Duration::from_millis(a.heartbeat_ms),
+                reconnect_delay: Duration::from_millis(a.reconnect_delay_ms),
+                ramp: a.ramp,
+                seed: a.seed,
+                source_ips: a.source_ips,
+                duration: Duration::from_millis(a.duration_ms),
+            }))
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -330,21 +396,39 @@ async fn http_command(args: HttpArgs) -> anyhow::Result<ExitCode> {
 async fn fleet_command(args: FleetArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("pile-load fleet: run seed {seed} (replay this run with --seed {seed})");
-    let mut config = FleetLoadConfig::new(&args.server, &args.api, &args.api_key);
+    let mut config = FleetLoadConfig::new(&args.server, "", &args.api_key);
+    config.api = args.api.clone();
     config.devices = args.devices;
     config.protocol = args.protocol;
+    for id in &args.first_id {
+        if id.len() == 14 && id.bytes().all(|b| b.is_ascii_digit()) {
+            config.first_bkv_id = Some(id.clone());
+        } else if id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            config.first_ap3000_id = Some(id.to_ascii_uppercase());
+        } else {
+            bail!("--first-id {id:?}: expected a 14-digit BKV ID or an 8-hex-digit AP3000 ID");
+        }
+    }
     config.ramp = args.ramp;
     config.heartbeat = args.heartbeat;
+    config.reconnect_delay = args.reconnect_delay;
     config.duration = args.duration;
     config.charge_rate = args.charge_rate;
     config.server_pid = args.server_pid;
     config.ports = args.ports;
     config.seed = seed;
     config.source_ips = args.source_ips;
-    let want = u64::from(args.devices) + 1024;
-    let limit = pile_sim::fleet::raise_fd_limit(want);
-    if limit < want {
-        eprintln!("warning: open-file limit is {limit}, {want} wanted; not every pile can connect");
+    config.processes = args.processes;
+    config.progress = !args.quiet;
+    if args.processes <= 1 {
+        let want = u64::from(args.devices) + 1024;
+        let limit = pile_sim::fleet::raise_fd_limit(want);
+        if limit < want {
+            eprintln!(
+                "warning: open-file limit is {limit}, {want} wanted; not every pile can connect \
+                 (spread the fleet with --processes)"
+            );
+        }
     }
     let report = fleet::run(config).await?;
     if args.json {

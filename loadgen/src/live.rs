@@ -292,9 +292,7 @@ impl Drop for Tui {
 
 /// The one-line fallback when the live view is off: `done/total  req/s  errors  p50`.
 pub fn progress_line(view: &LiveView, p: &Progress) -> String {
-    let total = p
-        .requests
-        .map_or(String::new(), |n| format!("/{n}"));
+    let total = p.requests.map_or(String::new(), |n| format!("/{n}"));
     let p50 = bucket_quantile(&p.latency_buckets, 0.5).map_or("-".to_string(), fmt_us);
     let failed = p.completed - p.success;
     format!(

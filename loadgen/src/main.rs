@@ -300,7 +300,10 @@ enum Show {
     /// A line on stderr, redrawn in place.
     Line,
     /// ab's "Completed N requests" lines on stderr, every tenth of -n.
-    AbLines { step: u64, next: u64 },
+    AbLines {
+        step: u64,
+        next: u64,
+    },
 }
 
 async fn http_command(args: HttpArgs) -> anyhow::Result<ExitCode> {

@@ -387,8 +387,10 @@ impl Servers {
 
     fn next(&self) {
         let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
-        self.at
-            .store((at + 1) % self.list.len(), std::sync::atomic::Ordering::Relaxed);
+        self.at.store(
+            (at + 1) % self.list.len(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

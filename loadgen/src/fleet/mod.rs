@@ -31,11 +31,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
+use recorder::{lock, Recorder};
 pub use report::{
     Commands, FleetReport, GatewayProcess, GeneratorProcess, Latency, Phases, Wave, Window,
     SCHEMA_VERSION,
 };
-use recorder::{lock, Recorder};
 use sample::{ProcSample, Series, Source};
 use shard::{Children, ShardSpec};
 
@@ -531,7 +531,9 @@ pub async fn run(config: FleetLoadConfig) -> Result<FleetReport, FleetLoadError>
     };
 
     let steady_since = recorder.steady_since().filter(|&s| s <= measured_until);
-    let end_s = measured_until.saturating_duration_since(started).as_secs_f64();
+    let end_s = measured_until
+        .saturating_duration_since(started)
+        .as_secs_f64();
     let phases = Phases {
         start_unix_ms,
         ramp: Window {
@@ -582,8 +584,11 @@ pub async fn run(config: FleetLoadConfig) -> Result<FleetReport, FleetLoadError>
         commands.charging as f64 * 100.0 / commands.started as f64
     };
     // Charges are classified by when they were asked.
-    let (mut ramp_h, mut steady_h, mut steady_delivery) =
-        (report::histogram(), report::histogram(), report::histogram());
+    let (mut ramp_h, mut steady_h, mut steady_delivery) = (
+        report::histogram(),
+        report::histogram(),
+        report::histogram(),
+    );
     for c in &traffic.charges {
         let steady = steady_since.is_some_and(|s| c.asked >= s);
         report::record(if steady { &mut steady_h } else { &mut ramp_h }, c.latency);
@@ -613,7 +618,9 @@ pub async fn run(config: FleetLoadConfig) -> Result<FleetReport, FleetLoadError>
         connect_failures: recorder
             .connect_failures
             .load(std::sync::atomic::Ordering::Relaxed),
-        reconnects: recorder.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        reconnects: recorder
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
         connect_latency: Latency::from_histogram(&recorder.connect.merged()),
         heartbeat_rtt: Latency::from_histogram(&recorder.heartbeat.merged()),
         heartbeat_rtt_first: Latency::from_histogram(&recorder.heartbeat_first.merged()),
@@ -647,14 +654,18 @@ fn progress_line(
         None => format!("ramp: {} of {} ready", rec.ready_once(), cfg.devices),
     };
     let cpu = cpu.map_or("n/a".to_string(), |c| {
-        format!("{c:.0} % of a core, {:.0} % of the machine", c / f64::from(cpus()))
+        format!(
+            "{c:.0} % of a core, {:.0} % of the machine",
+            c / f64::from(cpus())
+        )
     });
     format!(
         "[{:>6.1} s] {phase}; connected {connected}; online at gateway {}; failed connects {}; \
          reconnects {}; gateway CPU {cpu}",
         started.elapsed().as_secs_f64(),
         online.map_or("n/a".to_string(), |n| n.to_string()),
-        rec.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
+        rec.connect_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
         rec.reconnects.load(std::sync::atomic::Ordering::Relaxed),
     )
 }
@@ -868,13 +879,19 @@ async fn one_charge(
                 s != OrderStatus::Pending
             })
             .await;
-            let mut received = lock(&recorder.awaiting).get(&(pile, port)).copied().flatten();
+            let mut received = lock(&recorder.awaiting)
+                .get(&(pile, port))
+                .copied()
+                .flatten();
             if received.is_none() && last == Some(OrderStatus::Charging) {
                 // With the piles in child processes the pile's "start received" event comes
                 // through a pipe and may trail the order's status by a few milliseconds.
                 for _ in 0..50 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    received = lock(&recorder.awaiting).get(&(pile, port)).copied().flatten();
+                    received = lock(&recorder.awaiting)
+                        .get(&(pile, port))
+                        .copied()
+                        .flatten();
                     if received.is_some() {
                         break;
                     }

@@ -305,7 +305,10 @@ impl FleetReport {
                 );
             }
             _ => {
-                let _ = writeln!(out, "Online at gateway:    unknown (no API, or not reachable)");
+                let _ = writeln!(
+                    out,
+                    "Online at gateway:    unknown (no API, or not reachable)"
+                );
             }
         }
         let _ = writeln!(
@@ -354,7 +357,11 @@ impl FleetReport {
             lat(&mut out, "Command delivery:", &self.command_delivery);
             lat(&mut out, "Command latency:", &self.command_latency);
             lat(&mut out, "  asked in the ramp:", &self.command_latency_ramp);
-            lat(&mut out, "  asked when steady:", &self.command_latency_steady);
+            lat(
+                &mut out,
+                "  asked when steady:",
+                &self.command_latency_steady,
+            );
             if self.command_latency_ramp.count > 0 {
                 let _ = writeln!(
                     out,

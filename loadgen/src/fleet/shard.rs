@@ -130,9 +130,7 @@ pub fn first_ids(
         ProtocolChoice::Ap3000 => (0, u64::from(base)),
         ProtocolChoice::Mixed => (u64::from(base).div_ceil(2), u64::from(base) / 2),
     };
-    let b: u64 = bkv
-        .parse()
-        .map_err(|_| format!("bad BKV ID {bkv:?}"))?;
+    let b: u64 = bkv.parse().map_err(|_| format!("bad BKV ID {bkv:?}"))?;
     let a = u64::from_str_radix(ap3000, 16).map_err(|_| format!("bad AP3000 ID {ap3000:?}"))?;
     if b + nb > 99_999_999_999_999 || a + na > u64::from(u32::MAX) {
         return Err("the fleet overflows the ID space".into());
@@ -189,9 +187,7 @@ struct Forward(mpsc::UnboundedSender<Event>);
 
 impl FleetObserver for Forward {
     fn connected(&self, pile: u32, latency: Duration, nth: u64) {
-        let _ = self
-            .0
-            .send(Event::Connected(pile, latency, nth, mono_ns()));
+        let _ = self.0.send(Event::Connected(pile, latency, nth, mono_ns()));
     }
     fn connect_failed(&self, pile: u32, _after: Duration) {
         let _ = self.0.send(Event::Failed(pile));
@@ -348,8 +344,14 @@ impl Children {
                 .stderr(std::process::Stdio::inherit())
                 .kill_on_drop(true)
                 .spawn()?;
-            let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
-            let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| std::io::Error::other("no stdout"))?;
+            let stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| std::io::Error::other("no stdin"))?;
             let online = Arc::new(AtomicU64::new(0));
             let (rec, on) = (Arc::clone(&rec), Arc::clone(&online));
             c.readers.push(tokio::spawn(async move {
@@ -443,7 +445,13 @@ mod tests {
         let t = mono_ns();
         apply(&format!("C 1 250 1 {t}"), 4, &clock, &rec, &online);
         assert!(!rec.ready(5));
-        apply(&format!("H 1 900 {}", t + 1_000_000), 4, &clock, &rec, &online);
+        apply(
+            &format!("H 1 900 {}", t + 1_000_000),
+            4,
+            &clock,
+            &rec,
+            &online,
+        );
         assert!(rec.ready(5), "pile 1 of the share starting at 4 is pile 5");
         apply("O 7", 4, &clock, &rec, &online);
         apply("F 2", 4, &clock, &rec, &online);

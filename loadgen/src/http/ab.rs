@@ -37,7 +37,10 @@ pub fn render_ab(r: &Report) -> String {
         "This is pile-load, Version {} (ApacheBench 2.3 report layout)",
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(out, "Same sections and columns as ab; see pile-load's README.");
+    let _ = writeln!(
+        out,
+        "Same sections and columns as ab; see pile-load's README."
+    );
     let _ = writeln!(out, "Counting differences are listed there.");
     let _ = writeln!(out);
     let done = if r.requests <= 150 { "...done" } else { "" };
@@ -90,7 +93,11 @@ pub fn render_ab(r: &Report) -> String {
     if sent_body {
         let _ = writeln!(out, "Total body sent:        {}", r.bytes_sent);
     }
-    let _ = writeln!(out, "HTML transferred:       {} bytes", r.body_bytes_received);
+    let _ = writeln!(
+        out,
+        "HTML transferred:       {} bytes",
+        r.body_bytes_received
+    );
     if r.duration_s > 0.0 && r.requests > 0 {
         let per_req = r.duration_s * 1000.0 / r.requests as f64;
         let _ = writeln!(

@@ -167,8 +167,7 @@ impl Conn {
             }
         };
         let first_byte = first_byte.unwrap_or(written);
-        let no_body =
-            head_request || head.status == 204 || head.status == 304 || head.status < 200;
+        let no_body = head_request || head.status == 204 || head.status == 304 || head.status < 200;
         let mut keep_alive = head.keep_alive;
         let body_bytes = if no_body {
             0
@@ -425,7 +424,10 @@ mod tests {
             let _ = s.read(&mut buf).await;
         });
         let mut c = Conn::connect(&[addr]).await.unwrap();
-        let err = c.exchange(b"GET / HTTP/1.1\r\n\r\n", false).await.unwrap_err();
+        let err = c
+            .exchange(b"GET / HTTP/1.1\r\n\r\n", false)
+            .await
+            .unwrap_err();
         assert_eq!(err, ErrorKind::Reset);
     }
 }

@@ -644,9 +644,9 @@ impl Target {
             addrs,
             request: Bytes::from(bytes),
             head_request: config.method == Method::HEAD,
-            keep_alive: !headers
-                .iter()
-                .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")),
+            keep_alive: !headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
+            }),
             body_len: body.len() as u64,
             host,
             port,

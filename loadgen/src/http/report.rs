@@ -523,7 +523,11 @@ impl Report {
         let _ = writeln!(out, "Total requests:    {}", self.requests);
         let _ = writeln!(out, "Success:           {}  (2xx)", self.success);
         let _ = writeln!(out, "Failed:            {}", self.failed);
-        let _ = writeln!(out, "Answered:          {}  (latency samples)", self.answered);
+        let _ = writeln!(
+            out,
+            "Answered:          {}  (latency samples)",
+            self.answered
+        );
         let _ = writeln!(out, "Min latency:       {}", lat(self.min_ms));
         let _ = writeln!(out, "Max latency:       {}", lat(self.max_ms));
         let _ = writeln!(out, "Mean latency:      {}", lat(self.mean_ms));
@@ -574,7 +578,11 @@ impl Report {
             self.transfer_rate_kbps
         );
         if self.keep_alive {
-            let _ = writeln!(out, "Keep-alive:        {} responses", self.keep_alive_responses);
+            let _ = writeln!(
+                out,
+                "Keep-alive:        {} responses",
+                self.keep_alive_responses
+            );
         }
         if !none {
             let _ = writeln!(out);

@@ -12,7 +12,10 @@ pub fn describe_failures(r: &Report) -> String {
         (e.connect, "connect errors (refused or unreachable)"),
         (e.timeout, "timeouts"),
         (e.reset, "connections closed or reset mid-exchange"),
-        (e.other, "other transport errors (malformed answer or local I/O)"),
+        (
+            e.other,
+            "other transport errors (malformed answer or local I/O)",
+        ),
     ] {
         if n > 0 {
             parts.push((n, format!("{n} {what}")));
@@ -23,7 +26,7 @@ pub fn describe_failures(r: &Report) -> String {
             parts.push((*n, format!("{n} × HTTP {status}")));
         }
     }
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     parts
         .into_iter()
         .map(|(_, s)| s)

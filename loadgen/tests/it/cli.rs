@@ -286,7 +286,10 @@ async fn a_dead_target_exits_3_with_a_one_line_reason_and_no_latency() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("connect: 50"), "{text}");
     assert!(text.contains("P99:               n/a"), "{text}");
-    assert!(!text.contains("0.000 ms"), "no latency for unanswered requests:\n{text}");
+    assert!(
+        !text.contains("0.000 ms"),
+        "no latency for unanswered requests:\n{text}"
+    );
     assert!(text.contains("Verdict:           FAILED"), "{text}");
 }
 
@@ -313,7 +316,11 @@ async fn errors_above_the_budget_exit_3_and_a_raised_budget_passes() {
     let lenient = pile_load(&["http", "-n", "40", "--max-error-rate", "30", &url]).await;
 
     assert_eq!(strict.status.code(), Some(3));
-    assert!(stderr(&strict).contains("25.00 % of requests failed"), "{}", stderr(&strict));
+    assert!(
+        stderr(&strict).contains("25.00 % of requests failed"),
+        "{}",
+        stderr(&strict)
+    );
     assert_eq!(lenient.status.code(), Some(0), "{}", stderr(&lenient));
 }
 
@@ -327,8 +334,26 @@ async fn ab_habits_positional_url_with_k_p_t_h_c_s_q() {
     let post = post.display().to_string();
 
     let out = pile_load(&[
-        "http", "-n", "6", "-c", "2", "-k", "-p", &post, "-T", "application/json", "-H",
-        "X-Tag: ab", "-C", "session=1", "-C", "lang=zh", "-s", "5", "-q", &server.url("/echo"),
+        "http",
+        "-n",
+        "6",
+        "-c",
+        "2",
+        "-k",
+        "-p",
+        &post,
+        "-T",
+        "application/json",
+        "-H",
+        "X-Tag: ab",
+        "-C",
+        "session=1",
+        "-C",
+        "lang=zh",
+        "-s",
+        "5",
+        "-q",
+        &server.url("/echo"),
     ])
     .await;
     let plain = pile_load(&["http", "-n", "4", "-t", "10", &server.url("/ok")]).await;
@@ -399,9 +424,16 @@ fn assert_same_layout(fixture: &str, ours: &str) {
     let want = ab_layout(fixture);
     let got = ab_layout(ours);
     for (i, (w, g)) in want.iter().zip(got.iter()).enumerate() {
-        assert_eq!(w, g, "line {i} differs\n--- ab ---\n{fixture}\n--- pile-load ---\n{ours}");
+        assert_eq!(
+            w, g,
+            "line {i} differs\n--- ab ---\n{fixture}\n--- pile-load ---\n{ours}"
+        );
     }
-    assert_eq!(want.len(), got.len(), "\n--- ab ---\n{fixture}\n--- pile-load ---\n{ours}");
+    assert_eq!(
+        want.len(),
+        got.len(),
+        "\n--- ab ---\n{fixture}\n--- pile-load ---\n{ours}"
+    );
     let (wc, gc) = (value_columns(fixture), value_columns(ours));
     for (i, (w, g)) in wc.iter().zip(gc.iter()).enumerate() {
         if w.is_some() && g.is_some() {
@@ -419,20 +451,42 @@ async fn format_ab_matches_captured_ab_reports_section_for_section() {
     std::fs::write(&post, b"pilekit\n").unwrap();
     let post = post.display().to_string();
     let fixture = |name: &str| {
-        std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
-            .unwrap()
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     };
     let ok = server.url("/ok");
     let varlen = server.url("/varlen");
     let cases: [(&str, Vec<&str>, Option<i32>); 4] = [
         // ab -n 200 -c 4 -k URL (every answer 2xx)
-        ("ab-2.3-keepalive.txt", vec!["-n", "200", "-c", "4", "-k", &ok], Some(0)),
+        (
+            "ab-2.3-keepalive.txt",
+            vec!["-n", "200", "-c", "4", "-k", &ok],
+            Some(0),
+        ),
         // ab -n 200 -c 4 URL
-        ("ab-2.3-plain.txt", vec!["-n", "200", "-c", "4", &ok], Some(0)),
+        (
+            "ab-2.3-plain.txt",
+            vec!["-n", "200", "-c", "4", &ok],
+            Some(0),
+        ),
         // ab -n 2000 -c 4 -k -p FILE -T application/json URL (every answer non-2xx: 405)
         (
             "ab-2.3-post-non2xx.txt",
-            vec!["-n", "300", "-c", "4", "-k", "-p", &post, "-T", "application/json", &ok],
+            vec![
+                "-n",
+                "300",
+                "-c",
+                "4",
+                "-k",
+                "-p",
+                &post,
+                "-T",
+                "application/json",
+                &ok,
+            ],
             Some(3),
         ),
         // ab -n 100 -c 2 URL against a server whose lengths vary and with some 500s
@@ -457,7 +511,16 @@ async fn format_ab_matches_captured_ab_reports_section_for_section() {
 async fn format_ab_prints_ab_progress_lines_on_stderr_for_long_runs() {
     let server = spawn_server().await;
 
-    let out = pile_load(&["http", "--format", "ab", "-n", "200", "-k", &server.url("/ok")]).await;
+    let out = pile_load(&[
+        "http",
+        "--format",
+        "ab",
+        "-n",
+        "200",
+        "-k",
+        &server.url("/ok"),
+    ])
+    .await;
 
     assert_eq!(out.status.code(), Some(0));
     let err = stderr(&out);

@@ -56,7 +56,10 @@ async fn every_pile_connects_and_is_online_at_the_gateway() {
     );
     // CPU of one core and of the machine are the same figure, scaled.
     let g = &report.gateway_process;
-    let (one, all) = (g.cpu_percent_mean.unwrap(), g.cpu_percent_of_machine_mean.unwrap());
+    let (one, all) = (
+        g.cpu_percent_mean.unwrap(),
+        g.cpu_percent_of_machine_mean.unwrap(),
+    );
     assert!((one / f64::from(g.cpus) - all).abs() < 1e-9);
     assert!(report.generator_process.cpu_percent_mean.is_some());
     assert!(report.heartbeat_rtt.p50_ms <= report.heartbeat_rtt.p99_ms);
@@ -328,7 +331,8 @@ async fn steady_state_command_latency_agrees_with_an_independent_probe() {
                 let Ok(order) = client.charge(probe_id, &req).await else {
                     continue;
                 };
-                let charging = probe_wait(&client, &order.order_no, |s| s == OrderStatus::Charging).await;
+                let charging =
+                    probe_wait(&client, &order.order_no, |s| s == OrderStatus::Charging).await;
                 if let Some(d) = charging {
                     samples.push((asked, d.as_secs_f64() * 1000.0));
                 }
@@ -388,7 +392,10 @@ async fn steady_state_command_latency_agrees_with_an_independent_probe() {
         .map(|(_, ms)| *ms)
         .collect();
     probe_ms.sort_by(f64::total_cmp);
-    assert!(probe_ms.len() >= 5, "probe samples in the steady window: {probe_ms:?}");
+    assert!(
+        probe_ms.len() >= 5,
+        "probe samples in the steady window: {probe_ms:?}"
+    );
     let probe_p50 = probe_ms[probe_ms.len() / 2];
     let load = &report.command_latency_steady;
     assert!(load.count >= 5, "{text}");
@@ -426,9 +433,26 @@ async fn processes_spread_the_fleet_and_report_it_as_one() {
     let (devices, api) = (gw.devices.clone(), gw.api.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_pile-load"))
-            .args(["fleet", "--server", &devices, "--api", &api, "--api-key", API_KEY])
+            .args([
+                "fleet",
+                "--server",
+                &devices,
+                "--api",
+                &api,
+                "--api-key",
+                API_KEY,
+            ])
             .args(["--devices", "10", "--protocol", "mixed", "--processes", "2"])
-            .args(["--ramp", "100", "--heartbeat", "1", "--duration", "4s", "--charge-rate", "2"])
+            .args([
+                "--ramp",
+                "100",
+                "--heartbeat",
+                "1",
+                "--duration",
+                "4s",
+                "--charge-rate",
+                "2",
+            ])
             .args(["--seed", "5", "--json"])
             .output()
             .expect("run pile-load")
@@ -442,7 +466,11 @@ async fn processes_spread_the_fleet_and_report_it_as_one() {
     eprintln!("{}", report.render_text());
 
     assert_eq!(report.processes, 2);
-    assert_eq!(report.generator_process.pids.len(), 3, "this process and two children");
+    assert_eq!(
+        report.generator_process.pids.len(),
+        3,
+        "this process and two children"
+    );
     assert_eq!(report.piles_connected, 10);
     assert_eq!(report.gateway_online, Some(10));
     assert_eq!(report.connects, 10);

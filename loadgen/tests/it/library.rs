@@ -191,7 +191,12 @@ async fn without_the_key_non_2xx_answers_count_as_failed() {
     assert!(report.min_ms > 0.0);
     assert!(!report.verdict.passed);
     assert!(
-        report.verdict.reason.as_deref().unwrap().contains("10 × HTTP 401"),
+        report
+            .verdict
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("10 × HTTP 401"),
         "{:?}",
         report.verdict
     );
@@ -288,13 +293,10 @@ async fn progress_is_reported_while_the_run_goes_on() {
     let mut config = closed(server.url("/delay/10"), 40, 1);
     config.rate = Some(100.0);
 
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        run(config, Some(&mut on_progress)),
-    )
-    .await
-    .expect("finished within 60 s")
-    .expect("started");
+    let report = tokio::time::timeout(Duration::from_secs(60), run(config, Some(&mut on_progress)))
+        .await
+        .expect("finished within 60 s")
+        .expect("started");
 
     assert!(
         seen.len() >= 2,
@@ -337,7 +339,11 @@ async fn without_keep_alive_every_request_asks_for_its_own_connection() {
     assert!(report.connect.min_ms > 0.0, "{:?}", report.connect);
 
     let kept = load(closed(server.url("/ok"), 30, 3)).await;
-    assert_eq!(server.served.close_asked(), 30, "kept-alive requests ask for no close");
+    assert_eq!(
+        server.served.close_asked(),
+        30,
+        "kept-alive requests ask for no close"
+    );
     assert_eq!(kept.keep_alive_responses, 30);
 }
 

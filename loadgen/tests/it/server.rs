@@ -105,7 +105,11 @@ async fn count_close(
 
 async fn varlen(State(s): St) -> (StatusCode, &'static str) {
     let n = s.varlen.fetch_add(1, Ordering::SeqCst);
-    let body = if n % 3 == 0 { "xxxxxxxxxxxx" } else { "xxxxxxxxxx" };
+    let body = if n % 3 == 0 {
+        "xxxxxxxxxxxx"
+    } else {
+        "xxxxxxxxxx"
+    };
     let status = if n % 5 == 4 {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {

@@ -313,9 +313,13 @@ async fn a_pile_dials_the_next_server_after_a_failed_connect_and_after_a_drop() 
     let (mut conn_c, _) = tokio::time::timeout(Duration::from_secs(10), accept(&c))
         .await
         .expect("the pile moved on to C after B dropped it");
-    let said = read_for(&mut conn_c, 500).await.expect("C keeps the connection");
+    let said = read_for(&mut conn_c, 500)
+        .await
+        .expect("C keeps the connection");
     assert!(!said.is_empty(), "the pile talks to C");
-    let s = fleet.pile_snapshot(&fleet.piles().next().unwrap().id()).unwrap();
+    let s = fleet
+        .pile_snapshot(&fleet.piles().next().unwrap().id())
+        .unwrap();
     assert_eq!(s.connection, "online");
     fleet.shutdown().await;
 }

@@ -13,6 +13,7 @@
 //! * [`app`] — wiring and graceful shutdown.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod device;
 pub mod domain;

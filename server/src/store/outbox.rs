@@ -12,8 +12,17 @@ use serde_json::{json, Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{Event, Result, Store, Tx};
+use super::{Result, Store, Tx};
 use crate::domain::EndReason;
+
+/// One event to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub event_type: &'static str,
+    pub device_id: String,
+    pub order_no: Option<String>,
+    pub data: Value,
+}
 
 /// One outbox row as the dispatcher, the dead-letter list and the stream read it.
 #[derive(Debug, Clone, PartialEq)]

@@ -286,20 +286,21 @@ pub async fn envelope(resp: reqwest::Response, status: u16) -> serde_json::Value
     v
 }
 
-/// Polls until `f` returns `Some`, for at most 5 s.
+/// Polls until `f` returns `Some`, for at most 30 s (a bound for a hung gateway, not a timing:
+/// this shared machine can be slow under load).
 pub async fn eventually<T, F, Fut>(mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f().await {
             return v;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "condition not met within 5 s"
+            "condition not met within 30 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -1,0 +1,133 @@
+//! Operations routes: stats, consistency, health, readiness, metrics.
+
+use super::*;
+
+pub(super) async fn stats(State(state): State<AppState>) -> ApiResult {
+    let store = &state.service.store;
+    let (devices, orders, cmd_logs) = store.table_counts().await?;
+    let (in_use, idle, max) = store.pool_usage();
+    let push = store.push_figures().await?;
+    let qs = store.query_stats();
+    Ok(ok(Stats {
+        tables: TableCounts {
+            devices,
+            orders,
+            cmd_logs,
+        },
+        db_pool: PoolStats { in_use, idle, max },
+        slow_queries: qs.slow.load(Ordering::Relaxed),
+        slow_query_threshold_ms: crate::store::SLOW_QUERY_MS,
+        slowest_query_ms: qs.slowest_ms.load(Ordering::Relaxed),
+        log_counts: m::LOG_COUNTS.snapshot(),
+        event_backlog: push.backlog,
+        push_success_rate: push.success_rate,
+        mean_push_latency_ms: push.mean_latency_ms,
+        active_sessions: state.service.gateway.session_count() as u64,
+        online_devices: store.online_count().await?,
+        orders_by_status: store.orders_by_status().await?.into_iter().collect(),
+        uptime_sec: state.started.elapsed().as_secs(),
+        webhook: None,
+        instance_id: None,
+    }))
+}
+
+pub(super) async fn consistency(State(state): State<AppState>) -> ApiResult {
+    let service = &state.service;
+    let store = &service.store;
+    let now_ms = service.clock.now_ms();
+    let grace = service.timings.offline_settle_grace.as_millis() as i64;
+    let (sent, matched) = store.command_match().await?;
+    Ok(ok(Consistency {
+        orphan_orders: store.orphan_orders().await?,
+        stale_orders: store.stale_orders(now_ms, grace).await?,
+        commands: CommandMatch {
+            sent,
+            matched,
+            match_rate: if sent == 0 {
+                1.0
+            } else {
+                matched as f64 / sent as f64
+            },
+        },
+        port_mismatches: store
+            .port_mismatches()
+            .await?
+            .into_iter()
+            .map(
+                |(device_id, port_no, order_status, port_status)| PortMismatch {
+                    device_id,
+                    port_no: port_no as u32,
+                    stored_status: order_status,
+                    reported_status: port_status,
+                },
+            )
+            .collect(),
+    }))
+}
+
+pub(super) async fn healthz() -> Response {
+    ok(Health {
+        status: "ok".into(),
+        checks: Default::default(),
+    })
+}
+
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    let mut checks = std::collections::BTreeMap::new();
+    let db = match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.service.store.ping(),
+    )
+    .await
+    {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("failing: {e}"),
+        Err(_) => "failing: timed out".to_string(),
+    };
+    let listener = if state.device_listener_up.load(Ordering::Relaxed) {
+        "ok".to_string()
+    } else {
+        "failing: device listener is not running".to_string()
+    };
+    checks.insert("database".to_string(), db);
+    checks.insert("device_listener".to_string(), listener);
+    let failing: Vec<&String> = checks
+        .iter()
+        .filter(|(_, v)| v.as_str() != "ok")
+        .map(|(k, _)| k)
+        .collect();
+    if failing.is_empty() {
+        return ok(Health {
+            status: "ok".into(),
+            checks,
+        });
+    }
+    let message = format!(
+        "not ready: {}",
+        failing
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let body = Envelope {
+        code: 503,
+        message,
+        data: Some(Health {
+            status: "unavailable".into(),
+            checks,
+        }),
+        request_id: request_id(),
+        timestamp: now_sec(),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+pub(super) async fn prometheus(State(state): State<AppState>) -> Response {
+    metrics::gauge!(m::ACTIVE_SESSIONS).set(state.service.gateway.session_count() as f64);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        Body::from(state.prometheus.render()),
+    )
+        .into_response()
+}

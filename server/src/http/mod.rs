@@ -1,0 +1,271 @@
+//! The HTTP API (`shared/design/API.md`): routes, auth, the envelope, errors.
+//!
+//! Every answer is an [`Envelope`]; [`ApiError`] is the one error type, whose variant names
+//! say their status. Request bodies are read as JSON values and checked field by field so
+//! that a bad body is a 400 naming the field (never axum's default 422).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+pub use pile_api::*;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::domain::{self, EndReason};
+use crate::metrics as m;
+use crate::service::{Service, ServiceError};
+use crate::store::{DeviceRow, OrderRow, PortRow, StoreError};
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+fn request_id() -> String {
+    REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default()
+}
+
+fn now_sec() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A success envelope.
+pub fn ok<T: Serialize>(data: T) -> Response {
+    Json(Envelope {
+        code: 0,
+        message: "ok".into(),
+        data: Some(data),
+        request_id: request_id(),
+        timestamp: now_sec(),
+    })
+    .into_response()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid field `{field}`: {reason}")]
+    BadRequest { field: String, reason: String },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("rate limit exceeded")]
+    TooManyRequests,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn bad(field: &str, reason: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            // 5xx bodies stay generic; the detail goes to the log.
+            tracing::error!(request_id = %request_id(), %detail, "internal error");
+        }
+        let body = Envelope::<Value> {
+            code: status.as_u16(),
+            message: self.to_string(),
+            data: None,
+            request_id: request_id(),
+            timestamp: now_sec(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if let StoreError::PortBusy { .. } = e {
+            return ApiError::Conflict("port is busy".into());
+        }
+        if e.is_unique_violation() {
+            return ApiError::Conflict(format!("conflict: {e}"));
+        }
+        match e {
+            StoreError::Db(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+            ) => ApiError::Unavailable("database unavailable".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::DeviceNotFound(id) => {
+                ApiError::NotFound(format!("device {id} not found"))
+            }
+            ServiceError::OrderNotFound(no) => ApiError::NotFound(format!("order {no} not found")),
+            ServiceError::Invalid(f) => ApiError::bad(f.field, f.reason),
+            ServiceError::PortBusy(_) => ApiError::Conflict("port is busy".into()),
+            ServiceError::Conflict(m) => ApiError::Conflict(m),
+            ServiceError::Offline(id) => ApiError::Unavailable(format!("device {id} is offline")),
+            ServiceError::Store(s) => s.into(),
+        }
+    }
+}
+
+pub(crate) type ApiResult = Result<Response, ApiError>;
+
+mod admin;
+mod auth;
+mod devices;
+mod input;
+mod openapi;
+mod orders;
+mod views;
+
+use admin::*;
+pub use auth::hash_key;
+use auth::*;
+use devices::*;
+use input::*;
+use openapi::*;
+pub use openapi::{openapi_document, ROUTES};
+use orders::*;
+use views::*;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub key_hashes: Arc<RwLock<Vec<[u8; 32]>>>,
+    pub prometheus: PrometheusHandle,
+    pub device_listener_up: Arc<AtomicBool>,
+    pub started: Instant,
+    pub rate_limit: Option<u32>,
+    rate_windows: Arc<Mutex<RateWindows>>,
+    pub body_limit: usize,
+    pub events: Option<crate::events::Events>,
+}
+
+impl AppState {
+    pub fn new(
+        service: Arc<Service>,
+        key_hashes: Vec<[u8; 32]>,
+        prometheus: PrometheusHandle,
+        device_listener_up: Arc<AtomicBool>,
+        rate_limit: Option<u32>,
+        body_limit: usize,
+    ) -> Self {
+        AppState {
+            service,
+            key_hashes: Arc::new(RwLock::new(key_hashes)),
+            prometheus,
+            device_listener_up,
+            started: Instant::now(),
+            rate_limit,
+            rate_windows: Arc::new(Mutex::new(HashMap::new())),
+            body_limit,
+            events: None,
+        }
+    }
+}
+
+/// Sets or echoes `X-Request-Id` and makes it available to the envelope (every response,
+/// the fallback included).
+async fn request_id_layer(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Latency and counts per matched route (a template, never a concrete ID).
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!(m::HTTP_DURATION, "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    resp
+}
+
+/// The one router, used by `main` and by the tests.
+pub fn app(state: AppState) -> Router {
+    let keyed = Router::new()
+        .route("/api/v1/third/devices/{device_id}/charge", post(charge))
+        .route("/api/v1/third/devices/{device_id}/stop", post(stop))
+        .route("/api/v1/third/devices/{device_id}", get(device))
+        .route("/api/v1/third/devices", get(devices))
+        .route("/api/v1/third/orders/{order_no}", get(order))
+        .route("/api/v1/third/orders/{order_no}/progress", get(progress))
+        .route("/api/v1/third/orders", get(orders))
+        .route("/api/v1/admin/stats", get(stats))
+        .route("/api/v1/admin/consistency", get(consistency))
+        .route("/api/v1/admin/devices/{device_id}/frames", get(frames))
+        .merge(crate::events::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/api/v1/openapi.json", get(openapi));
+    let limit = state.body_limit;
+    keyed
+        .merge(open)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .route_layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn(request_id_layer))
+        .with_state(state)
+}

@@ -1,0 +1,197 @@
+//! Every SQL statement of the gateway lives here. SQLite (default) and PostgreSQL run the same
+//! statements through sqlx's `Any` driver: `$n` placeholders, BIGINT columns, 0/1 flags.
+//! Migrations are embedded, one directory per database (`migrations/sqlite`, `…/postgres`).
+//!
+//! Invariants kept by the schema, not only by code: one order per client `order_no`
+//! (unique), one active order per port (partial unique index), one settlement per order
+//! (primary key). Each state change writes its outbox events in the same transaction.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+mod batch;
+mod commands;
+mod devices;
+mod keys;
+mod orders;
+pub mod outbox;
+mod stats;
+
+pub use batch::BatchOp;
+pub use commands::CmdRow;
+pub use devices::{DeviceOnline, DeviceRow, PortRow};
+pub use orders::{CreateOutcome, NewOrder, OrderRow, ProgressRow, Settlement};
+pub use outbox::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("port is busy")]
+    PortBusy { order_no: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("bad stored value: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// A unique-constraint violation (the API answers 409).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Db(e) => e
+                .as_database_error()
+                .is_some_and(|d| d.is_unique_violation()),
+            StoreError::Conflict(_) | StoreError::PortBusy { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Counters of query timing for `/api/v1/admin/stats`.
+#[derive(Debug, Default)]
+pub struct QueryStats {
+    pub slow: AtomicU64,
+    pub slowest_ms: AtomicU64,
+}
+
+/// Queries slower than this count as slow.
+pub const SLOW_QUERY_MS: u64 = 200;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    max_connections: u32,
+    stats: Arc<QueryStats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub(crate) fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
+
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Writes one outbox row inside the caller's transaction (see [`outbox`]).
+pub(crate) async fn insert_event(tx: &mut Tx, ev: &Event, now_ms: i64) -> Result<()> {
+    outbox::insert_event(tx, ev, now_ms).await
+}
+
+impl Store {
+    /// Connects, applies the pragmas SQLite needs (WAL, `synchronous=FULL`) and runs the
+    /// embedded migrations. `sqlite://file.db` creates the file if it is missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
+                if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                }
+            }
+            _ => url.to_string(),
+        };
+        let opts = AnyConnectOptions::from_str(&url)?;
+        let max_connections = max_connections.max(1);
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
+        }
+        Ok(Store {
+            pool,
+            backend,
+            max_connections,
+            stats: Arc::new(QueryStats::default()),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn query_stats(&self) -> &QueryStats {
+        &self.stats
+    }
+
+    /// (in use, idle, max) connections.
+    pub fn pool_usage(&self) -> (u32, u32, u32) {
+        let size = self.pool.size();
+        let idle = self.pool.num_idle() as u32;
+        (size.saturating_sub(idle), idle, self.max_connections)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(super) fn observe(&self, started: Instant) {
+        let ms = started.elapsed().as_millis() as u64;
+        if ms >= SLOW_QUERY_MS {
+            self.stats.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.slowest_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// SQLite transactions take the write lock up front (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that reads first and then writes fails at once with SQLITE_BUSY when
+    /// another connection wrote in between, without waiting for the busy timeout.
+    pub(super) async fn begin(&self) -> Result<Tx> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Readiness: the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+}

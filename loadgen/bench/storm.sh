@@ -56,7 +56,8 @@ one() { # $1 = sink|gateway
     --source-ips 127.0.1.1-127.0.1.254 --seed 1 --json -q >"$work/$1.json" &
   local fleet=$!
   sleep "$kill_at"
-  kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+  kill -9 "$pid"
+  for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done  # gone, port free
   pid=$(start_target "$1"); pids+=("$pid")
   wait "$fleet"
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true

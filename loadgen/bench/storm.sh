@@ -8,6 +8,7 @@
 # had their first heartbeat answered (BKV piles greet with a heartbeat, which a gateway answers
 # once it has registered the pile). The load average is printed before each target.
 # Usage: storm.sh [DEVICES] [RAMP] [ROUNDS]   (CARGO_TARGET_DIR must hold the release build)
+# Env: KILL_AT (s, default 15), DURATION (s, 40), RECONNECT (s, 3), TARGETS ('sink gateway').
 set -euo pipefail
 devices=${1:-10000}
 ramp=${2:-20000}
@@ -67,6 +68,5 @@ one() { # $1 = sink|gateway
 
 for r in $(seq "$rounds"); do
   echo "# round $r"
-  one sink
-  one gateway
+  for t in ${TARGETS:-sink gateway}; do one "$t"; done
 done

@@ -278,3 +278,55 @@ async fn write_batch(store: &Store, batch: &mut Vec<BatchOp>, retries: Option<u3
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DeviceOnline;
+
+    fn online(id: &str) -> BatchOp {
+        BatchOp::Online(DeviceOnline {
+            device_id: id.into(),
+            protocol: "bkv".into(),
+            remote_addr: "127.0.0.1:1".into(),
+            firmware: None,
+            iccid: None,
+            signal: None,
+            now: 1_764_000_000,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_failing_operation_is_isolated_and_every_other_one_commits() {
+        // Sequence 8: one poisoned operation must not take its batch's lifecycle ops with it.
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        store
+            .execute_raw(
+                "CREATE TRIGGER poison BEFORE INSERT ON devices WHEN NEW.device_id = 'POISON' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+            )
+            .await
+            .unwrap();
+        let w = Writer::manual(store.clone());
+        for id in ["A1", "A2", "POISON", "A3", "A4", "A5"] {
+            w.push(online(id)).await;
+        }
+        w.push(BatchOp::Offline {
+            device_id: "A2".into(),
+            last_seen_at: 1_764_000_001,
+            now: 1_764_000_002,
+        })
+        .await;
+        w.flush().await;
+        for id in ["A1", "A2", "A3", "A4", "A5"] {
+            assert!(store.device_exists(id).await.unwrap(), "{id} was written");
+        }
+        assert!(!store.device_exists("POISON").await.unwrap());
+        let a2 = store.device("A2").await.unwrap().unwrap();
+        assert!(
+            !a2.online,
+            "the offline mark after the poisoned op committed too"
+        );
+        assert_eq!(w.pending_manual(), 0);
+    }
+}

@@ -467,3 +467,6 @@ pub(crate) fn meters() -> &'static Meters {
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -103,6 +103,9 @@ pub struct OrderFacts {
     pub last_energy_wh: i64,
     pub peak_power_dw: i64,
     pub stop: Option<StopCause>,
+    /// The device was marked offline while the order was open: the charge lived through an
+    /// offline spell, so its record includes what the device kept meanwhile.
+    pub was_offline: bool,
 }
 
 /// The device's own reason for an end, in its family's terms.
@@ -150,7 +153,10 @@ pub struct Settled {
     pub peak_power_dw: i64,
     pub bill: Bill,
     pub reason: EndReason,
-    /// The end happened while the gateway could not see it (figures replayed by the device).
+    /// The charge lived through an offline spell, or its end happened while the gateway could
+    /// not see it: its record includes figures the device kept and replayed. (Independent of
+    /// the duration's source: a charge seen running again after the spell and ending live is
+    /// still timed by the gateway.)
     pub offline_replayed: bool,
 }
 
@@ -224,7 +230,7 @@ pub fn settle_report(order: &OrderFacts, end: &EndEvidence, seen: Observation) -
         peak_power_dw: peak,
         bill: bill(&order.tariff, energy, duration),
         reason,
-        offline_replayed: !seen.end_live,
+        offline_replayed: !seen.end_live || order.was_offline,
     }
 }
 
@@ -269,7 +275,7 @@ pub fn settle_without_report(order: &OrderFacts, reason: EndReason) -> Settled {
         peak_power_dw: order.peak_power_dw,
         bill: bill(&order.tariff, energy, duration),
         reason,
-        offline_replayed: false,
+        offline_replayed: order.was_offline,
     }
 }
 
@@ -427,6 +433,7 @@ mod tests {
             last_energy_wh: 5,
             peak_power_dw: 0,
             stop: None,
+            was_offline: false,
         }
     }
 
@@ -471,6 +478,20 @@ mod tests {
         );
         assert_eq!(s.bill.final_amount, 100, "400 × 15/60");
         assert!(!s.offline_replayed);
+        // After an offline spell the same live end is timed alike, and flagged.
+        let spell = OrderFacts {
+            was_offline: true,
+            ..o.clone()
+        };
+        let s = settle_report(
+            &spell,
+            &bkv_end(3, 1),
+            Observation {
+                now_ms: 1_015_000,
+                end_live: true,
+            },
+        );
+        assert_eq!((s.duration_sec, s.offline_replayed), (15, true));
     }
 
     #[test]

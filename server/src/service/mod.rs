@@ -165,6 +165,7 @@ pub(crate) fn order_facts(o: &OrderRow) -> OrderFacts {
         last_energy_wh: o.energy_wh,
         peak_power_dw: o.peak_power_dw,
         stop: o.stop_cause,
+        was_offline: o.was_offline,
     }
 }
 

@@ -265,6 +265,14 @@ impl Store {
         })
     }
 
+    /// Runs a statement outside the typed functions (tests that install a trigger to make
+    /// one operation fail; migrations of tools). Not for the gateway's own use.
+    #[doc(hidden)]
+    pub async fn execute_raw(&self, sql: &str) -> Result<()> {
+        sqlx::query(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Readiness: the database answers.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").fetch_one(&self.pool).await?;

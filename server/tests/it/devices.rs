@@ -63,9 +63,9 @@ both!(
     }
 );
 
-both!(
+both_clocked!(
     an_ap3000_charge_runs_to_completion_with_duration_energy_money_and_reason,
-    |app: TestApp| async move {
+    |app: TestApp, clock: pile_server::clock::Clock| async move {
         let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
         pile.boot(4).await;
         let v = envelope(
@@ -113,7 +113,8 @@ both!(
         eventually(|| async { (app.client.progress("ap-1").await.ok()?.len() == 1).then_some(()) })
             .await;
 
-        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        // Two seconds of charging by the gateway's clock.
+        clock.advance_ms(2_000);
         // 0.123 kWh: the device counts 0.01 kWh, so 12 → 0.12 kWh.
         let end = pile.settlement(500, 1, start.order_no, 2, 12, 3);
         pile.send(end.clone()).await;
@@ -438,6 +439,7 @@ async fn garbage_bad_checksums_and_split_or_merged_frames_do_not_disturb_a_sessi
     let hb = pile.heartbeat_frame().to_vec();
     for b in &hb {
         pile.send_raw(std::slice::from_ref(b)).await;
+        // Not a wait: a pause between the bytes so they leave as separate segments.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(matches!(
@@ -1023,8 +1025,95 @@ mod a_new_pile_is_found_by_the_api_before_its_row_is_flushed {
         run(Db::Sqlite).await;
     }
 
-    #[tokio::test]
-    async fn postgres() {
-        run(Db::Postgres).await;
+    crate::pg!(run(Db::Postgres));
+}
+
+#[tokio::test]
+async fn a_graceful_restart_within_the_offline_threshold_sends_no_offline_online_pair() {
+    // Sequence 11: a deploy must not look like the fleet going away.
+    let app = spawn_app().await;
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    wait_online(&app, "04AB373B", true).await;
+    let url = app.stop().await;
+    assert!(
+        pile.recv().await.is_none(),
+        "the old gateway closed the socket"
+    );
+    let app = spawn_app_on(Db::Sqlite, |c| c.database_url = url)
+        .await
+        .unwrap();
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    app.service.writer.flush().await;
+    let types: Vec<String> = app
+        .service
+        .store
+        .outbox_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.device_id == "04AB373B" && r.event_type.starts_with("device."))
+        .map(|r| r.event_type)
+        .collect();
+    assert_eq!(types, ["device.registered", "device.online"], "{types:?}");
+    assert!(app.client.device("04AB373B").await.unwrap().online);
+}
+
+#[tokio::test]
+async fn an_open_order_on_a_port_the_pile_keeps_reporting_idle_is_settled_as_lost() {
+    // Sequence 4: the pile lost its charge while online (a reboot, a missed end report).
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.reconcile = pile_server::domain::ReconcileRule {
+            idle_reports: 3,
+            after_ms: 0,
+        }
+    })
+    .await
+    .unwrap();
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    envelope(app.charge("04AB373B", json!({"port_no": 1, "charge_mode": 4, "amount": 300, "price_per_kwh": 100, "order_no": "ap-lost"})).await, 200).await;
+    let cmd = pile.expect().await;
+    let start = start_of(&cmd).clone();
+    pile.send(ap3000::Frame::start_stop_reply(
+        pile.id,
+        cmd.message_id,
+        ap3000::StartResult::DONE,
+        start.order_no,
+        0,
+    ))
+    .await;
+    wait_status(&app, "ap-lost", OrderStatus::Charging).await;
+    let ph = pile.power_heartbeat(0, start.order_no, 30, 5, 1800);
+    pile.send(ph).await;
+    // The pile reboots and says its ports are idle, heartbeat after heartbeat.
+    for _ in 0..3 {
+        let hb = pile.heartbeat_frame(&[0, 0]);
+        pile.send(hb).await;
+        assert!(matches!(
+            pile.expect().await.message,
+            ap3000::Message::Ack { command: 0x21, .. }
+        ));
     }
+    let o = wait_status(&app, "ap-lost", OrderStatus::Completed).await;
+    assert_eq!(
+        (
+            o.end_reason,
+            o.end_reason_name.as_deref(),
+            o.total_kwh,
+            o.final_amount
+        ),
+        (Some(13), Some("charge_lost"), 0.05, 5)
+    );
+    // The port takes the next customer.
+    envelope(
+        app.charge(
+            "04AB373B",
+            json!({"port_no": 1, "charge_mode": 4, "amount": 300, "price_per_kwh": 100}),
+        )
+        .await,
+        200,
+    )
+    .await;
 }

@@ -220,10 +220,7 @@ macro_rules! both_db {
             async fn sqlite() {
                 ($body)(Db::Sqlite).await;
             }
-            #[tokio::test]
-            async fn postgres() {
-                ($body)(Db::Postgres).await;
-            }
+            $crate::pg!(async { ($body)(Db::Postgres).await });
         }
     };
 }
@@ -1113,8 +1110,11 @@ both_db!(
     }
 );
 
-#[tokio::test]
-async fn on_a_shared_postgresql_only_one_gateway_delivers_webhooks() {
+mod on_a_shared_postgresql_only_one_gateway_delivers_webhooks {
+    crate::pg!(super::on_a_shared_postgresql_only_one_gateway_delivers_webhooks_run());
+}
+
+async fn on_a_shared_postgresql_only_one_gateway_delivers_webhooks_run() {
     let rx_a = Receiver::start(|_| 200).await;
     let url = rx_a.url.clone();
     let Some(app) = spawn_app_on(Db::Postgres, |c| {

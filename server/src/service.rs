@@ -331,6 +331,8 @@ pub struct EndReport {
     pub end_reason: EndReason,
     /// BKV: the socket status byte; the reason is then worked out against the order's target.
     pub bkv_status: Option<u8>,
+    /// BKV: the explicit end-reason code (0x18 byte, 0x1004 tag 0x2F), if the report has one.
+    pub bkv_end_reason: Option<u8>,
     /// Hex of the raw frame, kept in `end_reports`.
     pub raw_hex: String,
     /// When the connection carrying the report identified itself (gateway clock, ms). A report
@@ -940,7 +942,11 @@ impl Service {
                     && r.device_duration_sec.unwrap_or(duration) + r.duration_resolution_sec
                         >= order.target_duration)
                     || (order.target_energy_wh > 0 && r.energy_wh >= order.target_energy_wh);
-                EndReason::from_bkv(order.stop_requested, status, target_reached)
+                if order.stop_requested {
+                    EndReason::RemoteStop
+                } else {
+                    EndReason::from_bkv(r.bkv_end_reason, status, target_reached)
+                }
             }
             None if order.stop_requested => EndReason::RemoteStop,
             // The gateway stopped a charge by amount whose money was used up.

@@ -202,33 +202,31 @@ pub struct TlvHeader {
     pub gateway_id: GatewayId,
 }
 
-/// Splits a packet into its BKV command, header and body TLVs.
-pub(crate) fn split_packet(
-    payload: &[u8],
-) -> Result<(u16, TlvHeader, Vec<TlvRef<'_>>), DecodeError> {
-    let mut list = parse_refs(payload, 0)?;
+/// Reads the three TLVs every packet opens with, without allocating: the
+/// BKV command, the header, and the offset where the body TLVs start.
+pub(crate) fn split_header(payload: &[u8]) -> Result<(u16, TlvHeader, usize), DecodeError> {
     let bad = |reason| DecodeError::BadTlv { offset: 0, reason };
-    let (cmd, seq, gw) = match list.get(..3) {
-        Some([c, s, g]) if c.tag == 0x01 && s.tag == 0x02 && g.tag == 0x03 => {
-            (c.value, s.value, g.value)
-        }
+    let mut it = super::lazy::TlvIter::new(payload, 0);
+    let mut next = || it.next().transpose();
+    let (c, s, g) = match (next()?, next()?, next()?) {
+        (Some((0x01, c, _)), Some((0x02, s, _)), Some((0x03, g, at))) => (c, s, (g, at)),
         _ => return Err(bad("packet does not open with tags 0x01, 0x02, 0x03")),
     };
-    let cmd: [u8; 2] = cmd
+    let cmd: [u8; 2] = c
         .try_into()
         .map_err(|_| bad("tag 0x01 (command) is not 2 bytes"))?;
-    let seq: [u8; 8] = seq
+    let seq: [u8; 8] = s
         .try_into()
         .map_err(|_| bad("tag 0x02 (sequence) is not 8 bytes"))?;
-    let gw: [u8; 7] = gw
+    let (g, at) = g;
+    let gw: [u8; 7] = g
         .try_into()
         .map_err(|_| bad("tag 0x03 (gateway id) is not 7 bytes"))?;
     let header = TlvHeader {
         seq: u64::from_be_bytes(seq),
         gateway_id: GatewayId::from_bcd(gw)?,
     };
-    list.drain(..3);
-    Ok((u16::from_be_bytes(cmd), header, list))
+    Ok((u16::from_be_bytes(cmd), header, at + 7))
 }
 
 pub(crate) fn write_packet(cmd: u16, hdr: &TlvHeader, body: &[Tlv], out: &mut BytesMut) {
@@ -301,23 +299,6 @@ impl<'a> View<'a> {
 
     pub(crate) fn u16(&mut self, tag: u8) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array(tag)?))
-    }
-
-    /// Takes every unused TLV with this tag, in order, parsing each as a list.
-    pub(crate) fn all_nested(&mut self, tag: u8) -> Result<Vec<Vec<TlvRef<'a>>>, DecodeError> {
-        let mut out = Vec::new();
-        for slot in self.list.iter_mut() {
-            if let Some(t) = slot.filter(|t| t.tag == tag) {
-                *slot = None;
-                out.push(t.nested()?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// True when every entry was claimed by a typed field.
-    pub(crate) fn is_exhausted(&self) -> bool {
-        self.list.iter().all(Option::is_none)
     }
 
     /// The TLVs no typed field claimed, with their positions.

@@ -138,6 +138,7 @@ impl Session {
                     peak_power_dw: Some(i64::from(st.max_power_dw)),
                     end_reason: EndReason::from_ap3000(st.stop_reason.0),
                     bkv_status: None,
+                    bkv_end_reason: None,
                     raw_hex: hex::encode(&raw),
                     connected_at_ms: Some(self.connected_at_ms),
                 };

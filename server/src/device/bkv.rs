@@ -89,7 +89,7 @@ impl Session {
             }
             Message::StatusReport(r) => {
                 self.reply_bkv(Frame::status_report_ack(&frame, true));
-                let sockets = r.sockets.clone();
+                let sockets = r.socket_states();
                 self.bkv_sockets(&device_id, &sockets).await;
             }
             Message::SocketState(st) => {
@@ -118,6 +118,7 @@ impl Session {
                     peak_power_dw: None,
                     end_reason: EndReason::Unknown,
                     bkv_status: Some(e.status.0),
+                    bkv_end_reason: None,
                     raw_hex: hex::encode(&raw),
                     connected_at_ms: Some(self.connected_at_ms),
                 };
@@ -127,21 +128,20 @@ impl Session {
             }
             Message::ChargeEndReport(e) => {
                 let report = EndReport {
-                    port_no: u32::from(
-                        pile_protocol::port::bkv_port_no(e.socket, e.hole).unwrap_or(0),
-                    ),
-                    device_ref: business_ref(e.business_no),
-                    device_duration_sec: Some(i64::from(e.minutes) * 60),
+                    port_no: u32::from(e.port_no().unwrap_or(0)),
+                    device_ref: business_ref(e.business_no()),
+                    device_duration_sec: Some(i64::from(e.minutes()) * 60),
                     duration_resolution_sec: 60,
-                    energy_wh: i64::from(e.energy_wh),
+                    energy_wh: i64::from(e.energy_wh()),
                     peak_power_dw: None,
                     end_reason: EndReason::Unknown,
-                    bkv_status: Some(e.status.0),
+                    bkv_status: Some(e.status().0),
+                    bkv_end_reason: e.end_reason().map(|r| r.0),
                     raw_hex: hex::encode(&raw),
                     connected_at_ms: Some(self.connected_at_ms),
                 };
                 if self.bkv_end(&device_id, &report).await {
-                    let ack = Frame::charge_end_report_ack(&frame, e.socket, e.hole, true);
+                    let ack = Frame::charge_end_report_ack(&frame, e.socket(), e.hole(), true);
                     self.reply_bkv(ack);
                 }
             }
@@ -157,11 +157,13 @@ impl Session {
                     peak_power_dw: Some(i64::from(e.settle_power_dw)),
                     end_reason: EndReason::Unknown,
                     bkv_status: Some(e.status.0),
+                    bkv_end_reason: Some(e.end_reason.0),
                     raw_hex: hex::encode(&raw),
                     connected_at_ms: Some(self.connected_at_ms),
                 };
                 if self.bkv_end(&device_id, &report).await {
-                    self.reply_bkv(Frame::charge_end_ack(gw, frame.seq, e.socket, e.hole, true));
+                    let ack = Frame::power_charge_end_ack(gw, frame.seq, e.socket, e.hole, true);
+                    self.reply_bkv(ack);
                 }
             }
             _ => {}

@@ -812,6 +812,7 @@ both_db!(
                     peak_power_dw: Some(2_000),
                     end_reason: EndReason::TargetReached,
                     bkv_status: None,
+                    bkv_end_reason: None,
                     raw_hex: "00".into(),
                     connected_at_ms: None,
                 },

@@ -18,6 +18,7 @@ fn end_report(port_no: u32, energy_wh: i64, reason: EndReason) -> EndReport {
         peak_power_dw: Some(2_000),
         end_reason: reason,
         bkv_status: None,
+        bkv_end_reason: None,
         raw_hex: "00".into(),
         connected_at_ms: None,
     }

@@ -135,12 +135,12 @@ fn reply(
 ) -> StartStopReply {
     StartStopReply {
         result: StartResult(result.ap3000_code()),
-        order_no: order.map(order_no).unwrap_or_default(),
-        port: port_no.map_or(0xFF, wire_port),
-        waiting_ports: match result {
+        order_no: Some(order.map(order_no).unwrap_or_default()),
+        port: Some(port_no.map_or(0xFF, wire_port)),
+        waiting_ports: Some(match result {
             CommandResult::SeveralWaiting { ports } => ports,
             _ => 0,
-        },
+        }),
         extra: {
             let _ = ctx;
             Vec::new()
@@ -151,10 +151,9 @@ fn reply(
 fn start_request(s: &StartStop) -> StartRequest {
     let ext = s.extension_fields();
     let force_full = ext.force_auto_stop == Some(1);
-    let limit = if s.max_duration_s > 0 {
-        Duration::from_secs(u64::from(s.max_duration_s))
-    } else {
-        DEFAULT_MAX_DURATION
+    let limit = match s.max_duration_s {
+        Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs)),
+        _ => DEFAULT_MAX_DURATION,
     };
     // Vendor §4.2: a duration charges for exactly that long (full does not
     // stop it, nor does the maximum charge time); an energy amount charges
@@ -242,7 +241,7 @@ impl Codec for Ap3000Codec {
                     port_count: u8::try_from(pile.ports.len()).unwrap_or(u8::MAX),
                     virtual_id: 0,
                     device_type: pid.device_type(),
-                    work_mode: 0,
+                    work_mode: Some(0),
                     power_board_version: Some(1),
                     extra: Vec::new(),
                 },

@@ -3,8 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use pile_protocol::bkv::{
-    BcdTime, ChargeEnd, ChargeEndReport, Decoder, Direction, Frame, GatewayId, HoleState, Message,
-    SocketState, SocketStatus, TlvHeader, TlvPortAck,
+    BcdTime, ChargeEnd, ChargeEndFields, Decoder, Direction, EndReasonCode, Frame, GatewayId,
+    HoleState, Message, SocketState, SocketStatus, TlvHeader, TlvPortAck,
 };
 use pile_protocol::port::{bkv_port_no, bkv_socket_hole};
 use pile_protocol::Item;
@@ -75,8 +75,8 @@ fn end_status(reason: EndReason) -> SocketStatus {
 
 /// The 0x2F end reason of a 0x1004 report. The vendor guide does not list
 /// the codes; we use the AP3000 stop reasons, which name the same causes.
-fn end_reason_code(reason: EndReason) -> u8 {
-    reason.ap3000_code()
+fn end_reason_code(reason: EndReason) -> EndReasonCode {
+    EndReasonCode(reason.ap3000_code())
 }
 
 fn socket_state(pile: &PileState, socket: u8, now: Instant) -> SocketState {
@@ -153,12 +153,8 @@ fn end_frame(gw: GatewayId, e: &EndRecord) -> Frame {
     match e.origin {
         Origin::Bkv1007 => Frame::charge_end_report(
             gw,
-            ChargeEndReport {
-                header: TlvHeader {
-                    seq: 0,
-                    gateway_id: gw,
-                },
-                mcu_temperature_c: TEMPERATURE_C,
+            &ChargeEndFields {
+                mcu_temperature_c: Some(TEMPERATURE_C),
                 socket,
                 hole,
                 status,
@@ -167,13 +163,13 @@ fn end_frame(gw: GatewayId, e: &EndRecord) -> Frame {
                 current_ma,
                 energy_wh,
                 minutes: minutes(e.duration_s),
-                end_time: bcd_time(e.end_unix),
-                end_reason: end_reason_code(e.reason),
-                mode: 4,
-                energy_fee_fen: 0,
-                service_fee_fen: 0,
-                tier_count: 1,
-                tier_usage: vec![0; 6],
+                end_time: Some(bcd_time(e.end_unix)),
+                end_reason: Some(end_reason_code(e.reason)),
+                mode: Some(4),
+                energy_fee_fen: Some(0),
+                service_fee_fen: Some(0),
+                tier_count: Some(1),
+                tier_usage: Some(vec![0; 6]),
                 extra: Vec::new(),
             },
         ),
@@ -327,9 +323,7 @@ impl Codec for BkvCodec {
         let gw = self.gateway(pile)?;
         let frame = match up {
             Up::Heartbeat => Frame::heartbeat(gw, &pile.iccid, FIRMWARE, SIGNAL),
-            Up::Status { socket } => {
-                Frame::status_report(gw, vec![socket_state(pile, *socket, now)])
-            }
+            Up::Status { socket } => Frame::status_report(gw, &[socket_state(pile, *socket, now)]),
             Up::End(e) => end_frame(gw, e),
             Up::StartReply {
                 ctx,

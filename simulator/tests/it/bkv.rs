@@ -31,13 +31,10 @@ fn is_heartbeat(e: &Event) -> bool {
 fn status_of(e: &Event, socket: u8, hole: u8) -> Option<bkv::HoleState> {
     match msg(e)? {
         Message::StatusReport(r) => r
-            .sockets
-            .iter()
+            .sockets()
             .find(|s| s.socket == socket)?
-            .holes
-            .iter()
-            .find(|h| h.hole == hole)
-            .cloned(),
+            .holes()
+            .find(|h| h.hole == hole),
         _ => None,
     }
 }
@@ -353,9 +350,13 @@ async fn a_fee_charge_is_answered_and_ends_with_a_1004_report() {
         .await;
     match msg(&e) {
         Some(Message::ChargeEndReport(r)) => {
-            assert_eq!((r.socket, r.hole, r.minutes), (2, 0, 2));
-            assert_eq!(r.end_reason, 7, "stopped by the server");
-            assert!(r.energy_wh > 0);
+            assert_eq!((r.socket(), r.hole(), r.minutes()), (2, 0, 2));
+            assert_eq!(
+                r.end_reason(),
+                Some(bkv::EndReasonCode(7)),
+                "stopped by the server"
+            );
+            assert!(r.energy_wh() > 0);
         }
         other => panic!("{other:?}"),
     }

@@ -279,7 +279,8 @@ pub struct StartStop {
     pub qr_light: Option<u8>,
     /// Optional extension (vendor §4.2), kept raw: long-charge u8, extra float
     /// time s u16, short-circuit check u8, ignore unplug u8, force auto-stop
-    /// u8, full power W u8, full-power max judging time min u8.
+    /// u8, full power W u8, full-power max judging time min u8. Also holds
+    /// whatever follows the last whole field of a shorter command.
     #[serde(serialize_with = "ser_hex")]
     pub extension: Vec<u8>,
 }
@@ -1320,15 +1321,13 @@ impl Message {
                 out.put_u8(m.command);
                 out.put_u16_le(m.amount);
                 out.put_slice(&m.order_no.0);
-                let mut tail = Tail::new(out);
-                tail.u16(m.max_duration_s)
+                Tail::new(out)
+                    .u16(m.max_duration_s)
                     .u16(m.overload_power_dw)
                     .u8(m.qr_light);
-                // The extension follows the QR byte; without it (older
-                // firmware) there is nothing after.
-                if tail.open {
-                    out.put_slice(&m.extension);
-                }
+                // Whatever follows the last field read (the extension, or the
+                // partial bytes of a short command) is written back as is.
+                out.put_slice(&m.extension);
             }
             Message::SetRunParams1 {
                 unplug_power,

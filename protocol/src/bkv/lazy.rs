@@ -101,6 +101,25 @@ fn be(v: &[u8]) -> u16 {
     }
 }
 
+/// `table[tag]` = 1 + the tag's index in `tags`, 0 for tags not listed: one
+/// load instead of a scan per TLV.
+const fn index_table(tags: &[(u8, usize)]) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < tags.len() {
+        table[tags[i].0 as usize] = i as u8 + 1;
+        i += 1;
+    }
+    table
+}
+
+fn index_of(table: &[u8; 256], tag: u8) -> Option<usize> {
+    match table.get(usize::from(tag)).copied().unwrap_or(0) {
+        0 => None,
+        n => Some(usize::from(n) - 1),
+    }
+}
+
 /// Known tags of one level: tag and exact value width. `seen` records which
 /// of them were present; the first occurrence of a tag is the one read.
 fn check_level(
@@ -108,12 +127,13 @@ fn check_level(
     base: usize,
     what: &'static str,
     known: &[(u8, usize)],
+    table: &[u8; 256],
     mut nested: impl FnMut(u8, &[u8], usize) -> Result<(), DecodeError>,
 ) -> Result<u32, DecodeError> {
     let mut seen = 0u32;
     for entry in TlvIter::new(list, base) {
         let (tag, value, at) = entry?;
-        if let Some(i) = known.iter().position(|(t, _)| *t == tag) {
+        if let Some(i) = index_of(table, tag) {
             let want = known.get(i).map_or(0, |(_, w)| *w);
             if seen & (1 << i) == 0 {
                 if want != 0 && value.len() != want {
@@ -163,21 +183,31 @@ const HOLE_TAGS: [(u8, usize); 8] = [
     (0x0E, 2),
 ];
 
+const HOLE_INDEX: [u8; 256] = index_table(&HOLE_TAGS);
+const SOCKET_INDEX: [u8; 256] = index_table(&SOCKET_TAGS);
+
 fn check_hole(list: &[u8], base: usize) -> Result<(), DecodeError> {
     const WHAT: &str = "0x1017 hole (0x5B)";
-    let seen = check_level(list, base, WHAT, &HOLE_TAGS, |_, _, _| Ok(()))?;
+    let seen = check_level(list, base, WHAT, &HOLE_TAGS, &HOLE_INDEX, |_, _, _| Ok(()))?;
     require(seen, &HOLE_TAGS, 0xFF, WHAT)
 }
 
 fn check_cluster(list: &[u8], base: usize) -> Result<(), DecodeError> {
     const WHAT: &str = "0x1017 socket cluster (0x94)";
-    let seen = check_level(list, base, WHAT, &SOCKET_TAGS, |tag, value, at| {
-        if tag == HOLE {
-            check_hole(value, at)
-        } else {
-            Ok(())
-        }
-    })?;
+    let seen = check_level(
+        list,
+        base,
+        WHAT,
+        &SOCKET_TAGS,
+        &SOCKET_INDEX,
+        |tag, value, at| {
+            if tag == HOLE {
+                check_hole(value, at)
+            } else {
+                Ok(())
+            }
+        },
+    )?;
     require(seen, &SOCKET_TAGS, 0x0F, WHAT)
 }
 
@@ -267,7 +297,7 @@ fn read_hole(list: &[u8]) -> HoleState {
     };
     let mut seen = 0u8;
     for (tag, value) in entries(list) {
-        let Some(i) = HOLE_TAGS.iter().position(|(t, _)| *t == tag) else {
+        let Some(i) = index_of(&HOLE_INDEX, tag) else {
             continue;
         };
         if seen & (1 << i) != 0 {
@@ -402,6 +432,7 @@ const END_TAGS: [(u8, usize); 16] = [
 ];
 /// Socket, hole, status, business no, power, current, energy, minutes.
 const END_REQUIRED: u32 = 0b1_1111_1110;
+const END_INDEX: [u8; 256] = index_table(&END_TAGS);
 
 /// The fields of a 0x1004 charge end report, owned: what
 /// [`ChargeEndReport::new`] encodes and [`ChargeEndReport::fields`] returns.
@@ -588,7 +619,7 @@ impl ChargeEndReport {
         let mut seen = 0u32;
         for entry in TlvIter::new(&body, base) {
             let (tag, value, at) = entry?;
-            let Some(i) = END_TAGS.iter().position(|(t, _)| *t == tag) else {
+            let Some(i) = index_of(&END_INDEX, tag) else {
                 continue;
             };
             if seen & (1 << i) != 0 {
@@ -688,7 +719,7 @@ impl ChargeEndReport {
     pub fn fields(&self) -> ChargeEndFields {
         let f = &self.f;
         let extra = entries(&self.body)
-            .filter(|(tag, _)| !END_TAGS.iter().any(|(t, _)| t == tag))
+            .filter(|(tag, _)| index_of(&END_INDEX, *tag).is_none())
             .map(|(tag, value)| Tlv::bytes(tag, value.to_vec()))
             .collect();
         ChargeEndFields {

@@ -212,8 +212,8 @@ async fn a_remote_stop_and_an_unplug_end_the_charge() {
     let c = charge_end(&end).unwrap();
     assert_eq!((c.socket, c.hole), (1, 0));
     assert_eq!(
-        c.status.0, 0x80,
-        "online, no fault bits: unplugged before the target"
+        c.status.0, 0x88,
+        "online + ended, no fault and no no-load bit: unplugged before the target"
     );
 }
 

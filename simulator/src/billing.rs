@@ -204,6 +204,16 @@ impl Billing {
         (rate > 0.0).then(|| left / rate)
     }
 
+    /// When tier `i` charges by energy only: the energy (Wh) until the money
+    /// is used up. The charger model then says exactly when that is reached.
+    pub fn wh_left(&self, m: &Meter, i: usize) -> Option<f64> {
+        let (per_s, per_wh) = self.rates(i);
+        if per_s > 0.0 || per_wh <= 0.0 {
+            return None;
+        }
+        Some(((f64::from(self.amount_fen()) - self.spent(m)) / per_wh).max(0.0))
+    }
+
     /// The end report's billing fields.
     pub fn summary(&self, m: &Meter) -> EndBilling {
         let n = self.tier_count();

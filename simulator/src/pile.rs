@@ -218,6 +218,40 @@ impl Charge {
     pub fn elapsed(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.started_at)
     }
+
+    /// The billing tier in force at `last_update` (charges by money only).
+    fn billing_tier(&self, clock: SimClock) -> Option<usize> {
+        let b = self.billing.as_ref()?;
+        let settle = self.meter.settle_power_w.max(self.charger.power_w());
+        Some(b.tier(settle, clock.unix_s(self.last_update)))
+    }
+
+    /// How long after `last_update` the money runs out (within `horizon` for
+    /// charges priced by energy), for a charge by money.
+    fn money_out(&self, plugged: bool, horizon: Duration, clock: SimClock) -> Option<Duration> {
+        let b = self.billing.as_ref()?;
+        let tier = self.billing_tier(clock)?;
+        match b.wh_left(&self.meter, tier) {
+            // Priced by energy only: exactly when the energy is reached.
+            Some(wh) if plugged => {
+                let target = self.charger.energy_wh() + wh;
+                self.charger.time_to_energy(target, horizon)
+            }
+            Some(_) => None,
+            None => {
+                let wh_per_s = if plugged {
+                    self.charger.power_w() / 3600.0
+                } else {
+                    0.0
+                };
+                let secs = b.secs_left(&self.meter, tier, wh_per_s)?;
+                // Whole milliseconds, rounded up: never before the money is gone.
+                Some(Duration::from_millis(
+                    (secs * 1000.0).ceil().min(1e15) as u64
+                ))
+            }
+        }
+    }
 }
 
 /// One port (platform numbering).
@@ -409,21 +443,9 @@ impl PileState {
                     EndReason::NoLoad,
                 );
             }
-            let tier = ch.billing.as_ref().map(|b| {
-                let settle = ch.meter.settle_power_w.max(ch.charger.power_w());
-                b.tier(settle, clock.unix_s(ch.last_update))
-            });
-            if let (Some(b), Some(tier)) = (&ch.billing, tier) {
-                let wh_per_s = if plugged {
-                    ch.charger.power_w() / 3600.0
-                } else {
-                    0.0
-                };
-                if let Some(secs) = b.secs_left(&ch.meter, tier, wh_per_s) {
-                    // Whole milliseconds: the end lands on the instant the money runs out.
-                    let d = Duration::from_millis((secs * 1000.0).ceil().min(1e15) as u64);
-                    consider(d, EndReason::AmountUsedUp);
-                }
+            let tier = ch.billing_tier(clock);
+            if let Some(d) = ch.money_out(plugged, span, clock) {
+                consider(d, EndReason::AmountUsedUp);
             }
             let step = end.map_or(span, |(d, _)| d);
             let energy_before = ch.charger.energy_wh();
@@ -1188,6 +1210,9 @@ impl Pile {
                 }
             } else if s.family == Family::Bkv && ch.charger.elapsed().is_zero() {
                 at(ch.started_at + BKV_NO_LOAD_TIMEOUT);
+            }
+            if let Some(d) = ch.money_out(p.plugged, horizon, s.cfg.clock) {
+                at(ch.last_update + d);
             }
         }
         next

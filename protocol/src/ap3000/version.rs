@@ -190,6 +190,28 @@ impl Message {
     /// that did not exist yet are left alone (see
     /// [`ProtocolVersion::knows_command`] / [`ProtocolVersion::sends_command`]).
     pub fn downgrade(&mut self, v: ProtocolVersion) {
+        let before = self.clone();
+        self.drop_newer_fields(v);
+        // Trailing bytes beyond the last field belong to the newer layout.
+        if *self != before {
+            self.clear_extra();
+        }
+    }
+
+    fn clear_extra(&mut self) {
+        match self {
+            Message::Register(m) => m.extra.clear(),
+            Message::LegacyHeartbeat(m) => m.extra.clear(),
+            Message::PowerHeartbeat(m) => m.extra.clear(),
+            Message::Settlement(m) => m.extra.clear(),
+            Message::CardSwipe(m) => m.extra.clear(),
+            Message::StartStopReply(m) => m.extra.clear(),
+            Message::SetRunParams2(m) => m.extra.clear(),
+            _ => {}
+        }
+    }
+
+    fn drop_newer_fields(&mut self, v: ProtocolVersion) {
         use ProtocolVersion as V;
         fn cut<T>(field: &mut Option<T>, v: ProtocolVersion, since: ProtocolVersion) {
             if v < since {

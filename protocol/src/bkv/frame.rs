@@ -107,7 +107,7 @@ fn decode_checked(frame: &[u8], shared: Option<&Bytes>) -> Result<Frame, DecodeE
     };
     let gateway_id = GatewayId::from_bcd(r.array()?)?;
     let payload = r.take(frame.len().saturating_sub(PREFIX_LEN + 3))?;
-    let message = Message::decode(cmd, direction, payload, shared)?;
+    let message = Message::decode(cmd, direction, payload, shared, gateway_id)?;
     Ok(Frame {
         direction,
         seq,

@@ -21,60 +21,71 @@ use super::{BcdTime, EndReasonCode, SocketStatus};
 use crate::DecodeError;
 
 /// Walks one level of a TLV list: `(tag, value, value offset)`; `base` is the
-/// list's offset in the packet, for error messages.
+/// list's offset in the packet, for error messages. A malformed entry ends
+/// the walk; [`TlvIter::finish`] then reports it. (Items stay small and
+/// `Copy`: no error value travels through every step.)
 pub(crate) struct TlvIter<'a> {
     buf: &'a [u8],
     pos: usize,
     base: usize,
+    error: Option<(usize, &'static str)>,
 }
 
 impl<'a> TlvIter<'a> {
     pub(crate) fn new(buf: &'a [u8], base: usize) -> Self {
-        TlvIter { buf, pos: 0, base }
+        TlvIter {
+            buf,
+            pos: 0,
+            base,
+            error: None,
+        }
+    }
+
+    /// `Err` if the walk stopped at a malformed entry.
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        match self.error {
+            None => Ok(()),
+            Some((offset, reason)) => Err(DecodeError::BadTlv { offset, reason }),
+        }
+    }
+
+    #[cold]
+    fn fail(&mut self, reason: &'static str) -> Option<(u8, &'a [u8], usize)> {
+        self.error = Some((self.base + self.pos, reason));
+        self.pos = self.buf.len();
+        None
     }
 }
 
 impl<'a> Iterator for TlvIter<'a> {
-    type Item = Result<(u8, &'a [u8], usize), DecodeError>;
+    type Item = (u8, &'a [u8], usize);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.buf.len() {
-            return None;
-        }
-        let at = self.base + self.pos;
-        let bad = |reason| Some(Err(DecodeError::BadTlv { offset: at, reason }));
-        let (len, marker, tag) = match self.buf.get(self.pos..self.pos + 3) {
-            Some(&[len, marker, tag]) => (usize::from(len), marker, tag),
-            _ => {
-                self.pos = self.buf.len();
-                return bad("truncated TLV header");
-            }
+        let rest = self.buf.get(self.pos..)?;
+        let (len, marker, tag) = match rest {
+            [] => return None,
+            [len, marker, tag, ..] => (usize::from(*len), *marker, *tag),
+            _ => return self.fail("truncated TLV header"),
         };
         if marker != 0x01 {
-            self.pos = self.buf.len();
-            return bad("marker byte is not 0x01");
+            return self.fail("marker byte is not 0x01");
         }
         if len < 2 {
-            self.pos = self.buf.len();
-            return bad("length below 2");
+            return self.fail("length below 2");
         }
-        let start = self.pos + 3;
-        let end = self.pos + 1 + len;
-        let Some(value) = self.buf.get(start..end) else {
-            self.pos = self.buf.len();
-            return bad("value runs past the packet");
+        let Some(value) = rest.get(3..1 + len) else {
+            return self.fail("value runs past the packet");
         };
-        self.pos = end;
-        Some(Ok((tag, value, self.base + start)))
+        let at = self.base + self.pos + 3;
+        self.pos += 1 + len;
+        Some((tag, value, at))
     }
 }
 
-/// Iterates a list that was validated already (errors cannot occur; an
-/// invalid list simply ends).
+/// Iterates a list that was validated already (an invalid list simply ends).
 fn entries(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    TlvIter::new(buf, 0)
-        .map_while(Result::ok)
-        .map(|(t, v, _)| (t, v))
+    TlvIter::new(buf, 0).map(|(t, v, _)| (t, v))
 }
 
 fn width_err(what: &'static str, tag: u8, have: usize, want: usize) -> DecodeError {
@@ -131,8 +142,8 @@ fn check_level(
     mut nested: impl FnMut(u8, &[u8], usize) -> Result<(), DecodeError>,
 ) -> Result<u32, DecodeError> {
     let mut seen = 0u32;
-    for entry in TlvIter::new(list, base) {
-        let (tag, value, at) = entry?;
+    let mut it = TlvIter::new(list, base);
+    for (tag, value, at) in it.by_ref() {
         if let Some(i) = index_of(table, tag) {
             let want = known.get(i).map_or(0, |(_, w)| *w);
             if seen & (1 << i) == 0 {
@@ -145,6 +156,7 @@ fn check_level(
             nested(tag, value, at)?;
         }
     }
+    it.finish()?;
     Ok(seen)
 }
 
@@ -192,7 +204,57 @@ fn check_hole(list: &[u8], base: usize) -> Result<(), DecodeError> {
     require(seen, &HOLE_TAGS, 0xFF, WHAT)
 }
 
+/// `(offset, len · marker · tag)` of the vendor's layout of one hole: the eight
+/// tags in order, each of its width — 38 bytes.
+const HOLE_LAYOUT: [(usize, [u8; 3]); 8] = [
+    (0, [3, 1, 0x08]),
+    (4, [3, 1, 0x09]),
+    (8, [4, 1, 0x0A]),
+    (13, [4, 1, 0x95]),
+    (18, [4, 1, 0x0B]),
+    (23, [4, 1, 0x0C]),
+    (28, [4, 1, 0x0D]),
+    (33, [4, 1, 0x0E]),
+];
+const HOLE_LEN: usize = 38;
+/// The socket fields ahead of the holes: 17 bytes.
+const SOCKET_LAYOUT: [(usize, [u8; 3]); 4] = [
+    (0, [3, 1, 0x4A]),
+    (4, [4, 1, 0x3E]),
+    (9, [3, 1, 0x07]),
+    (13, [3, 1, 0x96]),
+];
+const SOCKET_HEAD_LEN: usize = 17;
+
+fn fits(list: &[u8], layout: &[(usize, [u8; 3])]) -> bool {
+    layout
+        .iter()
+        .all(|(at, head)| list.get(*at..at + 3) == Some(&head[..]))
+}
+
+/// The fast path: a cluster exactly in the vendor's layout (every real one),
+/// which the general check would accept, is recognised by its TLV headers.
+fn cluster_in_vendor_layout(list: &[u8]) -> bool {
+    let (Some(head), Some(holes)) = (list.get(..SOCKET_HEAD_LEN), list.get(SOCKET_HEAD_LEN..))
+    else {
+        return false;
+    };
+    fits(head, &SOCKET_LAYOUT)
+        && holes.len() % (HOLE_LEN + 3) == 0
+        && holes.chunks_exact(HOLE_LEN + 3).all(|h| {
+            h.get(..3) == Some(&[HOLE_LEN as u8 + 2, 1, HOLE][..])
+                && h.get(3..).is_some_and(|t| fits(t, &HOLE_LAYOUT))
+        })
+}
+
 fn check_cluster(list: &[u8], base: usize) -> Result<(), DecodeError> {
+    if cluster_in_vendor_layout(list) {
+        return Ok(());
+    }
+    check_cluster_general(list, base)
+}
+
+fn check_cluster_general(list: &[u8], base: usize) -> Result<(), DecodeError> {
     const WHAT: &str = "0x1017 socket cluster (0x94)";
     let seen = check_level(
         list,
@@ -361,12 +423,13 @@ impl StatusReport {
 
     /// Validates `body` (the TLVs after the packet header, at offset `base`).
     pub(crate) fn decode(header: TlvHeader, body: Bytes, base: usize) -> Result<Self, DecodeError> {
-        for entry in TlvIter::new(&body, base) {
-            let (tag, value, at) = entry?;
+        let mut it = TlvIter::new(&body, base);
+        for (tag, value, at) in it.by_ref() {
             if tag == CLUSTER {
                 check_cluster(value, at)?;
             }
         }
+        it.finish()?;
         Ok(StatusReport { header, body })
     }
 
@@ -511,35 +574,89 @@ impl ChargeEndFields {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct EndScalars {
-    mcu_temperature_c: Option<u8>,
-    socket: u8,
-    hole: u8,
-    status: SocketStatus,
-    business_no: u16,
-    power_dw: u16,
-    current_ma: u16,
-    energy_wh: u16,
-    minutes: u16,
-    end_time: Option<BcdTime>,
-    end_reason: Option<EndReasonCode>,
-    mode: Option<u8>,
-    energy_fee_fen: Option<u16>,
-    service_fee_fen: Option<u16>,
-    tier_count: Option<u8>,
-    /// Start and length of the 0x84 value in the body.
-    tier_usage: Option<(u16, u16)>,
+/// Where each known 0x1004 tag's value starts in the body (index as in
+/// [`END_TAGS`]; 0 = absent: a value never starts at offset 0).
+type EndOffsets = [u16; 16];
+
+/// Indexes a 0x1004 body in one pass: the first occurrence of every known
+/// tag, each of its width (the end time also BCD), the required ones present.
+fn index_end(body: &[u8], base: usize) -> Result<EndOffsets, DecodeError> {
+    match end_in_vendor_layout(body) {
+        Some(offs) => Ok(offs),
+        None => index_end_general(body, base),
+    }
+}
+
+fn index_end_general(body: &[u8], base: usize) -> Result<EndOffsets, DecodeError> {
+    const WHAT: &str = "0x1004 charge end";
+    let mut offs: EndOffsets = [0; 16];
+    let mut it = TlvIter::new(body, base);
+    for (tag, value, at) in it.by_ref() {
+        let Some(i) = index_of(&END_INDEX, tag) else {
+            continue;
+        };
+        let Some(slot) = offs.get_mut(i) else {
+            continue;
+        };
+        if *slot != 0 {
+            continue;
+        }
+        let want = END_TAGS.get(i).map_or(0, |(_, w)| *w);
+        if want != 0 && value.len() != want {
+            return Err(width_err(WHAT, tag, value.len(), want));
+        }
+        if tag == 0x2E && !super::wire::all_bcd(value) {
+            return Err(DecodeError::InvalidField {
+                what: "bcd time",
+                field: "digits",
+                reason: format!("not BCD: {}", hex::encode(value)),
+            });
+        }
+        // Offsets past u16 (a body over 64 KiB) cannot occur in a frame.
+        *slot = u16::try_from(at.saturating_sub(base)).unwrap_or(0);
+    }
+    it.finish()?;
+    let seen = offs
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (i, o)| if *o != 0 { m | 1 << i } else { m });
+    require(seen, &END_TAGS, END_REQUIRED, WHAT)?;
+    Ok(offs)
+}
+
+/// The fast path: the vendor's full layout (every tag in order, each of its
+/// width, the tier usage last), which the general index accepts too.
+fn end_in_vendor_layout(body: &[u8]) -> Option<EndOffsets> {
+    let mut offs: EndOffsets = [0; 16];
+    let mut at = 0usize;
+    for (i, (tag, width)) in END_TAGS.iter().enumerate().take(15) {
+        let head = [*width as u8 + 2, 1, *tag];
+        if body.get(at..at + 3) != Some(&head[..]) {
+            return None;
+        }
+        *offs.get_mut(i)? = u16::try_from(at + 3).ok()?;
+        at += 3 + width;
+    }
+    // Tier usage, of any length, ends the body; the end time must be BCD.
+    let &[len, 1, 0x84] = body.get(at..at + 3)? else {
+        return None;
+    };
+    if len < 2 || at + 1 + usize::from(len) != body.len() {
+        return None;
+    }
+    *offs.get_mut(15)? = u16::try_from(at + 3).ok()?;
+    let time_at = usize::from(*offs.get(9)?);
+    super::wire::all_bcd(body.get(time_at..time_at + 7)?).then_some(offs)
 }
 
 /// 0x1004 up: charge end report (energy-price + service-fee orders). See
-/// [`ChargeEndFields`] for the tags; accessors read the decoded values, the
-/// body is kept as received.
+/// [`ChargeEndFields`] for the tags; decoding indexes the known tags once,
+/// accessors read their bytes, and the body is kept as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeEndReport {
     pub header: TlvHeader,
     body: Bytes,
-    f: EndScalars,
+    offs: EndOffsets,
 }
 
 impl ChargeEndReport {
@@ -568,176 +685,113 @@ impl ChargeEndReport {
         let mut out = BytesMut::new();
         write_list(&list, &mut out);
         let body = out.freeze();
-        let tier_usage = usage_span(&body);
-        ChargeEndReport {
-            header,
-            f: EndScalars {
-                mcu_temperature_c: f.mcu_temperature_c,
-                socket: f.socket,
-                hole: f.hole,
-                status: f.status,
-                business_no: f.business_no,
-                power_dw: f.power_dw,
-                current_ma: f.current_ma,
-                energy_wh: f.energy_wh,
-                minutes: f.minutes,
-                // What the wire says (a year past 9999 keeps its low digits).
-                end_time: f.end_time.and_then(|t| BcdTime::from_bcd(t.to_bcd()).ok()),
-                end_reason: f.end_reason,
-                mode: f.mode,
-                energy_fee_fen: f.energy_fee_fen,
-                service_fee_fen: f.service_fee_fen,
-                tier_count: f.tier_count,
-                tier_usage,
-            },
-            body,
-        }
+        // Our own encoding always indexes (widths and BCD are ours); should
+        // it not, the report reads as all zero rather than panicking.
+        let offs = index_end(&body, 0).unwrap_or([0; 16]);
+        ChargeEndReport { header, body, offs }
     }
 
-    /// Validates `body` (the TLVs after the packet header, at offset `base`)
-    /// and reads the known tags in one pass.
+    /// Validates `body` (the TLVs after the packet header, at offset `base`).
     pub(crate) fn decode(header: TlvHeader, body: Bytes, base: usize) -> Result<Self, DecodeError> {
-        const WHAT: &str = "0x1004 charge end";
-        let mut f = EndScalars {
-            mcu_temperature_c: None,
-            socket: 0,
-            hole: 0,
-            status: SocketStatus(0),
-            business_no: 0,
-            power_dw: 0,
-            current_ma: 0,
-            energy_wh: 0,
-            minutes: 0,
-            end_time: None,
-            end_reason: None,
-            mode: None,
-            energy_fee_fen: None,
-            service_fee_fen: None,
-            tier_count: None,
-            tier_usage: None,
-        };
-        let mut seen = 0u32;
-        for entry in TlvIter::new(&body, base) {
-            let (tag, value, at) = entry?;
-            let Some(i) = index_of(&END_INDEX, tag) else {
-                continue;
-            };
-            if seen & (1 << i) != 0 {
-                continue;
-            }
-            seen |= 1 << i;
-            let want = END_TAGS.get(i).map_or(0, |(_, w)| *w);
-            if want != 0 && value.len() != want {
-                return Err(width_err(WHAT, tag, value.len(), want));
-            }
-            let n = be(value);
-            match tag {
-                0x07 => f.mcu_temperature_c = Some(n as u8),
-                0x4A => f.socket = n as u8,
-                0x08 => f.hole = n as u8,
-                0x09 => f.status = SocketStatus(n as u8),
-                0x0A => f.business_no = n,
-                0x0B => f.power_dw = n,
-                0x0C => f.current_ma = n,
-                0x0D => f.energy_wh = n,
-                0x0E => f.minutes = n,
-                0x2E => {
-                    let mut b = [0u8; 7];
-                    b.copy_from_slice(value);
-                    f.end_time = Some(BcdTime::from_bcd(b)?);
-                }
-                0x2F => f.end_reason = Some(EndReasonCode(n as u8)),
-                0x12 => f.mode = Some(n as u8),
-                0x85 => f.energy_fee_fen = Some(n),
-                0x86 => f.service_fee_fen = Some(n),
-                0x89 => f.tier_count = Some(n as u8),
-                _ => f.tier_usage = span(at.saturating_sub(base), value.len()),
-            }
+        let offs = index_end(&body, base)?;
+        Ok(ChargeEndReport { header, body, offs })
+    }
+
+    /// The value of known tag number `i` (see [`END_TAGS`]).
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        let at = usize::from(*self.offs.get(i)?);
+        if at == 0 {
+            return None;
         }
-        require(seen, &END_TAGS, END_REQUIRED, WHAT)?;
-        Ok(ChargeEndReport { header, body, f })
+        let len = match END_TAGS.get(i)?.1 {
+            0 => usize::from(*self.body.get(at.checked_sub(3)?)?).checked_sub(2)?,
+            w => w,
+        };
+        self.body.get(at..at + len)
+    }
+
+    fn num(&self, i: usize) -> Option<u16> {
+        self.value(i).map(be)
     }
 
     pub fn mcu_temperature_c(&self) -> Option<u8> {
-        self.f.mcu_temperature_c
+        self.num(0).map(|v| v as u8)
     }
     pub fn socket(&self) -> u8 {
-        self.f.socket
+        self.num(1).unwrap_or(0) as u8
     }
     pub fn hole(&self) -> u8 {
-        self.f.hole
+        self.num(2).unwrap_or(0) as u8
     }
     pub fn status(&self) -> SocketStatus {
-        self.f.status
+        SocketStatus(self.num(3).unwrap_or(0) as u8)
     }
     pub fn business_no(&self) -> u16 {
-        self.f.business_no
+        self.num(4).unwrap_or(0)
     }
     pub fn power_dw(&self) -> u16 {
-        self.f.power_dw
+        self.num(5).unwrap_or(0)
     }
     pub fn current_ma(&self) -> u16 {
-        self.f.current_ma
+        self.num(6).unwrap_or(0)
     }
     pub fn energy_wh(&self) -> u16 {
-        self.f.energy_wh
+        self.num(7).unwrap_or(0)
     }
     pub fn minutes(&self) -> u16 {
-        self.f.minutes
+        self.num(8).unwrap_or(0)
     }
     pub fn end_time(&self) -> Option<BcdTime> {
-        self.f.end_time
+        let b: [u8; 7] = self.value(9)?.try_into().ok()?;
+        BcdTime::from_bcd(b).ok()
     }
     /// Tag 0x2F (see [`EndReasonCode`]: the vendor lists no codes).
     pub fn end_reason(&self) -> Option<EndReasonCode> {
-        self.f.end_reason
+        self.num(10).map(|v| EndReasonCode(v as u8))
     }
     pub fn mode(&self) -> Option<u8> {
-        self.f.mode
+        self.num(11).map(|v| v as u8)
     }
     pub fn energy_fee_fen(&self) -> Option<u16> {
-        self.f.energy_fee_fen
+        self.num(12)
     }
     pub fn service_fee_fen(&self) -> Option<u16> {
-        self.f.service_fee_fen
+        self.num(13)
     }
     pub fn tier_count(&self) -> Option<u8> {
-        self.f.tier_count
+        self.num(14).map(|v| v as u8)
     }
     /// Tag 0x84, raw.
     pub fn tier_usage(&self) -> Option<&[u8]> {
-        let (start, len) = self.f.tier_usage?;
-        let start = usize::from(start);
-        self.body.get(start..start + usize::from(len))
+        self.value(15)
     }
     /// The platform port number (`None` if out of range).
     pub fn port_no(&self) -> Option<u16> {
-        crate::port::bkv_port_no(self.f.socket, self.f.hole)
+        crate::port::bkv_port_no(self.socket(), self.hole())
     }
 
     /// Every field in its owned form (unknown tags in `extra`).
     pub fn fields(&self) -> ChargeEndFields {
-        let f = &self.f;
         let extra = entries(&self.body)
             .filter(|(tag, _)| index_of(&END_INDEX, *tag).is_none())
             .map(|(tag, value)| Tlv::bytes(tag, value.to_vec()))
             .collect();
         ChargeEndFields {
-            mcu_temperature_c: f.mcu_temperature_c,
-            socket: f.socket,
-            hole: f.hole,
-            status: f.status,
-            business_no: f.business_no,
-            power_dw: f.power_dw,
-            current_ma: f.current_ma,
-            energy_wh: f.energy_wh,
-            minutes: f.minutes,
-            end_time: f.end_time,
-            end_reason: f.end_reason,
-            mode: f.mode,
-            energy_fee_fen: f.energy_fee_fen,
-            service_fee_fen: f.service_fee_fen,
-            tier_count: f.tier_count,
+            mcu_temperature_c: self.mcu_temperature_c(),
+            socket: self.socket(),
+            hole: self.hole(),
+            status: self.status(),
+            business_no: self.business_no(),
+            power_dw: self.power_dw(),
+            current_ma: self.current_ma(),
+            energy_wh: self.energy_wh(),
+            minutes: self.minutes(),
+            end_time: self.end_time(),
+            end_reason: self.end_reason(),
+            mode: self.mode(),
+            energy_fee_fen: self.energy_fee_fen(),
+            service_fee_fen: self.service_fee_fen(),
+            tier_count: self.tier_count(),
             tier_usage: self.tier_usage().map(<[u8]>::to_vec),
             extra,
         }
@@ -751,9 +805,8 @@ impl ChargeEndReport {
     /// Which layout the report has: every tag of the vendor's example, or
     /// which optional groups are missing.
     pub fn generation(&self) -> &'static str {
-        let f = &self.f;
-        let ending = f.end_time.is_some() && f.end_reason.is_some();
-        let fees = f.energy_fee_fen.is_some() && f.service_fee_fen.is_some();
+        let ending = self.end_time().is_some() && self.end_reason().is_some();
+        let fees = self.energy_fee_fen().is_some() && self.service_fee_fen().is_some();
         match (ending, fees) {
             (true, true) => "full tag set (guide V1.7 example)",
             (true, false) => "without fee tags 0x85/0x86",
@@ -779,18 +832,6 @@ impl Serialize for ChargeEndReport {
     }
 }
 
-fn span(start: usize, len: usize) -> Option<(u16, u16)> {
-    Some((u16::try_from(start).ok()?, u16::try_from(len).ok()?))
-}
-
-/// Where the first 0x84 value sits in an encoded body.
-fn usage_span(body: &[u8]) -> Option<(u16, u16)> {
-    TlvIter::new(body, 0)
-        .map_while(Result::ok)
-        .find(|(tag, _, _)| *tag == 0x84)
-        .and_then(|(_, value, at)| span(at, value.len()))
-}
-
 /// Writes a packet whose body is already encoded.
 pub(crate) fn write_packet_raw(cmd: u16, hdr: &TlvHeader, body: &[u8], out: &mut BytesMut) {
     // len · 0x01 · tag · value, for tags 0x01 (u16), 0x02 (u64), 0x03 ([7]).
@@ -801,4 +842,103 @@ pub(crate) fn write_packet_raw(cmd: u16, hdr: &TlvHeader, body: &[u8], out: &mut
     out.put_slice(&[9, 0x01, 0x03]);
     out.put_slice(&hdr.gateway_id.0);
     out.put_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(present: u16, v: u8) -> ChargeEndFields {
+        let has = |bit: u16| present & (1 << bit) != 0;
+        ChargeEndFields {
+            mcu_temperature_c: has(0).then_some(v),
+            socket: v,
+            hole: 1,
+            status: SocketStatus(0x98),
+            business_no: u16::from(v) * 3,
+            power_dw: 7,
+            current_ma: 8,
+            energy_wh: 9,
+            minutes: 10,
+            end_time: has(1).then_some(BcdTime {
+                year: 2024,
+                month: 8,
+                day: 23,
+                hour: 10,
+                minute: 17,
+                second: v % 60,
+            }),
+            end_reason: has(2).then_some(EndReasonCode(v)),
+            mode: has(3).then_some(4),
+            energy_fee_fen: has(4).then_some(11),
+            service_fee_fen: has(5).then_some(12),
+            tier_count: has(6).then_some(1),
+            tier_usage: has(7).then(|| vec![v; usize::from(v % 13)]),
+            extra: if has(8) {
+                vec![Tlv::u8(0xF4, v)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    #[test]
+    fn the_fast_paths_agree_with_the_general_checks() {
+        let header = TlvHeader {
+            seq: 0,
+            gateway_id: super::super::GatewayId([0x82, 0x21, 0x02, 0x25, 0, 0x05, 0x20]),
+        };
+        let mut fast = 0;
+        for present in 0..512u16 {
+            for v in [0u8, 1, 9, 200] {
+                let r = ChargeEndReport::new(header, &fields(present, v));
+                let general = index_end_general(r.body(), 0).unwrap();
+                assert_eq!(index_end(r.body(), 0).unwrap(), general, "{present:#b}");
+                if end_in_vendor_layout(r.body()).is_some() {
+                    fast += 1;
+                }
+                assert_eq!(r.fields(), fields(present, v));
+            }
+        }
+        assert!(fast > 0, "the vendor layout takes the fast path");
+        // A 0x2E that is not BCD fails both ways.
+        let mut r = ChargeEndReport::new(header, &fields(0xFF, 1))
+            .body()
+            .to_vec();
+        let at = r.windows(3).position(|w| w == [9, 1, 0x2E]).unwrap() + 3;
+        r[at] = 0xAB;
+        assert!(end_in_vendor_layout(&r).is_none());
+        assert!(index_end(&r, 0).is_err());
+
+        let hole = HoleState {
+            hole: 0,
+            status: SocketStatus::CHARGING_NOW,
+            business_no: 5,
+            voltage_dv: 2200,
+            power_dw: 1800,
+            current_ma: 800,
+            energy_wh: 3,
+            minutes: 2,
+        };
+        for holes in 0..4 {
+            let states = [SocketState {
+                socket: 1,
+                socket_version: 0x5136,
+                temperature_c: 30,
+                rssi: 31,
+                holes: vec![hole.clone(); holes],
+            }];
+            let r = StatusReport::new(header, &states);
+            let (_, cluster) = entries(r.body()).next().unwrap();
+            assert!(cluster_in_vendor_layout(cluster), "{holes} holes");
+            assert!(check_cluster_general(cluster, 0).is_ok());
+            // One byte of a hole's TLV header off: the general check decides.
+            if holes > 0 {
+                let mut bad = cluster.to_vec();
+                bad[SOCKET_HEAD_LEN + 3 + 8] = 0x99;
+                assert!(!cluster_in_vendor_layout(&bad));
+                assert!(check_cluster(&bad, 0).is_err());
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use super::lazy::write_packet_raw;
 pub use super::lazy::{ChargeEndFields, ChargeEndReport, SocketView, StatusReport};
 use super::tlv::{self, merge, ExtraTlv, Tlv, TlvHeader, TlvRef, View};
 use super::wire::{fixed_layout, Reader, Wire};
-use super::{BcdTime, BinTime, Direction, EndReasonCode, HourMinute, Mac, SocketStatus};
+use super::{BcdTime, BinTime, Direction, EndReasonCode, GatewayId, HourMinute, Mac, SocketStatus};
 use crate::port::bkv_port_no;
 use crate::DecodeError;
 
@@ -1176,11 +1176,14 @@ impl Message {
     /// when a known layout does not fit.
     /// `shared`, when given, holds `payload` (the streaming decoder's frame):
     /// lazily read reports then keep a slice of it instead of a copy.
+    /// `gateway` is the frame header's (validated) gateway ID: a TLV packet
+    /// header repeating it needs no second BCD check.
     pub(crate) fn decode(
         cmd: u16,
         dir: Direction,
         payload: &[u8],
         shared: Option<&Bytes>,
+        gateway: GatewayId,
     ) -> Result<Message, DecodeError> {
         match cmd {
             cmd::HEARTBEAT => {
@@ -1199,7 +1202,7 @@ impl Message {
                 r.finish()?;
                 Ok(Message::Ota(ota))
             }
-            cmd::TLV => decode_tlv(dir, payload, shared),
+            cmd::TLV => decode_tlv(dir, payload, shared, gateway),
             _ => Ok(Message::Unknown {
                 cmd,
                 sub: None,
@@ -1362,9 +1365,10 @@ fn decode_tlv(
     dir: Direction,
     payload: &[u8],
     shared: Option<&Bytes>,
+    gateway: GatewayId,
 ) -> Result<Message, DecodeError> {
     use Direction::{Down, Up};
-    let (bkv, header, start) = tlv::split_header(payload)?;
+    let (bkv, header, start) = tlv::split_header(payload, gateway)?;
     let rest = payload.get(start..).unwrap_or(&[]);
     // The lazily read reports keep their body: a slice of the frame the
     // streaming decoder already owns, or one copy.

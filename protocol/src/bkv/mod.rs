@@ -66,7 +66,7 @@ pub struct GatewayId(pub [u8; 7]);
 impl GatewayId {
     /// Checks that every nibble is a decimal digit.
     pub fn from_bcd(bytes: [u8; 7]) -> Result<Self, DecodeError> {
-        if bytes.iter().all(|b| bcd_byte(*b).is_some()) {
+        if wire::all_bcd(&bytes) {
             Ok(GatewayId(bytes))
         } else {
             Err(DecodeError::InvalidField {
@@ -420,6 +420,29 @@ mod tests {
         assert!("8221022500052".parse::<GatewayId>().is_err());
         assert!("8221022500052a".parse::<GatewayId>().is_err());
         assert!(GatewayId::from_bcd([0x8A, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn the_word_wide_bcd_check_agrees_with_the_per_byte_one() {
+        for b in 0..=255u8 {
+            for len in [1usize, 7, 8] {
+                let mut bytes = vec![0x59u8; len];
+                bytes[len / 2] = b;
+                assert_eq!(
+                    wire::all_bcd(&bytes),
+                    bytes.iter().all(|x| bcd_byte(*x).is_some()),
+                    "{bytes:02x?}"
+                );
+            }
+        }
+        assert!(wire::all_bcd(&[]));
+        assert!(!wire::all_bcd(
+            &[0x99; 9][..8]
+                .iter()
+                .chain(&[0xA0])
+                .copied()
+                .collect::<Vec<_>>()
+        ));
     }
 
     #[test]

@@ -204,13 +204,35 @@ pub struct TlvHeader {
 
 /// Reads the three TLVs every packet opens with, without allocating: the
 /// BKV command, the header, and the offset where the body TLVs start.
-pub(crate) fn split_header(payload: &[u8]) -> Result<(u16, TlvHeader, usize), DecodeError> {
+/// `frame_gateway` (already validated) is reused when tag 0x03 repeats it.
+pub(crate) fn split_header(
+    payload: &[u8],
+    frame_gateway: GatewayId,
+) -> Result<(u16, TlvHeader, usize), DecodeError> {
     let bad = |reason| DecodeError::BadTlv { offset: 0, reason };
+    // Every real packet opens `04 01 01 cmd[2] · 0A 01 02 seq[8] · 09 01 03 gw[7]`.
+    if let Some(
+        &[4, 1, 1, c0, c1, 10, 1, 2, s0, s1, s2, s3, s4, s5, s6, s7, 9, 1, 3, g0, g1, g2, g3, g4, g5, g6],
+    ) = payload.get(..26)
+    {
+        let gw = [g0, g1, g2, g3, g4, g5, g6];
+        let header = TlvHeader {
+            seq: u64::from_be_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            gateway_id: if gw == frame_gateway.0 {
+                frame_gateway
+            } else {
+                GatewayId::from_bcd(gw)?
+            },
+        };
+        return Ok((u16::from_be_bytes([c0, c1]), header, 26));
+    }
     let mut it = super::lazy::TlvIter::new(payload, 0);
-    let mut next = || it.next().transpose();
-    let (c, s, g) = match (next()?, next()?, next()?) {
+    let (c, s, g) = match (it.next(), it.next(), it.next()) {
         (Some((0x01, c, _)), Some((0x02, s, _)), Some((0x03, g, at))) => (c, s, (g, at)),
-        _ => return Err(bad("packet does not open with tags 0x01, 0x02, 0x03")),
+        _ => {
+            it.finish()?;
+            return Err(bad("packet does not open with tags 0x01, 0x02, 0x03"));
+        }
     };
     let cmd: [u8; 2] = c
         .try_into()
@@ -224,7 +246,11 @@ pub(crate) fn split_header(payload: &[u8]) -> Result<(u16, TlvHeader, usize), De
         .map_err(|_| bad("tag 0x03 (gateway id) is not 7 bytes"))?;
     let header = TlvHeader {
         seq: u64::from_be_bytes(seq),
-        gateway_id: GatewayId::from_bcd(gw)?,
+        gateway_id: if gw == frame_gateway.0 {
+            frame_gateway
+        } else {
+            GatewayId::from_bcd(gw)?
+        },
     };
     Ok((u16::from_be_bytes(cmd), header, at + 7))
 }

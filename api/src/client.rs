@@ -114,6 +114,12 @@ impl Client {
         self.get("/api/v1/admin/stats", &()).await
     }
 
+    /// The gateway instances sharing the database (`GET /api/v1/admin/instances`). A gateway
+    /// that runs as a single instance answers 404 ([`ClientError::status`]).
+    pub async fn instances(&self) -> Result<Vec<InstanceView>, ClientError> {
+        self.get("/api/v1/admin/instances", &()).await
+    }
+
     pub async fn consistency(&self) -> Result<Consistency, ClientError> {
         self.get("/api/v1/admin/consistency", &()).await
     }

@@ -9,4 +9,5 @@
 pub mod duration;
 pub mod fleet;
 pub mod http;
+pub mod live;
 pub mod rlimit;

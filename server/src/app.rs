@@ -10,10 +10,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::service::{Clock, Service, Timings, Writer};
+use crate::service::{Service, Timings};
 use crate::store::Store;
+use crate::writer::Writer;
 
 /// A started gateway.
 pub struct App {
@@ -56,11 +58,28 @@ pub async fn start(
     device_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<App> {
+    start_with_clock(
+        config,
+        http_listener,
+        device_listener,
+        shutdown,
+        Clock::system(),
+    )
+    .await
+}
+
+/// [`start`] with the clock the gateway's decisions read (tests pass a manual one).
+pub async fn start_with_clock(
+    config: Config,
+    http_listener: TcpListener,
+    device_listener: TcpListener,
+    shutdown: CancellationToken,
+    clock: Clock,
+) -> anyhow::Result<App> {
     let prometheus = crate::metrics::install();
     let store = Store::connect(&config.database_url, config.db_pool)
         .await
         .with_context(|| format!("connecting to {}", redact(&config.database_url)))?;
-    store.mark_all_offline().await?;
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -94,9 +113,21 @@ pub async fn start(
         Timings {
             command_ttl: config.command_ttl,
             offline_settle_grace: config.offline_settle_grace,
+            offline_after: config.offline_after,
+            reconcile: config.reconcile,
+            ..Timings::default()
         },
-        Clock::new(),
+        clock,
     ));
+    // Devices a previous run left online stay so for their offline threshold: a pile back
+    // within it after this restart produces no offline/online pair.
+    let restored = service.restore_online().await?;
+    if restored > 0 {
+        tracing::info!(
+            restored,
+            "devices online at the last stop wait for their reconnect"
+        );
+    }
 
     let tracker = TaskTracker::new();
     let listener_up = Arc::new(AtomicBool::new(false));
@@ -104,10 +135,13 @@ pub async fn start(
     let device_addr = device_listener.local_addr()?;
 
     // Device side.
+    let limits = crate::device::Limits::from_config(&config);
+    let core = limits.core(&config);
     tracker.spawn(crate::device::serve(
         device_listener,
         service.clone(),
-        crate::device::Limits::from_config(&config),
+        limits,
+        core,
         listener_up.clone(),
         shutdown.clone(),
         tracker.clone(),
@@ -158,7 +192,7 @@ pub async fn start(
         let service = service.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            service.gateway.close_all();
+            // Sessions watch the same token and leave without marking their devices offline.
             tracker.close();
             tracker.wait().await;
             match tokio::time::timeout(Duration::from_secs(10), http_task).await {

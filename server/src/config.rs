@@ -65,6 +65,38 @@ pub struct Cli {
     /// Database pool size [default: 16].
     #[arg(long, env = "PILE_DB_POOL")]
     pub db_pool: Option<u32>,
+    /// Offset of the devices' local clock from UTC, as `+08:00` (BKV heartbeat answers and the
+    /// end times in BKV reports) [default: +08:00, China Standard Time].
+    #[arg(long, env = "PILE_DEVICE_UTC_OFFSET", value_parser = parse_utc_offset, allow_hyphen_values = true)]
+    pub device_utc_offset: Option<i64>,
+    /// Consecutive idle reports of an open order's port before its charge is settled as lost
+    /// (reason 13) [default: 3].
+    #[arg(long, env = "PILE_RECONCILE_REPORTS")]
+    pub reconcile_reports: Option<u32>,
+    /// …spanning at least this many seconds [default: 60].
+    #[arg(long, env = "PILE_RECONCILE_AFTER")]
+    pub reconcile_after: Option<u64>,
+}
+
+/// `+08:00`, `-05:30`, `+8`, `0` → seconds east of UTC.
+pub fn parse_utc_offset(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => (1, t),
+    };
+    let (h, m) = match rest.split_once(':') {
+        Some((h, m)) => (h, m),
+        None => (rest, "0"),
+    };
+    let bad = || format!("`{s}` is not a UTC offset like +08:00");
+    let h: i64 = h.parse().map_err(|_| bad())?;
+    let m: i64 = m.parse().map_err(|_| bad())?;
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
 }
 
 /// The file form: the same settings, all optional.
@@ -86,6 +118,9 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub rate_limit: Option<u32>,
     pub db_pool: Option<u32>,
+    pub device_utc_offset: Option<String>,
+    pub reconcile_reports: Option<u32>,
+    pub reconcile_after: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +135,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("{path}: device_utc_offset: {reason}")]
+    Invalid { path: PathBuf, reason: String },
 }
 
 /// The resolved settings the gateway runs with.
@@ -125,6 +162,9 @@ pub struct Config {
     pub flush_interval: Duration,
     /// An unanswered device command is resent once after this long (vendor rule: 15 s).
     pub command_resend_after: Duration,
+    /// Seconds east of UTC of the devices' local clock.
+    pub device_utc_offset_sec: i64,
+    pub reconcile: crate::domain::ReconcileRule,
 }
 
 impl Default for Config {
@@ -147,6 +187,8 @@ impl Default for Config {
             first_frame_timeout: Duration::from_secs(10),
             flush_interval: Duration::from_millis(200),
             command_resend_after: Duration::from_secs(15),
+            device_utc_offset_sec: 8 * 3600,
+            reconcile: crate::domain::ReconcileRule::default(),
         }
     }
 }
@@ -167,6 +209,12 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        if let (Some(path), Some(off)) = (&cli.config, &file.device_utc_offset) {
+            parse_utc_offset(off).map_err(|reason| ConfigError::Invalid {
+                path: path.clone(),
+                reason,
+            })?;
+        }
         Ok(Self::merge(cli, file))
     }
 
@@ -220,6 +268,24 @@ impl Config {
                 .unwrap_or(d.max_connections),
             rate_limit: cli.rate_limit.or(file.rate_limit).filter(|r| *r > 0),
             db_pool: cli.db_pool.or(file.db_pool).unwrap_or(d.db_pool),
+            device_utc_offset_sec: cli
+                .device_utc_offset
+                .or(file
+                    .device_utc_offset
+                    .as_deref()
+                    .and_then(|o| parse_utc_offset(o).ok()))
+                .unwrap_or(d.device_utc_offset_sec),
+            reconcile: crate::domain::ReconcileRule {
+                idle_reports: cli
+                    .reconcile_reports
+                    .or(file.reconcile_reports)
+                    .unwrap_or(d.reconcile.idle_reports)
+                    .max(1),
+                after_ms: cli
+                    .reconcile_after
+                    .or(file.reconcile_after)
+                    .map_or(d.reconcile.after_ms, |s| s as i64 * 1000),
+            },
             ..d
         }
     }
@@ -239,6 +305,21 @@ mod tests {
         assert_eq!(c.command_ttl, Duration::from_secs(600));
         assert_eq!(c.offline_settle_grace, Duration::from_secs(1800));
         assert_eq!(c.rate_limit, None);
+        assert_eq!(c.device_utc_offset_sec, 8 * 3600);
+        assert_eq!(c.reconcile.idle_reports, 3);
+    }
+
+    #[test]
+    fn the_device_utc_offset_reads_like_a_clock() {
+        assert_eq!(parse_utc_offset("+08:00"), Ok(28_800));
+        assert_eq!(parse_utc_offset("-05:30"), Ok(-19_800));
+        assert_eq!(parse_utc_offset("0"), Ok(0));
+        assert_eq!(parse_utc_offset("+8"), Ok(28_800));
+        assert!(parse_utc_offset("+25:00").is_err());
+        assert!(parse_utc_offset("CST").is_err());
+        let cli = Cli::parse_from(["pile-server", "--device-utc-offset", "-03:00"]);
+        let c = Config::merge(cli, FileConfig::default());
+        assert_eq!(c.device_utc_offset_sec, -10_800);
     }
 
     #[test]

@@ -1,81 +1,34 @@
-//! The seam between the HTTP/domain side and the device side.
+//! The registry: which device is connected where, its live figures, and its frame ring.
 //!
-//! * [`Gateway`] owns the **registry** of live sessions (device ID → [`SessionHandle`]) and
-//!   the per-device **frame rings**. [`Gateway::register`] replaces an existing session of the
-//!   same device at once (the old socket is often half-open after a network drop);
-//!   [`Gateway::submit`] routes a [`Outgoing`] command to the device's session, or reports
-//!   [`Submitted::Queued`] when the device is offline — the command row is already in
-//!   `cmd_logs` with status `queued`, and the session loads it when the device reconnects
-//!   (see `Service::device_online`). The TTL sweeper cancels orders whose command waited too
-//!   long, with end reason 11.
-//! * Sessions call the device-event side of `crate::service::Service` (`device_online`,
-//!   `heartbeat`, `port_report`, `start_confirmed`, `start_rejected`, `progress`,
-//!   `end_report`, `device_offline`). `end_report` settles exactly once and tells the session
-//!   whether it may acknowledge (only after the state is committed).
-//!
-//! Commands are protocol-neutral ([`PortCommand`], 1-based ports); each session encodes them
-//! for its family.
+//! * A device has one live entry while it is connected or was seen within the offline
+//!   threshold: the [`LiveCell`] its session updates without a lock (last frame, signal), what
+//!   the API shows (protocol, address, firmware), and the [`SessionHandle`] of its current
+//!   connection, if any. [`Gateway::register`] makes a new connection the device's one at once
+//!   and closes the old (the old socket is often half-open after a network drop).
+//! * [`Gateway::submit`] routes a durable [`Command`] to the device's session; when there is
+//!   none it waits in `cmd_logs` for the next connection (the session loads open commands at
+//!   identification).
+//! * The per-device **frame ring** backs the frames route.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pile_api::{Direction, FrameRecord};
 use pile_protocol::Family;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A protocol-neutral port command, stored as JSON in `cmd_logs.payload`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PortCommand {
-    Start {
-        order_no: String,
-        port_no: u32,
-        /// API `charge_mode` (1 time, 2 energy, 3 amount, 4 full).
-        charge_mode: u8,
-        duration_sec: i64,
-        energy_wh: i64,
-        amount: i64,
-        price_per_kwh: i64,
-        service_fee: i64,
-        /// AP3000: the 16-byte order number as hex, derived from the order.
-        device_ref: String,
-    },
-    Stop {
-        order_no: String,
-        port_no: u32,
-        device_ref: String,
-    },
-}
+use crate::core::{Command, FrameSink, LiveCell, Note};
 
-impl PortCommand {
-    pub fn name(&self) -> &'static str {
-        match self {
-            PortCommand::Start { .. } => "start",
-            PortCommand::Stop { .. } => "stop",
-        }
-    }
-
-    pub fn order_no(&self) -> &str {
-        match self {
-            PortCommand::Start { order_no, .. } | PortCommand::Stop { order_no, .. } => order_no,
-        }
-    }
-
-    pub fn port_no(&self) -> u32 {
-        match self {
-            PortCommand::Start { port_no, .. } | PortCommand::Stop { port_no, .. } => *port_no,
-        }
-    }
-}
-
-/// A command with its `cmd_logs` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub command_id: i64,
-    pub command: PortCommand,
+/// The registry's view of one live session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub conn_id: u64,
+    /// Commands for the device while this connection holds it.
+    pub commands: mpsc::Sender<Command>,
+    /// Cancelled to close the session (replaced by a newer connection).
+    pub close: CancellationToken,
 }
 
 /// What [`Gateway::submit`] did with a command.
@@ -83,18 +36,315 @@ pub struct Outgoing {
 pub enum Submitted {
     /// Handed to the live session, which sends it (respecting the 0.5 s spacing).
     Dispatched,
-    /// The device is offline; the command waits in `cmd_logs` for its reconnect.
+    /// No session holds the device; the command waits in `cmd_logs` for its reconnect.
     Queued,
 }
 
-/// The registry's view of one live session.
+/// A snapshot of a device's live entry (the API's view).
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub protocol: String,
+    pub last_seen_ms: i64,
+    /// Unix seconds.
+    pub connected_at: i64,
+    pub remote_addr: String,
+    pub firmware: Option<String>,
+    pub signal: Option<i64>,
+    /// A connection holds it now (else it is within the offline threshold of its last frame).
+    pub connected: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    cell: Arc<LiveCell>,
+    protocol: String,
+    connected_at: i64,
+    remote_addr: String,
+    firmware: Option<String>,
+    session: Option<SessionHandle>,
+    /// `last_seen_at` last handed to the batched writer.
+    persisted_seen_ms: i64,
+    /// A new device's registration is queued in the batched writer, not yet flushed.
+    unflushed: bool,
+}
+
+/// A device connecting.
 #[derive(Debug, Clone)]
-pub struct SessionHandle {
-    pub conn_id: u64,
-    /// Boxed so that an idle session's mailbox block stays small.
-    pub commands: mpsc::Sender<Box<Outgoing>>,
-    /// Cancelled to close the session (replaced, shutting down).
-    pub close: CancellationToken,
+pub struct Arrival<'a> {
+    pub device_id: &'a str,
+    pub protocol: &'a str,
+    pub remote_addr: &'a str,
+    pub firmware: Option<&'a str>,
+    pub signal: Option<i64>,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Gateway {
+    devices: Mutex<HashMap<String, Entry>>,
+    frames: Mutex<HashMap<String, FrameRing>>,
+    next_conn: AtomicU64,
+    sessions: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Makes `handle` the device's connection; an older session of the device is closed at
+    /// once. Returns the device's live cell and whether a session was replaced.
+    pub fn register(&self, a: &Arrival<'_>, handle: SessionHandle) -> (Arc<LiveCell>, bool) {
+        let mut devices = self.devices();
+        let e = devices
+            .entry(a.device_id.to_string())
+            .or_insert_with(|| Entry {
+                cell: Arc::new(LiveCell::default()),
+                protocol: a.protocol.to_string(),
+                connected_at: 0,
+                remote_addr: String::new(),
+                firmware: None,
+                session: None,
+                persisted_seen_ms: a.now_ms,
+                unflushed: false,
+            });
+        e.protocol = a.protocol.to_string();
+        e.connected_at = a.now_ms.div_euclid(1000);
+        e.remote_addr = a.remote_addr.to_string();
+        if let Some(f) = a.firmware {
+            e.firmware = Some(f.to_string());
+        }
+        if let Some(s) = a.signal {
+            e.cell.signal.store(s, Ordering::Relaxed);
+        }
+        e.cell.seen(a.now_ms);
+        let replaced = match e.session.replace(handle.clone()) {
+            Some(old) if old.conn_id != handle.conn_id => {
+                old.close.cancel();
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.sessions.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        };
+        (e.cell.clone(), replaced)
+    }
+
+    /// The session ended. Only the registered session leaves (a replaced session must not
+    /// remove its successor); the device stays known (online) until its offline threshold.
+    /// Returns whether it was the registered one.
+    pub fn unregister(&self, device_id: &str, conn_id: u64) -> bool {
+        let mut devices = self.devices();
+        match devices.get_mut(device_id) {
+            Some(e) if e.session.as_ref().is_some_and(|h| h.conn_id == conn_id) => {
+                e.session = None;
+                self.sessions.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets a device (it went offline). Returns when it was last seen (ms).
+    pub fn remove(&self, device_id: &str) -> Option<i64> {
+        let e = self.devices().remove(device_id)?;
+        if e.session.is_some() {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(e.cell.last_seen_ms())
+    }
+
+    /// Start-up: a device the database holds online is kept so for its offline threshold.
+    pub fn restore(&self, device_id: &str, protocol: &str, last_seen_ms: i64) {
+        let mut devices = self.devices();
+        devices.entry(device_id.to_string()).or_insert_with(|| {
+            let cell = Arc::new(LiveCell::default());
+            cell.seen(last_seen_ms);
+            Entry {
+                cell,
+                protocol: protocol.to_string(),
+                connected_at: 0,
+                remote_addr: String::new(),
+                firmware: None,
+                session: None,
+                persisted_seen_ms: last_seen_ms,
+                unflushed: false,
+            }
+        });
+    }
+
+    /// Whether `conn_id` is the device's current connection.
+    pub fn is_current(&self, device_id: &str, conn_id: u64) -> bool {
+        self.devices()
+            .get(device_id)
+            .and_then(|e| e.session.as_ref())
+            .is_some_and(|h| h.conn_id == conn_id)
+    }
+
+    /// Online: connected, or seen within the offline threshold.
+    pub fn is_online(&self, device_id: &str) -> bool {
+        self.devices().contains_key(device_id)
+    }
+
+    /// A connection holds the device now.
+    pub fn is_connected(&self, device_id: &str) -> bool {
+        self.devices()
+            .get(device_id)
+            .is_some_and(|e| e.session.is_some())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed) as usize
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.devices().len()
+    }
+
+    pub fn live(&self, device_id: &str) -> Option<Live> {
+        self.devices().get(device_id).map(|e| Live {
+            protocol: e.protocol.clone(),
+            last_seen_ms: e.cell.last_seen_ms(),
+            connected_at: e.connected_at,
+            remote_addr: e.remote_addr.clone(),
+            firmware: e.firmware.clone(),
+            signal: Some(e.cell.signal.load(Ordering::Relaxed)).filter(|s| *s != 0),
+            connected: e.session.is_some(),
+        })
+    }
+
+    pub fn set_firmware(&self, device_id: &str, firmware: &str) {
+        if let Some(e) = self.devices().get_mut(device_id) {
+            e.firmware = Some(firmware.to_string());
+        }
+    }
+
+    /// Marks (or, with `false`, clears and returns) the device's unflushed registration.
+    pub fn set_unflushed(&self, device_id: &str, unflushed: bool) -> bool {
+        match self.devices().get_mut(device_id) {
+            Some(e) => std::mem::replace(&mut e.unflushed, unflushed),
+            None => false,
+        }
+    }
+
+    /// Devices without a connection whose last frame is older than `cutoff_ms`: past the
+    /// offline threshold.
+    pub fn silent_since(&self, cutoff_ms: i64) -> Vec<(String, i64)> {
+        self.devices()
+            .iter()
+            .filter(|(_, e)| e.session.is_none() && e.cell.last_seen_ms() < cutoff_ms)
+            .map(|(id, e)| (id.clone(), e.cell.last_seen_ms()))
+            .collect()
+    }
+
+    /// Devices whose last frame advanced by `every_ms` since it was last persisted; marks
+    /// them persisted.
+    pub fn liveness_due(&self, every_ms: i64) -> Vec<(String, i64)> {
+        let mut due = Vec::new();
+        for (id, e) in self.devices().iter_mut() {
+            let seen = e.cell.last_seen_ms();
+            if seen - e.persisted_seen_ms >= every_ms {
+                e.persisted_seen_ms = seen;
+                due.push((id.clone(), seen));
+            }
+        }
+        due
+    }
+
+    /// Routes a command to the device's live session, if any.
+    pub fn submit(&self, device_id: &str, cmd: Command) -> Submitted {
+        let handle = self
+            .devices()
+            .get(device_id)
+            .and_then(|e| e.session.clone());
+        match handle {
+            Some(h) => match h.commands.try_send(cmd) {
+                Ok(()) => Submitted::Dispatched,
+                // A full or closing mailbox: the row stays open and goes out on reconnect.
+                Err(_) => Submitted::Queued,
+            },
+            None => Submitted::Queued,
+        }
+    }
+
+    /// Closes every session (tests; a shutdown closes them through its own token).
+    pub fn close_all(&self) {
+        for e in self.devices().values() {
+            if let Some(h) = &e.session {
+                h.close.cancel();
+            }
+        }
+    }
+
+    /// Keeps a frame in the device's ring (last [`FRAME_RING`]).
+    pub fn record_frame(
+        &self,
+        device_id: &str,
+        direction: Direction,
+        at_ms: i64,
+        raw: &[u8],
+        note: FrameNote<'_>,
+    ) {
+        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        match frames.get_mut(device_id) {
+            Some(ring) => ring.push(at_ms, direction, note, raw),
+            None => {
+                let mut ring = FrameRing::default();
+                ring.push(at_ms, direction, note, raw);
+                frames.insert(device_id.to_string(), ring);
+            }
+        }
+    }
+
+    /// The device's recent frames, oldest first; `None` when none were seen.
+    pub fn frames(&self, device_id: &str) -> Option<Vec<FrameRecord>> {
+        let entries = {
+            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+            frames.get(device_id)?.entries()
+        };
+        Some(
+            entries
+                .into_iter()
+                .map(|e| FrameRecord {
+                    at_ms: e.at_ms,
+                    direction: e.direction,
+                    hex: hex::encode(&e.raw),
+                    summary: if e.kind == 0 {
+                        String::from_utf8_lossy(&e.text).into_owned()
+                    } else {
+                        summarise(e.kind, e.direction, &e.raw)
+                    },
+                })
+                .collect(),
+        )
+    }
+}
+
+impl FrameSink for Gateway {
+    fn record(
+        &self,
+        device_id: &str,
+        direction: Direction,
+        at_ms: i64,
+        raw: &[u8],
+        note: Note<'_>,
+    ) {
+        let note = match note {
+            Note::Frame(f) => FrameNote::Frame(f),
+            Note::Text(t) => FrameNote::Text(t),
+        };
+        self.record_frame(device_id, direction, at_ms, raw, note);
+    }
 }
 
 /// Frames kept per device for the frames route.
@@ -228,148 +478,11 @@ fn summarise(kind: u8, direction: Direction, raw: &[u8]) -> String {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Gateway {
-    sessions: Mutex<HashMap<String, SessionHandle>>,
-    frames: Mutex<HashMap<String, FrameRing>>,
-    next_conn: AtomicU64,
-}
-
-impl Gateway {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Registers a session; an existing session of the same device is closed at once.
-    /// Returns whether one was replaced.
-    pub fn register(&self, device_id: &str, handle: SessionHandle) -> bool {
-        let old = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(device_id.to_string(), handle.clone());
-        match old {
-            Some(old) if old.conn_id != handle.conn_id => {
-                old.close.cancel();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Removes a session if it is still the registered one (a replaced session must not
-    /// remove its successor). Returns whether it was.
-    pub fn unregister(&self, device_id: &str, conn_id: u64) -> bool {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions
-            .get(device_id)
-            .is_some_and(|h| h.conn_id == conn_id)
-        {
-            sessions.remove(device_id);
-            true
-        } else {
-            false
-        }
-    }
-
-    pub fn is_online(&self, device_id: &str) -> bool {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(device_id)
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    }
-
-    /// Routes a command to the device's live session, if any.
-    pub fn submit(&self, device_id: &str, out: Outgoing) -> Submitted {
-        let handle = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(device_id)
-            .cloned();
-        match handle {
-            Some(h) => match h.commands.try_send(Box::new(out)) {
-                Ok(()) => Submitted::Dispatched,
-                // A full or closing mailbox: the row stays queued and goes out on reconnect
-                // or when the session drains its queue.
-                Err(_) => Submitted::Queued,
-            },
-            None => Submitted::Queued,
-        }
-    }
-
-    /// Closes every session (shutdown).
-    pub fn close_all(&self) {
-        for h in self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            h.close.cancel();
-        }
-    }
-
-    /// Keeps a frame in the device's ring (last [`FRAME_RING`]).
-    pub fn record_frame(
-        &self,
-        device_id: &str,
-        direction: Direction,
-        at_ms: i64,
-        raw: &[u8],
-        note: FrameNote<'_>,
-    ) {
-        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        match frames.get_mut(device_id) {
-            Some(ring) => ring.push(at_ms, direction, note, raw),
-            None => {
-                let mut ring = FrameRing::default();
-                ring.push(at_ms, direction, note, raw);
-                frames.insert(device_id.to_string(), ring);
-            }
-        }
-    }
-
-    /// The device's recent frames, oldest first; `None` when none were seen.
-    pub fn frames(&self, device_id: &str) -> Option<Vec<FrameRecord>> {
-        let entries = {
-            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-            frames.get(device_id)?.entries()
-        };
-        Some(
-            entries
-                .into_iter()
-                .map(|e| FrameRecord {
-                    at_ms: e.at_ms,
-                    direction: e.direction,
-                    hex: hex::encode(&e.raw),
-                    summary: if e.kind == 0 {
-                        String::from_utf8_lossy(&e.text).into_owned()
-                    } else {
-                        summarise(e.kind, e.direction, &e.raw)
-                    },
-                })
-                .collect(),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn handle(gw: &Gateway) -> (SessionHandle, mpsc::Receiver<Box<Outgoing>>) {
+    fn handle(gw: &Gateway) -> (SessionHandle, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(4);
         (
             SessionHandle {
@@ -381,38 +494,69 @@ mod tests {
         )
     }
 
+    fn arrival(now_ms: i64) -> Arrival<'static> {
+        Arrival {
+            device_id: "D1",
+            protocol: "bkv",
+            remote_addr: "127.0.0.1:1",
+            firmware: None,
+            signal: None,
+            now_ms,
+        }
+    }
+
     #[test]
     fn a_new_connection_replaces_the_old_session_at_once() {
         let gw = Gateway::new();
         let (first, _rx1) = handle(&gw);
         let (second, _rx2) = handle(&gw);
-        assert!(!gw.register("D1", first.clone()));
-        assert!(gw.register("D1", second.clone()));
+        let (cell, replaced) = gw.register(&arrival(1_000), first.clone());
+        assert!(!replaced);
+        let (cell2, replaced) = gw.register(&arrival(2_000), second.clone());
+        assert!(replaced);
+        assert!(Arc::ptr_eq(&cell, &cell2), "one live cell per device");
         assert!(first.close.is_cancelled());
         assert!(!second.close.is_cancelled());
+        assert_eq!(gw.session_count(), 1);
         // The replaced session's clean-up must not remove its successor.
         assert!(!gw.unregister("D1", first.conn_id));
-        assert!(gw.is_online("D1"));
+        assert!(gw.is_connected("D1"));
         assert!(gw.unregister("D1", second.conn_id));
+        // Disconnected, but online until the offline threshold passes.
+        assert!(!gw.is_connected("D1") && gw.is_online("D1"));
+        assert_eq!(gw.session_count(), 0);
+        assert_eq!(gw.silent_since(2_000), vec![]);
+        assert_eq!(gw.silent_since(2_001), vec![("D1".to_string(), 2_000)]);
+        assert_eq!(gw.remove("D1"), Some(2_000));
         assert!(!gw.is_online("D1"));
     }
 
     #[test]
-    fn commands_for_offline_devices_are_reported_queued() {
+    fn commands_for_unconnected_devices_are_reported_queued() {
         let gw = Gateway::new();
-        let cmd = Outgoing {
-            command_id: 1,
-            command: PortCommand::Stop {
-                order_no: "o".into(),
-                port_no: 1,
-                device_ref: String::new(),
-            },
+        let cmd = Command {
+            id: 1,
+            spec: crate::core::CommandSpec::Query { port_no: None },
+            sent_before: false,
+            first_sent_at_ms: None,
         };
         assert_eq!(gw.submit("D1", cmd.clone()), Submitted::Queued);
         let (h, mut rx) = handle(&gw);
-        gw.register("D1", h);
+        gw.register(&arrival(1), h);
         assert_eq!(gw.submit("D1", cmd.clone()), Submitted::Dispatched);
-        assert_eq!(rx.try_recv().ok().map(|b| *b), Some(cmd));
+        assert_eq!(rx.try_recv().ok(), Some(cmd));
+    }
+
+    #[test]
+    fn liveness_is_due_once_it_advanced_by_the_period() {
+        let gw = Gateway::new();
+        let (h, _rx) = handle(&gw);
+        let (cell, _) = gw.register(&arrival(0), h);
+        cell.seen(29_999);
+        assert!(gw.liveness_due(30_000).is_empty());
+        cell.seen(30_000);
+        assert_eq!(gw.liveness_due(30_000), vec![("D1".to_string(), 30_000)]);
+        assert!(gw.liveness_due(30_000).is_empty(), "marked persisted");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! * [`app`] — wiring and graceful shutdown.
 
 pub mod app;
+pub mod clock;
 pub mod config;
+pub mod core;
 pub mod device;
 pub mod domain;
 pub mod events;
@@ -22,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod writer;
 
-pub use app::{run, start, App};
+pub use app::{run, start, start_with_clock, App};
 pub use config::Config;

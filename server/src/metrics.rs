@@ -25,6 +25,11 @@ pub const FRAME_ERRORS: &str = "frame_errors_total";
 pub const END_REPORTS: &str = "end_reports_total";
 pub const COMMANDS: &str = "device_commands_total";
 pub const BATCH_OPS: &str = "batch_writer_ops_total";
+pub const BATCH_QUEUE: &str = "batch_writer_queue";
+pub const BATCH_BLOCKED: &str = "batch_writer_blocked_microseconds_total";
+pub const RECONCILED: &str = "orders_reconciled_total";
+/// The webhook round-trip histogram (named here so metrics does not depend on events).
+pub const DELIVERY_DURATION: &str = "webhook_delivery_duration_seconds";
 pub const DROPPED: &str = "dropped_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
@@ -45,7 +50,7 @@ pub fn install() -> PrometheusHandle {
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        Matcher::Full(crate::events::DELIVERY_DURATION.to_string()),
+                        Matcher::Full(DELIVERY_DURATION.to_string()),
                         &[
                             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                             10.0,

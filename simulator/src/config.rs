@@ -91,7 +91,8 @@ impl FromStr for IpRange {
 /// Everything a fleet needs to run.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    /// The gateway's device address, `HOST:PORT`.
+    /// The gateway's device address, `HOST:PORT`, or several comma-separated: each pile
+    /// starts with the first and moves to the next after a failed connect or a drop.
     pub server: String,
     pub devices: u32,
     pub protocol: ProtocolChoice,

@@ -166,11 +166,18 @@ impl FleetHandle {
         codecs: CodecFactory,
     ) -> Result<FleetHandle, FleetError> {
         cfg.validate()?;
-        let server = tokio::net::lookup_host(cfg.server.as_str())
-            .await
-            .map_err(|_| FleetError::Resolve(cfg.server.clone()))?
-            .next()
-            .ok_or_else(|| FleetError::Resolve(cfg.server.clone()))?;
+        // `A,B,C`: a pile dials the next address after a failed connect or a drop, as a pile
+        // with backup addresses does.
+        let mut servers = Vec::new();
+        for addr in cfg.server.split(',').map(str::trim) {
+            let resolved = tokio::net::lookup_host(addr)
+                .await
+                .map_err(|_| FleetError::Resolve(addr.to_string()))?
+                .next()
+                .ok_or_else(|| FleetError::Resolve(addr.to_string()))?;
+            servers.push(resolved);
+        }
+        let servers: Arc<[SocketAddr]> = servers.into();
         let identities = cfg.identities()?;
         let start = Instant::now();
         let eeprom =
@@ -237,7 +244,7 @@ impl FleetHandle {
                     Arc::clone(&slot),
                     sched.clone(),
                     u64::from(ident.index),
-                    server,
+                    Arc::clone(&servers),
                     bind,
                     cancel.clone(),
                 )
@@ -387,6 +394,27 @@ impl FleetHandle {
     }
 }
 
+/// A pile's server addresses and the one it dials now: the first, then the next one after
+/// each failed connect or drop, round the list.
+struct Servers {
+    list: Arc<[SocketAddr]>,
+    at: std::sync::atomic::AtomicUsize,
+}
+
+impl Servers {
+    fn current(&self) -> SocketAddr {
+        self.list[self.at.load(std::sync::atomic::Ordering::Relaxed) % self.list.len()]
+    }
+
+    fn next(&self) {
+        let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
+        self.at.store(
+            (at + 1) % self.list.len(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
 async fn connect(server: SocketAddr, bind: Option<Ipv4Addr>) -> io::Result<TcpStream> {
     let socket = match server {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -444,13 +472,13 @@ async fn perform(
     actions: Vec<Action>,
     conn: &mut Option<TcpStream>,
     zombie: &mut Option<TcpStream>,
-    server: SocketAddr,
+    servers: &Servers,
     bind: Option<Ipv4Addr>,
 ) {
     let mut queue = std::collections::VecDeque::from(actions);
     while let Some(action) = queue.pop_front() {
         match action {
-            Action::Connect => match timed_connect(slot, server, bind).await {
+            Action::Connect => match timed_connect(slot, servers.current(), bind).await {
                 Ok(stream) => {
                     if let Some(old) = zombie.take() {
                         abort(old);
@@ -464,6 +492,7 @@ async fn perform(
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "connect failed");
+                    servers.next();
                     slot.lock().on_connect_failed(Instant::now());
                 }
             },
@@ -471,6 +500,7 @@ async fn perform(
                 if let Some(c) = conn.as_mut() {
                     if let Err(e) = c.write_all(&bytes).await {
                         tracing::debug!(error = %e, "write failed");
+                        servers.next();
                         *conn = None;
                         slot.lock().on_disconnected(Instant::now());
                     }
@@ -480,6 +510,7 @@ async fn perform(
                 for b in bytes.iter() {
                     let Some(c) = conn.as_mut() else { break };
                     if c.write_all(&[*b]).await.is_err() {
+                        servers.next();
                         *conn = None;
                         slot.lock().on_disconnected(Instant::now());
                         break;
@@ -508,10 +539,14 @@ async fn drive(
     slot: Arc<Slot>,
     sched: Scheduler,
     key: u64,
-    server: SocketAddr,
+    servers: Arc<[SocketAddr]>,
     bind: Option<Ipv4Addr>,
     cancel: CancellationToken,
 ) {
+    let servers = Servers {
+        list: servers,
+        at: std::sync::atomic::AtomicUsize::new(0),
+    };
     let mut conn: Option<TcpStream> = None;
     let mut zombie: Option<TcpStream> = None;
     let mut wake_registered: Option<Instant> = None;
@@ -526,7 +561,7 @@ async fn drive(
                 std::mem::take(&mut actions),
                 &mut conn,
                 &mut zombie,
-                server,
+                &servers,
                 bind,
             )
             .await;
@@ -555,6 +590,7 @@ async fn drive(
                 match read {
                     Ok(0) => {
                         tracing::debug!("closed by the server");
+                        servers.next();
                         conn = None;
                         slot.lock().on_disconnected(Instant::now());
                     }
@@ -564,6 +600,7 @@ async fn drive(
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => {
+                        servers.next();
                         conn = None;
                         slot.lock().on_disconnected(Instant::now());
                     }

@@ -32,8 +32,9 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The gateway's device address.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The gateway's device address; several, comma-separated (A,B,C), make every pile dial
+    /// the next one after a failed connect or a drop, as a pile with backup addresses does.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
     server: String,
     /// Number of piles.
     #[arg(long, default_value_t = 1)]

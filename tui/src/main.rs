@@ -8,7 +8,7 @@ use crossterm::event::{Event, EventStream};
 use futures::StreamExt;
 use pile_tui::app::{App, Focus};
 use pile_tui::net::{self, PollConfig};
-use pile_tui::ui;
+use pile_tui::{startup, ui};
 use tokio::sync::{mpsc, watch};
 
 /// The operations dashboard of the pilekit gateway.
@@ -33,17 +33,32 @@ struct Args {
 /// Frames per second at most; also how often "… ago" texts move.
 const TICK: Duration = Duration::from_millis(250);
 
+/// Exits with a start-up problem, in one line (no backtrace: it is the operator's input).
+fn refuse(reason: &str) -> ! {
+    eprintln!("pile-tui: {reason}");
+    std::process::exit(2)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let refresh = Duration::try_from_secs_f64(args.refresh.max(0.2)).context("--refresh")?;
-    let server = args.server.trim_end_matches('/').to_string();
+    let server = startup::normalize_url("--server", &args.server).unwrap_or_else(|e| refuse(&e));
+    let sim = args
+        .sim
+        .as_deref()
+        .map(|s| startup::normalize_url("--sim", s).unwrap_or_else(|e| refuse(&e)));
     let mut cfg = PollConfig::new(server.clone(), args.api_key.clone(), refresh);
-    cfg.sim = args.sim.clone();
+    cfg.sim = sim.clone();
+    // A refused key or an address that is no gateway will not get better: say so and exit
+    // before taking the terminal. A gateway that is not up yet is shown as disconnected.
+    if let Err(reason) = startup::check_gateway(&cfg.client(), net::REQUEST_TIMEOUT).await {
+        refuse(&reason);
+    }
     // `ratatui::init` enters raw mode and the alternate screen and installs a panic hook
     // that restores the terminal before the panic message is printed.
     let mut terminal = ratatui::init();
-    let result = run(&mut terminal, cfg, args.sim).await;
+    let result = run(&mut terminal, cfg, sim).await;
     ratatui::restore();
     result
 }

@@ -5,20 +5,26 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use pile_api::{ChargeRequest, Client, DeviceListQuery, OrderListQuery, StopRequest};
+use pile_api::{
+    Client, ClientError, DeadLetterQuery, DeviceListQuery, OrderListQuery, OrderStatus, StopRequest,
+};
 use tokio::sync::{mpsc, watch};
 
-use crate::app::{
-    Command, DeviceDetail, Focus, OrderDetail, Snapshot, Update, START_AMOUNT_FEN,
-    START_DURATION_SEC,
-};
+use crate::app::problems::ProblemData;
+use crate::app::{Command, DeviceDetail, Focus, OrderDetail, Outcome, Refusal, Snapshot, Update};
 use crate::prom;
 use crate::sse::SseParser;
 
-/// Rows fetched for the Devices and Orders tables.
+/// Rows per device-list page (the API's largest page) and orders fetched for the table.
 pub const LIST_SIZE: u32 = 1000;
 /// Any one request gives up after this long, so a hung gateway shows as disconnected.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Without the problems view open, its data is fetched this often (for the tab's count).
+pub const PROBLEMS_EVERY: Duration = Duration::from_secs(15);
+/// `/admin/instances` is asked this often.
+pub const INSTANCES_EVERY: Duration = Duration::from_secs(10);
+/// Stale orders looked up per problems poll at most.
+pub const STUCK_LOOKUPS: usize = 20;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -36,6 +42,8 @@ pub struct PollConfig {
     pub sim: Option<String>,
     /// The longest wait between tries while the gateway is away.
     pub max_backoff: Duration,
+    /// Devices per list page; one page is fetched per poll, walking the whole fleet.
+    pub page_size: u32,
 }
 
 impl PollConfig {
@@ -46,6 +54,7 @@ impl PollConfig {
             refresh,
             sim: None,
             max_backoff: Duration::from_secs(30),
+            page_size: LIST_SIZE,
         }
     }
 
@@ -60,6 +69,12 @@ impl PollConfig {
     pub fn client(&self) -> Client {
         Client::with_http(self.http(), self.server.clone(), self.api_key.clone())
     }
+
+    /// Every how many polls something is fetched that is needed only every `period`.
+    fn every(&self, period: Duration) -> u64 {
+        let r = self.refresh.as_millis().max(1);
+        (period.as_millis() / r).max(1) as u64
+    }
 }
 
 /// The wait after `failures` failed polls in a row: the refresh period, doubled per further
@@ -67,6 +82,27 @@ impl PollConfig {
 pub fn backoff(refresh: Duration, failures: u32, max: Duration) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     refresh.saturating_mul(factor).min(max)
+}
+
+/// What one poll failed on: the text for the banner and the status, if the gateway answered.
+#[derive(Debug)]
+struct PollError {
+    text: String,
+    status: Option<u16>,
+}
+
+fn poll_err(what: &str, e: ClientError) -> PollError {
+    PollError {
+        text: format!("{what}: {}", describe(&e)),
+        status: e.status(),
+    }
+}
+
+/// The poller's own counters: which device page is next, how many polls ran.
+#[derive(Debug, Default)]
+struct Cursor {
+    polls: u64,
+    page: u32,
 }
 
 /// Polls the gateway every `refresh` (backing off while it fails) until `tx` closes.
@@ -78,9 +114,10 @@ pub async fn run_poller(
     let client = cfg.client();
     let http = cfg.http();
     let mut failures = 0u32;
+    let mut cursor = Cursor { polls: 0, page: 1 };
     loop {
         let current = focus.borrow_and_update().clone();
-        let update = match poll_once(&client, &http, &cfg, &current).await {
+        let update = match poll_once(&client, &http, &cfg, &current, &mut cursor).await {
             Ok(updates) => {
                 failures = 0;
                 let mut closed = false;
@@ -92,13 +129,14 @@ pub async fn run_poller(
                 }
                 None
             }
-            Err(error) => {
+            Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait = backoff(cfg.refresh, failures, cfg.max_backoff);
                 let at_ms = now_ms();
                 Some(Update::PollFailed {
                     at_ms,
-                    error,
+                    error: e.text,
+                    status: e.status,
                     retry_at_ms: at_ms + wait.as_millis() as i64,
                 })
             }
@@ -127,17 +165,27 @@ async fn poll_once(
     http: &reqwest::Client,
     cfg: &PollConfig,
     focus: &Focus,
-) -> Result<Vec<Update>, String> {
-    let err = |what: &str, e: pile_api::ClientError| format!("{what}: {}", describe(&e));
-    let stats = client.stats().await.map_err(|e| err("stats", e))?;
-    let devices = client
+    cursor: &mut Cursor,
+) -> Result<Vec<Update>, PollError> {
+    let requested_ms = now_ms();
+    let n = cursor.polls;
+    cursor.polls += 1;
+    let stats = client.stats().await.map_err(|e| poll_err("stats", e))?;
+    let page = client
         .devices(&DeviceListQuery {
             online: None,
-            page: Some(1),
-            size: Some(LIST_SIZE),
+            page: Some(cursor.page),
+            size: Some(cfg.page_size),
         })
         .await
-        .map_err(|e| err("devices", e))?;
+        .map_err(|e| poll_err("devices", e))?;
+    // The next poll fetches the next page, back to the first after the last.
+    let size = i64::from(page.size.max(1));
+    cursor.page = if i64::from(cursor.page) * size >= page.total {
+        1
+    } else {
+        cursor.page + 1
+    };
     let orders = client
         .orders(&OrderListQuery {
             status: focus.order_status.map(|s| s.as_str().to_string()),
@@ -146,7 +194,7 @@ async fn poll_once(
             size: Some(LIST_SIZE),
         })
         .await
-        .map_err(|e| err("orders", e))?;
+        .map_err(|e| poll_err("orders", e))?;
     // `/metrics` is optional: a gateway behind a proxy may not expose it.
     let metrics = match http
         .get(format!("{}/metrics", cfg.server.trim_end_matches('/')))
@@ -156,27 +204,33 @@ async fn poll_once(
         Ok(r) if r.status().is_success() => r.text().await.ok().map(|t| prom::parse(&t)),
         _ => None,
     };
-    let mut out = vec![Update::Snapshot {
-        at_ms: now_ms(),
-        snapshot: Box::new(Snapshot {
-            stats: Some(stats),
-            metrics,
-            devices: devices.items,
-            devices_total: devices.total,
-            orders: orders.items,
-            orders_total: orders.total,
-        }),
-    }];
+    let mut out = vec![
+        Update::DevicePage {
+            at_ms: now_ms(),
+            requested_ms,
+            page: Box::new(page),
+        },
+        Update::Snapshot {
+            at_ms: now_ms(),
+            requested_ms,
+            snapshot: Box::new(Snapshot {
+                stats: Some(stats),
+                metrics,
+                orders: orders.items,
+                orders_total: orders.total,
+            }),
+        },
+    ];
     // A detail the gateway answers "not found" (or any other status) for is a problem of
     // that item, not of the connection: it becomes a notice, not a disconnected state.
-    let detail_err = |what: &str, e: pile_api::ClientError| -> Result<Update, String> {
+    let detail_err = |what: &str, e: ClientError| -> Result<Update, PollError> {
         match e.status() {
             Some(status) => Ok(Update::Notice {
                 at_ms: now_ms(),
                 message: format!("{what}: HTTP {status}: {}", e.message()),
                 error: true,
             }),
-            None => Err(err(what, e)),
+            None => Err(poll_err(what, e)),
         }
     };
     if let Some(id) = &focus.device {
@@ -186,7 +240,8 @@ async fn poll_once(
                 let mut running = Vec::new();
                 for no in device.ports.iter().filter_map(|p| p.order_no.as_deref()) {
                     if let Ok(o) = client.order(no).await {
-                        running.push(o);
+                        let progress = client.progress(no).await.unwrap_or_default();
+                        running.push((o, progress));
                     }
                 }
                 let sim = match &cfg.sim {
@@ -195,6 +250,7 @@ async fn poll_once(
                 };
                 out.push(Update::Device {
                     at_ms: now_ms(),
+                    requested_ms,
                     detail: Box::new(DeviceDetail {
                         device,
                         frames,
@@ -212,13 +268,86 @@ async fn poll_once(
                 let progress = client.progress(no).await.unwrap_or_default();
                 out.push(Update::Order {
                     at_ms: now_ms(),
+                    requested_ms,
                     detail: Box::new(OrderDetail { order, progress }),
                 });
             }
             Err(e) => out.push(detail_err(&format!("order {no}"), e)?),
         }
     }
+    if !focus.followed.is_empty() {
+        let mut orders = Vec::new();
+        for no in &focus.followed {
+            if let Ok(o) = client.order(no).await {
+                orders.push(o);
+            }
+        }
+        out.push(Update::Followed {
+            at_ms: now_ms(),
+            requested_ms,
+            orders,
+        });
+    }
+    if focus.problems || n % cfg.every(PROBLEMS_EVERY) == 0 {
+        out.push(Update::Problems {
+            at_ms: now_ms(),
+            requested_ms,
+            data: Box::new(problems(client).await),
+        });
+    }
+    if n % cfg.every(INSTANCES_EVERY) == 0 {
+        match client.instances().await {
+            Ok(v) => out.push(Update::Instances {
+                at_ms: now_ms(),
+                instances: Some(v),
+            }),
+            // A single-instance gateway has no such route: the view stays hidden.
+            Err(e) if e.status() == Some(404) => out.push(Update::Instances {
+                at_ms: now_ms(),
+                instances: None,
+            }),
+            Err(_) => {}
+        }
+    }
     Ok(out)
+}
+
+/// The problems view's data; a part the gateway does not answer stays empty.
+async fn problems(client: &Client) -> ProblemData {
+    let consistency = client.consistency().await.ok();
+    let dead = client
+        .dead_letters(&DeadLetterQuery {
+            page: Some(1),
+            size: Some(100),
+        })
+        .await
+        .ok();
+    let failed = client
+        .orders(&OrderListQuery {
+            status: Some(OrderStatus::Failed.as_str().to_string()),
+            device_id: None,
+            page: Some(1),
+            size: Some(20),
+        })
+        .await
+        .map(|p| p.items)
+        .unwrap_or_default();
+    let mut stuck = Vec::new();
+    for no in consistency
+        .iter()
+        .flat_map(|c| &c.stale_orders)
+        .take(STUCK_LOOKUPS)
+    {
+        if let Ok(o) = client.order(no).await {
+            stuck.push(o);
+        }
+    }
+    ProblemData {
+        consistency,
+        dead,
+        failed,
+        stuck,
+    }
 }
 
 /// The simulator's view of one pile, in a line: connection, faults, records to replay.
@@ -308,13 +437,18 @@ pub async fn run_event_stream(cfg: PollConfig, tx: mpsc::Sender<Update>) {
         .unwrap_or_default();
     let url = format!("{}/api/v1/events/stream", cfg.server.trim_end_matches('/'));
     let mut failures = 0u32;
+    // After a reconnection the gateway replays what was written since the last event seen,
+    // so state changes during the gap are not lost.
+    let mut last_id: Option<String> = None;
     loop {
-        let result = http
+        let mut req = http
             .get(&url)
             .header("X-Api-Key", &cfg.api_key)
-            .header("Accept", "text/event-stream")
-            .send()
-            .await;
+            .header("Accept", "text/event-stream");
+        if let Some(id) = &last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let result = req.send().await;
         let error = match result {
             Ok(resp) if resp.status().is_success() => {
                 failures = 0;
@@ -335,6 +469,9 @@ pub async fn run_event_stream(cfg: PollConfig, tx: mpsc::Sender<Update>) {
                     match chunk {
                         Some(Ok(bytes)) => {
                             for ev in parser.push(&bytes) {
+                                if ev.id.is_some() {
+                                    last_id = ev.id.clone();
+                                }
                                 if let Ok(msg) = serde_json::from_str(&ev.data) {
                                     if tx.send(Update::Event(Box::new(msg))).await.is_err() {
                                         return;
@@ -368,60 +505,60 @@ pub async fn run_event_stream(cfg: PollConfig, tx: mpsc::Sender<Update>) {
     }
 }
 
+fn refusal(e: ClientError) -> Refusal {
+    Refusal {
+        status: e.status(),
+        message: match &e {
+            ClientError::Status { message, .. } => message.clone(),
+            other => describe(other),
+        },
+    }
+}
+
 /// Carries out one command against the gateway or the simulator's control API.
 pub async fn execute(client: &Client, sim: Option<&str>, cmd: &Command) -> Update {
-    let result: Result<String, String> = match cmd {
-        Command::Start { device, port } => client
-            .charge(
-                device,
-                &ChargeRequest {
-                    port_no: *port,
-                    charge_mode: pile_api::charge_mode::BY_TIME,
-                    duration: START_DURATION_SEC,
-                    amount: START_AMOUNT_FEN,
-                    ..ChargeRequest::default()
-                },
-            )
-            .await
-            .map(|o| {
-                format!(
-                    "started {} on {device} port {port} ({})",
-                    o.order_no, o.status
-                )
-            })
-            .map_err(|e| format!("start {device} port {port}: {}", e.message())),
+    let outcome = match cmd {
+        Command::Start { device, request } => Outcome::Started {
+            device: device.clone(),
+            port: request.port_no,
+            result: client.charge(device, request).await.map_err(refusal),
+        },
         Command::Stop {
             device,
             port,
             order_no,
-        } => client
-            .stop(
-                device,
-                &StopRequest {
-                    port_no: *port,
-                    order_no: order_no.clone(),
-                },
-            )
-            .await
-            .map(|o| format!("stopping {} on {device} port {port}", o.order_no))
-            .map_err(|e| format!("stop {device} port {port}: {}", e.message())),
-        other => match sim {
-            None => Err("simulator controls need --sim URL".to_string()),
-            Some(base) => sim_call(base, other).await,
+        } => Outcome::Stopped {
+            device: device.clone(),
+            port: *port,
+            result: client
+                .stop(
+                    device,
+                    &StopRequest {
+                        port_no: *port,
+                        order_no: order_no.clone(),
+                    },
+                )
+                .await
+                .map_err(refusal),
+        },
+        Command::Replay { event_id } => Outcome::Replayed {
+            event_id: event_id.clone(),
+            result: client.replay_dead_letter(event_id).await.map_err(refusal),
+        },
+        Command::TestWebhook => Outcome::WebhookTested {
+            result: client.webhook_test().await.map_err(refusal),
+        },
+        other => Outcome::Sim {
+            what: other.describe(),
+            result: match sim {
+                None => Err("simulator controls need --sim URL".to_string()),
+                Some(base) => sim_call(base, other).await,
+            },
         },
     };
-    let at_ms = now_ms();
-    match result {
-        Ok(message) => Update::CommandDone {
-            at_ms,
-            ok: true,
-            message,
-        },
-        Err(message) => Update::CommandDone {
-            at_ms,
-            ok: false,
-            message,
-        },
+    Update::Done {
+        at_ms: now_ms(),
+        outcome,
     }
 }
 
@@ -441,15 +578,17 @@ pub fn sim_request(cmd: &Command) -> Option<(String, serde_json::Value)> {
             format!("/piles/{device}/faults"),
             json!({"kind": kind, "secs": secs}),
         ),
-        Command::Start { .. } | Command::Stop { .. } => return None,
+        Command::Start { .. }
+        | Command::Stop { .. }
+        | Command::Replay { .. }
+        | Command::TestWebhook => return None,
     })
 }
 
-async fn sim_call(base: &str, cmd: &Command) -> Result<String, String> {
+async fn sim_call(base: &str, cmd: &Command) -> Result<(), String> {
     let Some((path, body)) = sim_request(cmd) else {
         return Err("not a simulator command".into());
     };
-    let what = cmd.describe();
     let http = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -459,17 +598,17 @@ async fn sim_call(base: &str, cmd: &Command) -> Result<String, String> {
         .json(&body)
         .send()
         .await
-        .map_err(|e| format!("{what}: simulator unreachable: {e}"))?;
+        .map_err(|e| format!("simulator unreachable: {e}"))?;
     let status = resp.status();
     if status.is_success() {
-        return Ok(format!("sim: {what}: ok"));
+        return Ok(());
     }
     let text = resp.text().await.unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or(text);
-    Err(format!("sim: {what}: HTTP {}: {message}", status.as_u16()))
+    Err(format!("HTTP {}: {message}", status.as_u16()))
 }
 
 #[cfg(test)]
@@ -503,9 +642,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(path, "/piles/P1/ports/2/unplug");
-        assert!(sim_request(&Command::Start {
-            device: "P1".into(),
-            port: 1
+        assert!(sim_request(&Command::Replay {
+            event_id: "e1".into()
         })
         .is_none());
     }

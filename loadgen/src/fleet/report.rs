@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a key is renamed, removed or changes meaning; adding keys does not bump it.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// An hour in microseconds: the histograms' ceiling. Larger samples saturate to it.
 const MAX_US: u64 = 3_600_000_000;
@@ -111,6 +111,67 @@ pub struct GatewayProcess {
     pub rss_per_pile_bytes: Option<f64>,
     /// `(rss_end_bytes - rss_start_bytes) / piles_connected`: what one more pile costs.
     pub rss_delta_per_pile_bytes: Option<f64>,
+    /// The machine's CPUs, and the CPU figures above as a share of the whole machine
+    /// (`cpu_percent_* / cpus`: 100 % means every core busy).
+    pub cpus: u32,
+    pub cpu_percent_of_machine_mean: Option<f64>,
+    pub cpu_percent_of_machine_max: Option<f64>,
+}
+
+/// The load generator itself (this process and its `--processes` children): on a small machine
+/// its CPU is taken from the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorProcess {
+    pub processes: u32,
+    pub pids: Vec<u32>,
+    /// CPU over the run, percent of one core and of the machine.
+    pub cpu_percent_mean: Option<f64>,
+    pub cpu_percent_of_machine_mean: Option<f64>,
+    /// Summed RSS at the end.
+    pub rss_end_bytes: Option<u64>,
+}
+
+/// A window of the run, in seconds since the fleet started (`start_unix_ms` is the fleet's
+/// start on the wall clock, for lining up other measurements).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub start_s: f64,
+    pub end_s: f64,
+}
+
+/// The run split at the moment the last pile was ready (its first heartbeat answered): the
+/// ramp before, steady state after. Latencies are reported per window: a command issued during
+/// the ramp queues behind registrations and says nothing about the gateway at rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub start_unix_ms: u64,
+    /// From the fleet's start to the moment every pile had been ready once (or to the end of
+    /// the run if some never were).
+    pub ramp: Window,
+    /// From the end of the ramp to the end of the measurements; `null` if the ramp never ended.
+    pub steady: Option<Window>,
+    /// How the ramp ended, in words.
+    pub ramp_end: String,
+}
+
+/// One connection wave: the `connection`-th connect of every pile (1: the start; 2: the
+/// reconnect after the first drop, e.g. a gateway restart). Times in seconds since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Wave {
+    pub connection: u64,
+    /// Piles that made this connection, and those whose heartbeat was then answered.
+    pub piles: u64,
+    pub ready: u64,
+    /// Earliest connect start, latest connect completion, latest first answer.
+    pub first_dial_s: f64,
+    pub last_connected_s: f64,
+    pub last_ready_s: f64,
+    /// `piles / (last_connected − first_dial)`: how fast the simulator dialled and the
+    /// gateway accepted.
+    pub connected_per_s: f64,
+    /// `ready / (last_ready − first_dial)`: how fast piles came online (registered and
+    /// answered) — the storm rate.
+    pub ready_per_s: f64,
 }
 
 /// What one fleet run measured.
@@ -118,7 +179,13 @@ pub struct GatewayProcess {
 pub struct FleetReport {
     pub schema_version: u32,
     pub server: String,
-    pub api: String,
+    /// `null` when run without an API (against a bare accept loop).
+    pub api: Option<String>,
+    /// Simulator processes the fleet ran in (1: this one).
+    pub processes: u32,
+    /// The first device IDs (BKV, AP3000); IDs count up per family from them.
+    pub first_bkv_id: String,
+    pub first_ap3000_id: String,
     pub protocol: String,
     pub devices: u32,
     pub ramp: f64,
@@ -147,15 +214,27 @@ pub struct FleetReport {
     /// `heartbeat_rtt` split: the first answered heartbeat of each connection (which a gateway
     /// may answer only after registering the device) and every later one.
     pub heartbeat_rtt_first: Latency,
+    pub heartbeat_rtt_later: Latency,
+    /// `heartbeat_rtt` split by phase: answered during the ramp, and in steady state.
+    pub heartbeat_rtt_ramp: Latency,
     pub heartbeat_rtt_steady: Latency,
+    /// When the ramp ended and steady state began.
+    pub phases: Phases,
+    /// Connection waves with their dial and online rates.
+    pub waves: Vec<Wave>,
     /// Charge API call → the pile received the start command.
     pub command_delivery: Latency,
     /// Charge API call → the order reads `charging` (polled every 10 ms).
     pub command_latency: Latency,
+    /// `command_latency` split by when the charge was asked: during the ramp, in steady state.
+    pub command_latency_ramp: Latency,
+    pub command_latency_steady: Latency,
+    pub command_delivery_steady: Latency,
     /// Stop API call → the order left `charging`.
     pub stop_latency: Latency,
     pub commands: Commands,
     pub gateway_process: GatewayProcess,
+    pub generator_process: GeneratorProcess,
 }
 
 impl FleetReport {
@@ -164,11 +243,11 @@ impl FleetReport {
         let mut out = String::new();
         let lat = |out: &mut String, name: &str, l: &Latency| {
             if l.count == 0 {
-                let _ = writeln!(out, "{name:<20}no samples");
+                let _ = writeln!(out, "{name:<22}no samples");
             } else {
                 let _ = writeln!(
                     out,
-                    "{name:<20}n={}  min {:.3}  mean {:.3}  P50 {:.3}  P95 {:.3}  P99 {:.3}  \
+                    "{name:<22}n={}  min {:.3}  mean {:.3}  P50 {:.3}  P95 {:.3}  P99 {:.3}  \
                      P99.9 {:.3}  max {:.3} ms",
                     l.count, l.min_ms, l.mean_ms, l.p50_ms, l.p95_ms, l.p99_ms, l.p999_ms, l.max_ms
                 );
@@ -176,48 +255,94 @@ impl FleetReport {
         };
         let _ = writeln!(
             out,
-            "Gateway:            {} (API {})",
-            self.server, self.api
+            "Gateway:              {} (API {})",
+            self.server,
+            self.api.as_deref().unwrap_or("none")
         );
         let _ = writeln!(
             out,
-            "Fleet:              {} {} piles, ramp {}/s, heartbeat {} s, seed {}",
-            self.devices, self.protocol, self.ramp, self.heartbeat_s, self.seed
+            "Fleet:                {} {} piles in {} process(es), first IDs {} / {}, ramp {}/s, \
+             heartbeat {} s, seed {}",
+            self.devices,
+            self.protocol,
+            self.processes,
+            self.first_bkv_id,
+            self.first_ap3000_id,
+            self.ramp,
+            self.heartbeat_s,
+            self.seed
         );
-        let _ = writeln!(out, "Duration:           {:.3} s", self.duration_s);
+        let _ = writeln!(out, "Duration:             {:.3} s", self.duration_s);
+        let p = &self.phases;
+        match &p.steady {
+            Some(st) => {
+                let _ = writeln!(
+                    out,
+                    "Phases:               ramp {:.3}–{:.3} s ({}), steady {:.3}–{:.3} s",
+                    p.ramp.start_s, p.ramp.end_s, p.ramp_end, st.start_s, st.end_s
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "Phases:               ramp {:.3}–{:.3} s ({}); no steady state",
+                    p.ramp.start_s, p.ramp.end_s, p.ramp_end
+                );
+            }
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "Piles connected:    {} of {} (max {})",
+            "Piles connected:      {} of {} (max {})",
             self.piles_connected, self.devices, self.piles_connected_max
         );
         match (self.gateway_online, self.gateway_online_max) {
             (Some(n), Some(max)) => {
                 let _ = writeln!(
                     out,
-                    "Online at gateway:  {n} (max {max}, from {})",
+                    "Online at gateway:    {n} (max {max}, from {})",
                     self.gateway_online_source
                 );
             }
             _ => {
-                let _ = writeln!(out, "Online at gateway:  unknown (API not reachable)");
+                let _ = writeln!(
+                    out,
+                    "Online at gateway:    unknown (no API, or not reachable)"
+                );
             }
         }
         let _ = writeln!(
             out,
-            "Connects:           {}  failed: {}  reconnects: {}",
+            "Connects:             {}  failed: {}  reconnects: {}",
             self.connects, self.connect_failures, self.reconnects
         );
+        for w in &self.waves {
+            let _ = writeln!(
+                out,
+                "Wave {}:               {} piles dialled {:.3}–{:.3} s ({:.0}/s), {} ready by {:.3} s \
+                 ({:.0} piles/s online)",
+                w.connection,
+                w.piles,
+                w.first_dial_s,
+                w.last_connected_s,
+                w.connected_per_s,
+                w.ready,
+                w.last_ready_s,
+                w.ready_per_s
+            );
+        }
         lat(&mut out, "Connect latency:", &self.connect_latency);
         lat(&mut out, "Heartbeat RTT:", &self.heartbeat_rtt);
         lat(&mut out, "  first of a conn:", &self.heartbeat_rtt_first);
-        lat(&mut out, "  later ones:", &self.heartbeat_rtt_steady);
+        lat(&mut out, "  later ones:", &self.heartbeat_rtt_later);
+        lat(&mut out, "  during the ramp:", &self.heartbeat_rtt_ramp);
+        lat(&mut out, "  steady state:", &self.heartbeat_rtt_steady);
         let c = &self.commands;
         if c.rate > 0.0 {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "Commands:           {} started at {}/s, {} charging, {} failed (api {}, refused {}, \
+                "Commands:             {} started at {}/s, {} charging, {} failed (api {}, refused {}, \
                  timeout {}); {} slots found no idle port",
                 c.started,
                 c.rate,
@@ -228,10 +353,24 @@ impl FleetReport {
                 c.timeouts,
                 c.no_idle_port
             );
-            let _ = writeln!(out, "Success rate:       {:.2} %", c.success_rate);
+            let _ = writeln!(out, "Success rate:         {:.2} %", c.success_rate);
             lat(&mut out, "Command delivery:", &self.command_delivery);
             lat(&mut out, "Command latency:", &self.command_latency);
-            let _ = writeln!(out, "Stops:              {} ({} ok)", c.stops, c.stops_ok);
+            lat(&mut out, "  asked in the ramp:", &self.command_latency_ramp);
+            lat(
+                &mut out,
+                "  asked when steady:",
+                &self.command_latency_steady,
+            );
+            if self.command_latency_ramp.count > 0 {
+                let _ = writeln!(
+                    out,
+                    "                      ({} charges were asked during the ramp: they queue behind \
+                     registrations; the steady-state line is the gateway at rest)",
+                    self.command_latency_ramp.count
+                );
+            }
+            let _ = writeln!(out, "Stops:                {} ({} ok)", c.stops, c.stops_ok);
             lat(&mut out, "Stop latency:", &self.stop_latency);
         }
         let _ = writeln!(out);
@@ -245,25 +384,37 @@ impl FleetReport {
             ("metrics", _) => "process metrics on /metrics".to_string(),
             _ => "none (give --server-pid; /metrics has no process series)".to_string(),
         };
-        let _ = writeln!(out, "Gateway process:    {source}, {} samples", g.samples);
+        let _ = writeln!(out, "Gateway process:      {source}, {} samples", g.samples);
         let _ = writeln!(
             out,
-            "Gateway CPU:        mean {}  max {} (of one core)",
+            "Gateway CPU:          mean {}  max {} of one core; mean {}  max {} of the machine ({} CPUs)",
             pct(g.cpu_percent_mean),
-            pct(g.cpu_percent_max)
+            pct(g.cpu_percent_max),
+            pct(g.cpu_percent_of_machine_mean),
+            pct(g.cpu_percent_of_machine_max),
+            g.cpus
         );
         let _ = writeln!(
             out,
-            "Gateway RSS:        start {}  end {}  max {}",
+            "Gateway RSS:          start {}  end {}  max {}",
             mb(g.rss_start_bytes),
             mb(g.rss_end_bytes),
             mb(g.rss_max_bytes)
         );
         let _ = writeln!(
             out,
-            "RSS per pile:       {} (end / connected), {} (growth / connected)",
+            "RSS per pile:         {} (end / connected), {} (growth / connected)",
             kb(g.rss_per_pile_bytes),
             kb(g.rss_delta_per_pile_bytes)
+        );
+        let l = &self.generator_process;
+        let _ = writeln!(
+            out,
+            "Load generator:       {} process(es), CPU mean {} of one core ({} of the machine), RSS {}",
+            l.processes,
+            pct(l.cpu_percent_mean),
+            pct(l.cpu_percent_of_machine_mean),
+            mb(l.rss_end_bytes)
         );
         out
     }

@@ -129,6 +129,17 @@ impl Series {
             .reduce(f64::max)
     }
 
+    /// CPU % of one core between the last two samples.
+    pub fn last_cpu_percent(&self) -> Option<f64> {
+        let n = self.samples.len();
+        let (a, b) = (
+            self.samples.get(n.checked_sub(2)?)?,
+            self.samples.get(n - 1)?,
+        );
+        let wall = b.at.duration_since(a.at).as_secs_f64();
+        (wall > 0.0).then(|| (b.cpu_seconds - a.cpu_seconds).max(0.0) / wall * 100.0)
+    }
+
     pub fn rss_max(&self) -> Option<u64> {
         self.samples.iter().map(|s| s.rss_bytes).max()
     }

@@ -186,6 +186,20 @@ async fn without_the_key_non_2xx_answers_count_as_failed() {
         0,
         "a 401 is a response, not a transport error"
     );
+    // Answered, so timed; but nothing succeeded, so the run failed.
+    assert_eq!(report.answered, 10);
+    assert!(report.min_ms > 0.0);
+    assert!(!report.verdict.passed);
+    assert!(
+        report
+            .verdict
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("10 × HTTP 401"),
+        "{:?}",
+        report.verdict
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,6 +236,13 @@ async fn refused_connections_are_counted_as_connect_errors() {
     assert_eq!(report.errors.connect, 5);
     assert_eq!((report.success, report.failed), (0, 5));
     assert!(report.status_codes.is_empty());
+    // No answer, no latency, and the run is not a result.
+    assert_eq!(report.answered, 0);
+    assert_eq!((report.p50_ms, report.max_ms), (0.0, 0.0));
+    assert!(!report.verdict.passed);
+    let reason = report.verdict.reason.as_deref().unwrap();
+    assert!(reason.contains("no request succeeded"), "{reason}");
+    assert!(reason.contains("5 connect errors"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,21 +288,81 @@ async fn a_count_and_a_duration_stop_at_whichever_comes_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_is_reported_while_the_run_goes_on() {
     let server = spawn_server().await;
-    let seen = std::sync::Mutex::new(Vec::new());
-    let on_progress = |p: pile_load::http::Progress| seen.lock().unwrap().push(p.completed);
+    let mut seen = Vec::new();
+    let mut on_progress = |p: &pile_load::http::Progress| seen.push((p.completed, p.answered));
     let mut config = closed(server.url("/delay/10"), 40, 1);
     config.rate = Some(100.0);
 
-    let report = tokio::time::timeout(Duration::from_secs(60), run(config, Some(&on_progress)))
+    let report = tokio::time::timeout(Duration::from_secs(60), run(config, Some(&mut on_progress)))
         .await
         .expect("finished within 60 s")
         .expect("started");
 
-    let seen = seen.into_inner().unwrap();
     assert!(
         seen.len() >= 2,
         "progress every 100 ms over ~0.4 s: {seen:?}"
     );
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "monotonic: {seen:?}");
-    assert!(seen.iter().all(|&c| c <= report.requests));
+    assert!(seen.iter().all(|&(c, a)| a <= c && c <= report.requests));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_error_budget_decides_the_verdict() {
+    let server = spawn_server().await;
+    // /flaky: 25 % of answers are 500s.
+    let strict = load(closed(server.url("/flaky"), 40, 2)).await;
+    let mut config = closed(server.url("/flaky"), 40, 2);
+    config.max_error_rate = 30.0;
+    let lenient = load(config).await;
+
+    assert_eq!(strict.error_rate, 25.0);
+    assert!(!strict.verdict.passed);
+    let reason = strict.verdict.reason.unwrap();
+    assert!(reason.contains("above --max-error-rate 1 %"), "{reason}");
+    assert!(reason.contains("10 × HTTP 500"), "{reason}");
+    assert!(lenient.verdict.passed, "{:?}", lenient.verdict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keep_alive_every_request_asks_for_its_own_connection() {
+    let server = spawn_server().await;
+    let mut config = closed(server.url("/ok"), 30, 3);
+    config.keep_alive = false;
+
+    let report = load(config).await;
+
+    assert_eq!((report.success, report.answered), (30, 30));
+    assert_eq!(server.served.close_asked(), 30);
+    assert_eq!(report.keep_alive_responses, 0);
+    // Every request paid for a connect.
+    assert_eq!(report.connect.count, 30);
+    assert!(report.connect.min_ms > 0.0, "{:?}", report.connect);
+
+    let kept = load(closed(server.url("/ok"), 30, 3)).await;
+    assert_eq!(
+        server.served.close_asked(),
+        30,
+        "kept-alive requests ask for no close"
+    );
+    assert_eq!(kept.keep_alive_responses, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ab_sections_count_bytes_lengths_and_stages() {
+    let server = spawn_server().await;
+
+    let report = load(closed(server.url("/varlen"), 30, 1)).await;
+
+    // 10 of 30 bodies are 12 bytes, the first among them; 20 are 10 bytes.
+    assert_eq!(report.document_length, Some(12));
+    assert_eq!(report.length_mismatches, 20);
+    assert_eq!(report.body_bytes_received, 10 * 12 + 20 * 10);
+    assert!(report.bytes_received > report.body_bytes_received);
+    assert_eq!(report.status_codes.get(&500), Some(&6));
+    assert!(report.transfer_rate_kbps > 0.0);
+    let ladder: Vec<u8> = report.served_within.iter().map(|s| s.percent).collect();
+    assert_eq!(ladder, pile_load::http::LADDER);
+    assert!(report.served_within.windows(2).all(|w| w[0].ms <= w[1].ms));
+    assert_eq!(report.total.count, 30);
+    assert!(report.waiting.median_ms <= report.total.median_ms);
 }

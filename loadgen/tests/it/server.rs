@@ -17,7 +17,12 @@ pub struct Served {
     pub status_500: AtomicU64,
     pub with_api_key: AtomicU64,
     pub bodies: Mutex<Vec<(String, Option<String>, Bytes)>>,
+    /// Per `/echo` request: its Content-Type and Cookie headers.
+    pub echo_headers: Mutex<Vec<(Option<String>, Option<String>)>>,
+    /// Requests (any route) that asked for `Connection: close`.
+    pub close_asked: AtomicU64,
     flaky: AtomicU64,
+    varlen: AtomicU64,
     alternating: AtomicU64,
 }
 
@@ -30,6 +35,9 @@ impl Served {
     }
     pub fn with_api_key(&self) -> u64 {
         self.with_api_key.load(Ordering::SeqCst)
+    }
+    pub fn close_asked(&self) -> u64 {
+        self.close_asked.load(Ordering::SeqCst)
     }
 }
 
@@ -47,7 +55,8 @@ impl TestServer {
 /// Routes: `/ok`; `/delay/{ms}`; `/flaky` (every 4th request answers 500); `/alternating`
 /// (every other request is delayed 40 ms); `/key` (401 unless `X-Api-Key: secret`);
 /// `/echo` (records method, a custom header and the body); `/close` (answers, then closes the
-/// connection).
+/// connection); `/varlen` (every 3rd body is 12 bytes instead of 10, every 5th answer a 500).
+/// Every route counts requests that asked for `Connection: close`.
 pub async fn spawn_server() -> TestServer {
     let served = Arc::new(Served::default());
     let app = Router::new()
@@ -58,6 +67,11 @@ pub async fn spawn_server() -> TestServer {
         .route("/key", get(key))
         .route("/echo", any(echo))
         .route("/close", get(close))
+        .route("/varlen", get(varlen))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&served),
+            count_close,
+        ))
         .with_state(Arc::clone(&served));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -73,6 +87,36 @@ pub async fn spawn_server() -> TestServer {
 }
 
 type St = State<Arc<Served>>;
+
+async fn count_close(
+    State(s): St,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let close = request
+        .headers()
+        .get("connection")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    if close {
+        s.close_asked.fetch_add(1, Ordering::SeqCst);
+    }
+    next.run(request).await
+}
+
+async fn varlen(State(s): St) -> (StatusCode, &'static str) {
+    let n = s.varlen.fetch_add(1, Ordering::SeqCst);
+    let body = if n % 3 == 0 {
+        "xxxxxxxxxxxx"
+    } else {
+        "xxxxxxxxxx"
+    };
+    let status = if n % 5 == 4 {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    (count(&s, status), body)
+}
 
 fn count(served: &Served, status: StatusCode) -> StatusCode {
     served.total.fetch_add(1, Ordering::SeqCst);
@@ -123,10 +167,17 @@ async fn echo(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let tag = headers
-        .get("x-tag")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let tag = header("x-tag");
+    s.echo_headers
+        .lock()
+        .expect("echo headers lock")
+        .push((header("content-type"), header("cookie")));
     s.bodies
         .lock()
         .expect("bodies lock")

@@ -6,10 +6,7 @@
 //! frame for `offline_after` is offline and its connection closed. A new connection with a
 //! known device ID replaces the old one at once (see [`crate::gateway::Gateway::register`]).
 
-mod ap3000;
-mod bkv;
-pub mod pacing;
-mod session;
+pub mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::core::CoreConfig;
 use crate::metrics as m;
 use crate::service::Service;
 
@@ -50,6 +48,20 @@ impl Limits {
             resend_after: c.command_resend_after,
         }
     }
+
+    /// The session core's settings.
+    pub fn core(&self, c: &Config) -> CoreConfig {
+        CoreConfig {
+            first_frame_timeout_ms: self.first_frame_timeout.as_millis() as i64,
+            offline_after_ms: self.offline_after.as_millis() as i64,
+            command_spacing_ms: self.command_spacing.as_millis() as i64,
+            resend_after_ms: self.resend_after.as_millis() as i64,
+            max_frame: self.max_frame,
+            reconcile: c.reconcile,
+            device_utc_offset_sec: c.device_utc_offset_sec,
+            target_overrun_ms: 60_000,
+        }
+    }
 }
 
 /// Accepts device connections until `shutdown`.
@@ -57,6 +69,7 @@ pub async fn serve(
     listener: TcpListener,
     service: Arc<Service>,
     limits: Limits,
+    core: CoreConfig,
     up: Arc<AtomicBool>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -90,7 +103,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let limits = limits.clone();
+        let core = core.clone();
         let shutdown = shutdown.clone();
         let conn_id = service.gateway.next_conn_id();
         let span = tracing::info_span!(
@@ -102,7 +115,7 @@ pub async fn serve(
         );
         tracker.spawn(
             async move {
-                session::run(stream, peer, conn_id, service, limits, shutdown).await;
+                session::run(stream, peer, conn_id, service, core, shutdown).await;
                 drop(permit);
             }
             .instrument(span),

@@ -56,19 +56,35 @@ pub struct TransitionError {
     pub event: OrderEvent,
 }
 
+/// A transition the state machine allows: the new status, and whether it is a *late*
+/// settlement — a device's end report for an order the gateway had already given up on
+/// (cancelled after its command TTL, failed on a lost or ambiguous answer). The device
+/// delivered energy, so the order is billed and flagged rather than the report dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub late: bool,
+}
+
 /// The order state machine: pending → charging → completed, or failed / cancelled.
 ///
-/// A settlement may arrive for a pending order whose confirmation was lost (the device
-/// charged while the gateway never saw it start): that completes it too.
-pub fn transition(from: OrderStatus, event: OrderEvent) -> Result<OrderStatus, TransitionError> {
+/// * A settlement may arrive for a pending order whose confirmation was lost (the device
+///   charged while the gateway never saw it start): that completes it too.
+/// * A settlement for a cancelled or failed order completes it, flagged `late` (see
+///   [`Transition`]); a completed order is never settled twice.
+/// * A confirmation of a charging order changes nothing (a repeated reply).
+pub fn transition(from: OrderStatus, event: OrderEvent) -> Result<Transition, TransitionError> {
     use OrderEvent as E;
     use OrderStatus as S;
+    let to = |to, late| Ok(Transition { from, to, late });
     match (from, event) {
-        (S::Pending, E::Confirmed) => Ok(S::Charging),
-        (S::Charging, E::Confirmed) => Ok(S::Charging),
-        (S::Pending, E::Rejected) => Ok(S::Failed),
-        (S::Pending, E::Cancelled) => Ok(S::Cancelled),
-        (S::Pending | S::Charging, E::Settled) => Ok(S::Completed),
+        (S::Pending, E::Confirmed) => to(S::Charging, false),
+        (S::Charging, E::Confirmed) => to(S::Charging, false),
+        (S::Pending, E::Rejected) => to(S::Failed, false),
+        (S::Pending, E::Cancelled) => to(S::Cancelled, false),
+        (S::Pending | S::Charging, E::Settled) => to(S::Completed, false),
+        (S::Cancelled | S::Failed, E::Settled) => to(S::Completed, true),
         _ => Err(TransitionError { from, event }),
     }
 }
@@ -81,13 +97,18 @@ mod tests {
     #[test]
     fn the_state_machine_allows_only_the_documented_transitions() {
         use OrderStatus::*;
-        assert_eq!(transition(Pending, OrderEvent::Confirmed), Ok(Charging));
-        assert_eq!(transition(Pending, OrderEvent::Rejected), Ok(Failed));
-        assert_eq!(transition(Pending, OrderEvent::Cancelled), Ok(Cancelled));
-        assert_eq!(transition(Charging, OrderEvent::Settled), Ok(Completed));
-        assert_eq!(transition(Pending, OrderEvent::Settled), Ok(Completed));
+        let to = |from, e| transition(from, e).map(|t| (t.to, t.late));
+        assert_eq!(to(Pending, OrderEvent::Confirmed), Ok((Charging, false)));
+        assert_eq!(to(Pending, OrderEvent::Rejected), Ok((Failed, false)));
+        assert_eq!(to(Pending, OrderEvent::Cancelled), Ok((Cancelled, false)));
+        assert_eq!(to(Charging, OrderEvent::Settled), Ok((Completed, false)));
+        assert_eq!(to(Pending, OrderEvent::Settled), Ok((Completed, false)));
+        // A device's report for an order given up on is billed, flagged late.
+        assert_eq!(to(Cancelled, OrderEvent::Settled), Ok((Completed, true)));
+        assert_eq!(to(Failed, OrderEvent::Settled), Ok((Completed, true)));
         assert!(transition(Completed, OrderEvent::Settled).is_err());
         assert!(transition(Charging, OrderEvent::Rejected).is_err());
+        assert!(transition(Charging, OrderEvent::Cancelled).is_err());
         assert!(transition(Cancelled, OrderEvent::Confirmed).is_err());
         assert!(transition(Failed, OrderEvent::Cancelled).is_err());
     }

@@ -19,10 +19,14 @@ pub enum EndReason {
     PowerOutage = 10,
     CommunicationLost = 11,
     StartRejected = 12,
+    /// The device reports the port idle (or denies the charge when asked) while the order is
+    /// still open: the charge was lost on the device (reboot, missed end report); settled by
+    /// reconciliation with the last figures.
+    ChargeLost = 13,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 13] = [
+    pub const ALL: [EndReason; 14] = [
         EndReason::Unknown,
         EndReason::TargetReached,
         EndReason::Full,
@@ -36,6 +40,7 @@ impl EndReason {
         EndReason::PowerOutage,
         EndReason::CommunicationLost,
         EndReason::StartRejected,
+        EndReason::ChargeLost,
     ];
 
     pub fn code(self) -> i64 {
@@ -65,6 +70,7 @@ impl EndReason {
             EndReason::PowerOutage => "power_outage",
             EndReason::CommunicationLost => "communication_lost",
             EndReason::StartRejected => "start_rejected",
+            EndReason::ChargeLost => "charge_lost",
         }
     }
 
@@ -84,6 +90,7 @@ impl EndReason {
             EndReason::PowerOutage => "断电",
             EndReason::CommunicationLost => "通信中断",
             EndReason::StartRejected => "设备拒绝启动",
+            EndReason::ChargeLost => "设备端口已空闲，对账结算",
         }
     }
 
@@ -102,6 +109,7 @@ impl EndReason {
             EndReason::PowerOutage => "power outage",
             EndReason::CommunicationLost => "communication lost",
             EndReason::StartRejected => "start rejected by device",
+            EndReason::ChargeLost => "device reports the port idle; settled by reconciliation",
         }
     }
 

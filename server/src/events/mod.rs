@@ -26,12 +26,12 @@ pub use dispatcher::{Dispatcher, Step, WebhookSettings};
 pub use routes::{router, ROUTES};
 pub use stream::{Filter, Hub};
 
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::service::Clock;
 use crate::store::Store;
 
 pub const DELIVERIES: &str = "webhook_deliveries_total";
-pub const DELIVERY_DURATION: &str = "webhook_delivery_duration_seconds";
+pub use crate::metrics::DELIVERY_DURATION;
 pub const BACKLOG: &str = "webhook_backlog";
 pub const DEAD_LETTERS: &str = "webhook_dead_letters";
 pub const STREAM_CLIENTS: &str = "event_stream_clients";

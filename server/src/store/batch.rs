@@ -40,8 +40,9 @@ pub enum BatchOp {
         status: String,
         power_dw: i64,
         at: i64,
-        /// Writes a `socket.state_changed` event.
-        status_changed: bool,
+        /// The status the reporting connection saw before (its true previous state); `None`
+        /// for the first report on a connection, when the stored status stands in.
+        previous: Option<String>,
     },
     Progress {
         order_no: String,
@@ -113,19 +114,22 @@ impl Store {
                     status,
                     power_dw,
                     at,
-                    status_changed,
+                    previous,
                 } => {
-                    if *status_changed {
-                        // Only on a change (rare), so the extra read stays off the hot path.
-                        let previous: Option<String> = sqlx::query(
+                    let previous = match previous {
+                        Some(p) => Some(p.clone()),
+                        // Only for a connection's first report, so the read stays rare.
+                        None => sqlx::query(
                             "SELECT status FROM ports WHERE device_id = $1 AND port_no = $2",
                         )
                         .bind(device_id)
                         .bind(port_no)
                         .fetch_optional(&mut *tx)
                         .await?
-                        .map(|r| r.try_get("status"))
-                        .transpose()?;
+                        .map(|r| r.try_get::<String, _>("status"))
+                        .transpose()?,
+                    };
+                    if previous.as_deref() != Some(status.as_str()) {
                         insert_event(
                             &mut tx,
                             &Event {

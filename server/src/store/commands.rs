@@ -1,9 +1,22 @@
-//! Downlink commands (`cmd_logs`).
+//! Durable device commands (`cmd_logs`): `queued → sent → acked | refused | expired |
+//! superseded`. A command belongs to its device, not to a connection: whichever session holds
+//! the device (after a takeover, a reconnect, a gateway restart) loads the open ones and carries
+//! them on.
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::*;
+
+/// The states of a command.
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const SENT: &str = "sent";
+    pub const ACKED: &str = "acked";
+    pub const REFUSED: &str = "refused";
+    pub const EXPIRED: &str = "expired";
+    pub const SUPERSEDED: &str = "superseded";
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CmdRow {
@@ -16,7 +29,12 @@ pub struct CmdRow {
     pub attempts: i64,
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
+    pub sent_at_ms: Option<i64>,
+    pub result: Option<String>,
 }
+
+const CMD_COLS: &str = "id, device_id, order_no, command, payload, status, attempts, \
+    created_at_ms, expires_at_ms, sent_at_ms, result";
 
 fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
     Ok(CmdRow {
@@ -29,43 +47,98 @@ fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
         attempts: r.try_get("attempts")?,
         created_at_ms: r.try_get("created_at_ms")?,
         expires_at_ms: r.try_get("expires_at_ms")?,
+        sent_at_ms: r.try_get("sent_at_ms")?,
+        result: r.try_get("result")?,
     })
 }
 
+/// A command to queue.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub device_id: String,
+    pub order_no: Option<String>,
+    pub port_no: Option<i64>,
+    /// `start`, `stop`, `query`, `locate`.
+    pub command: &'static str,
+    pub payload: String,
+    pub now_ms: i64,
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Inserts a queued command inside the caller's transaction; returns its ID.
+pub(crate) async fn insert_command(tx: &mut Tx, c: &NewCommand) -> Result<i64> {
+    let id: i64 = sqlx::query(
+        "INSERT INTO cmd_logs (device_id, order_no, port_no, command, payload, status, attempts, \
+         created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7) RETURNING id",
+    )
+    .bind(&c.device_id)
+    .bind(c.order_no.clone())
+    .bind(c.port_no)
+    .bind(c.command)
+    .bind(&c.payload)
+    .bind(c.now_ms)
+    .bind(c.expires_at_ms)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    Ok(id)
+}
+
+/// Every open command of an order is no longer wanted (the order closed first).
+pub(crate) async fn supersede_open_of_order(tx: &mut Tx, order_no: &str) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE cmd_logs SET status = 'superseded' WHERE order_no = $1 \
+         AND status IN ('queued', 'sent')",
+    )
+    .bind(order_no)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
+/// Records a device's answer to a command inside the caller's transaction.
+pub(crate) async fn record_answer(
+    tx: &mut Tx,
+    id: i64,
+    acked: bool,
+    reply_hex: &str,
+    result: &str,
+    at_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE cmd_logs SET status = $2, reply_hex = $3, result = $4, replied_at_ms = $5, \
+         latency_ms = $5 - COALESCE(last_sent_at_ms, sent_at_ms, $5) WHERE id = $1",
+    )
+    .bind(id)
+    .bind(if acked {
+        status::ACKED
+    } else {
+        status::REFUSED
+    })
+    .bind(reply_hex)
+    .bind(result)
+    .bind(at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
-    /// Queues another command (e.g. a stop) for an order.
-    pub async fn queue_command(
-        &self,
-        device_id: &str,
-        order_no: Option<&str>,
-        command: &str,
-        payload: &str,
-        now_ms: i64,
-        expires_at_ms: i64,
-    ) -> Result<i64> {
-        let id: i64 = sqlx::query(
-            "INSERT INTO cmd_logs (device_id, order_no, command, payload, status, attempts, \
-             created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6) RETURNING id",
-        )
-        .bind(device_id)
-        .bind(order_no.map(str::to_string))
-        .bind(command)
-        .bind(payload)
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("id")?;
+    /// Queues a command on its own (a stop of the API, a query, a locate).
+    pub async fn queue_command(&self, c: &NewCommand) -> Result<i64> {
+        let mut tx = self.begin().await?;
+        let id = insert_command(&mut tx, c).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
-    /// Commands waiting for this device, oldest first.
-    pub async fn queued_commands(&self, device_id: &str, now_ms: i64) -> Result<Vec<CmdRow>> {
-        let rows = sqlx::query(
-            "SELECT id, device_id, order_no, command, payload, status, attempts, created_at_ms, \
-             expires_at_ms FROM cmd_logs WHERE device_id = $1 AND status = 'queued' \
-             AND (expires_at_ms IS NULL OR expires_at_ms >= $2) ORDER BY id",
-        )
+    /// The device's open commands (queued, or sent with an unknown outcome), oldest first.
+    /// A queued command past its TTL is not offered (the sweeper expires it).
+    pub async fn open_commands(&self, device_id: &str, now_ms: i64) -> Result<Vec<CmdRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CMD_COLS} FROM cmd_logs WHERE device_id = $1 AND status IN ('queued', 'sent') \
+             AND (status = 'sent' OR expires_at_ms IS NULL OR expires_at_ms >= $2) ORDER BY id"
+        ))
         .bind(device_id)
         .bind(now_ms)
         .fetch_all(&self.pool)
@@ -74,64 +147,90 @@ impl Store {
     }
 
     pub async fn command(&self, id: i64) -> Result<Option<CmdRow>> {
-        let row = sqlx::query(
-            "SELECT id, device_id, order_no, command, payload, status, attempts, created_at_ms, \
-             expires_at_ms FROM cmd_logs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {CMD_COLS} FROM cmd_logs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(cmd_from_row).transpose()
     }
 
-    /// A command went out on the wire (first time or resend).
-    pub async fn command_sent(
-        &self,
-        id: i64,
-        seq: i64,
-        request_hex: &str,
-        at_ms: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE cmd_logs SET status = 'sent', seq = $2, request_hex = $3, \
-             sent_at_ms = COALESCE(sent_at_ms, $4), attempts = attempts + 1 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(seq)
-        .bind(request_hex)
-        .bind(at_ms)
-        .execute(&self.pool)
+    /// Commands of an order, oldest first.
+    pub async fn commands_of_order(&self, order_no: &str) -> Result<Vec<CmdRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CMD_COLS} FROM cmd_logs WHERE order_no = $1 ORDER BY id"
+        ))
+        .bind(order_no)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        rows.iter().map(cmd_from_row).collect()
     }
 
-    /// The device answered a command.
-    pub async fn command_replied(
+    /// Records a write of the command (first or later), before the bytes go out. Returns
+    /// false when the command is no longer open (superseded, expired, answered): then it must
+    /// not be written.
+    pub async fn mark_sent(
         &self,
         id: i64,
+        key: i64,
+        request_hex: &str,
+        conn_id: u64,
+        at_ms: i64,
+    ) -> Result<bool> {
+        self.check_write()?;
+        let n = sqlx::query(
+            "UPDATE cmd_logs SET status = 'sent', seq = $2, request_hex = $3, conn_id = $4, \
+             sent_at_ms = COALESCE(sent_at_ms, $5), last_sent_at_ms = $5, attempts = attempts + 1 \
+             WHERE id = $1 AND status IN ('queued', 'sent')",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(request_hex)
+        .bind(conn_id as i64)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The device answered a command that changes no order (a stop, a query, a locate).
+    pub async fn command_answered(
+        &self,
+        id: i64,
+        acked: bool,
         reply_hex: &str,
         result: &str,
         at_ms: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE cmd_logs SET status = 'replied', reply_hex = $2, result = $3, replied_at_ms = $4, \
-             latency_ms = $4 - COALESCE(sent_at_ms, $4) WHERE id = $1",
-        )
-        .bind(id)
-        .bind(reply_hex)
-        .bind(result)
-        .bind(at_ms)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.begin().await?;
+        record_answer(&mut tx, id, acked, reply_hex, result, at_ms).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// No reply after the resend.
-    pub async fn command_unanswered(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE cmd_logs SET status = 'unanswered' WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// A command that can no longer be delivered (its TTL passed while queued).
+    pub async fn expire_command(&self, id: i64) -> Result<bool> {
+        self.check_write()?;
+        let n = sqlx::query(
+            "UPDATE cmd_logs SET status = 'expired' WHERE id = $1 AND status IN ('queued', 'sent')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Queued commands without an order (queries, locates) past their TTL.
+    pub async fn expire_orderless_commands(&self, now_ms: i64) -> Result<u64> {
+        self.check_write()?;
+        Ok(sqlx::query(
+            "UPDATE cmd_logs SET status = 'expired' WHERE order_no IS NULL \
+             AND status IN ('queued', 'sent') AND expires_at_ms IS NOT NULL AND expires_at_ms < $1",
+        )
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }

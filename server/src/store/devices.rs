@@ -85,11 +85,13 @@ pub(super) const UPDATE_DEVICE_INFO: &str =
      WHERE device_id = $1";
 
 pub(super) async fn device_online_tx(tx: &mut Tx, d: &DeviceOnline) -> Result<bool> {
-    let existed = sqlx::query("SELECT online FROM devices WHERE device_id = $1")
+    let was_online: Option<i64> = sqlx::query("SELECT online FROM devices WHERE device_id = $1")
         .bind(&d.device_id)
         .fetch_optional(&mut **tx)
         .await?
-        .is_some();
+        .map(|r| r.try_get("online"))
+        .transpose()?;
+    let existed = was_online.is_some();
     sqlx::query(
         "INSERT INTO devices (device_id, protocol, online, last_seen_at, connected_at, \
          remote_addr, firmware, iccid, signal, port_count, created_at, updated_at) \
@@ -122,17 +124,21 @@ pub(super) async fn device_online_tx(tx: &mut Tx, d: &DeviceOnline) -> Result<bo
         )
         .await?;
     }
-    insert_event(
-        tx,
-        &Event {
-            event_type: "device.online",
-            device_id: d.device_id.clone(),
-            order_no: None,
-            data: serde_json::json!({"remote_addr": d.remote_addr, "protocol": d.protocol}),
-        },
-        now_ms,
-    )
-    .await?;
+    // A device back within the offline threshold (a reconnect, a gateway restart) never went
+    // offline: no second `device.online`.
+    if was_online != Some(1) {
+        insert_event(
+            tx,
+            &Event {
+                event_type: "device.online",
+                device_id: d.device_id.clone(),
+                order_no: None,
+                data: serde_json::json!({"remote_addr": d.remote_addr, "protocol": d.protocol}),
+            },
+            now_ms,
+        )
+        .await?;
+    }
     Ok(!existed)
 }
 
@@ -142,14 +148,20 @@ pub(super) async fn device_offline_tx(
     last_seen_at: i64,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE devices SET online = 0, last_seen_at = $2, updated_at = $3 WHERE device_id = $1",
+    let n = sqlx::query(
+        "UPDATE devices SET online = 0, last_seen_at = $2, updated_at = $3 \
+         WHERE device_id = $1 AND online = 1",
     )
     .bind(device_id)
     .bind(last_seen_at)
     .bind(now)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if n == 0 {
+        // Already offline (or unknown): one `device.offline` per spell.
+        return Ok(());
+    }
     sqlx::query("UPDATE ports SET status = 'offline', power_dw = 0 WHERE device_id = $1")
         .bind(device_id)
         .execute(&mut **tx)
@@ -234,12 +246,23 @@ impl Store {
         Ok(())
     }
 
-    /// At start-up nobody is connected yet.
-    pub async fn mark_all_offline(&self) -> Result<()> {
-        sqlx::query("UPDATE devices SET online = 0 WHERE online = 1")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Devices the database holds online, with when they were last seen (Unix s): at start-up,
+    /// those a previous run left connected. They stay online for the offline threshold so that
+    /// piles back within it after a restart produce no offline/online pair.
+    pub async fn devices_marked_online(&self) -> Result<Vec<(String, String, Option<i64>)>> {
+        let rows =
+            sqlx::query("SELECT device_id, protocol, last_seen_at FROM devices WHERE online = 1")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("device_id")?,
+                    r.try_get("protocol")?,
+                    r.try_get("last_seen_at")?,
+                ))
+            })
+            .collect()
     }
 
     pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>> {

@@ -7,7 +7,7 @@
 //! (primary key). Each state change writes its outbox events in the same transaction.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,11 @@ pub mod outbox;
 mod stats;
 
 pub use batch::BatchOp;
-pub use commands::CmdRow;
+pub use commands::{status as command_status, CmdRow, NewCommand};
 pub use devices::{DeviceOnline, DeviceRow, PortRow};
-pub use orders::{CreateOutcome, NewOrder, OrderRow, ProgressRow, Settlement};
+pub use orders::{
+    CommandAnswer, CreateOutcome, EndReportRow, NewOrder, OrderRow, ProgressRow, Settlement,
+};
 pub use outbox::Event;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("bad stored value: {0}")]
     Corrupt(String),
+    /// A fault the simulation injected: the gateway "crashed" before this write.
+    #[error("injected failure (simulated crash)")]
+    Injected,
 }
 
 impl StoreError {
@@ -52,6 +57,60 @@ impl StoreError {
             StoreError::Conflict(_) | StoreError::PortBusy { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether trying again later may succeed (the database is down, busy or timed out) —
+    /// as opposed to an operation that will fail however often it is tried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(d)) => {
+                let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
+                // SQLite BUSY / LOCKED; PostgreSQL connection, resources, operator
+                // intervention and serialization classes.
+                matches!(code.as_str(), "5" | "6" | "517" | "262")
+                    || ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c))
+            }
+            StoreError::Db(_) | StoreError::Injected => true,
+            _ => false,
+        }
+    }
+}
+
+/// Fails every store write once a countdown of writes runs out (the seeded fault simulation's
+/// "gateway crash between two store writes"). Off unless armed.
+#[derive(Debug, Default)]
+pub struct FailPoint {
+    remaining: AtomicI64,
+    armed: std::sync::atomic::AtomicBool,
+    writes: AtomicU64,
+}
+
+impl FailPoint {
+    /// Lets `writes` more writes through, then fails every one after.
+    pub fn arm(&self, writes: i64) {
+        self.remaining.store(writes, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+
+    pub fn tripped(&self) -> bool {
+        self.armed.load(Ordering::SeqCst) && self.remaining.load(Ordering::SeqCst) < 0
+    }
+
+    /// Writes seen so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.armed.load(Ordering::SeqCst) && self.remaining.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            return Err(StoreError::Injected);
+        }
+        Ok(())
     }
 }
 
@@ -79,6 +138,7 @@ pub struct Store {
     backend: Backend,
     max_connections: u32,
     stats: Arc<QueryStats>,
+    failpoint: Option<Arc<FailPoint>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -149,7 +209,22 @@ impl Store {
             backend,
             max_connections,
             stats: Arc::new(QueryStats::default()),
+            failpoint: None,
         })
+    }
+
+    /// The same store whose writes go through `fp` (the fault simulation).
+    pub fn with_failpoint(mut self, fp: Arc<FailPoint>) -> Store {
+        self.failpoint = Some(fp);
+        self
+    }
+
+    /// Every write starts here (a transaction, or a single statement).
+    pub(super) fn check_write(&self) -> Result<()> {
+        match &self.failpoint {
+            Some(fp) => fp.check(),
+            None => Ok(()),
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -183,10 +258,19 @@ impl Store {
     /// transaction that reads first and then writes fails at once with SQLITE_BUSY when
     /// another connection wrote in between, without waiting for the busy timeout.
     pub(super) async fn begin(&self) -> Result<Tx> {
+        self.check_write()?;
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// Runs a statement outside the typed functions (tests that install a trigger to make
+    /// one operation fail; migrations of tools). Not for the gateway's own use.
+    #[doc(hidden)]
+    pub async fn execute_raw(&self, sql: &str) -> Result<()> {
+        sqlx::query(sql).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Readiness: the database answers.

@@ -7,7 +7,9 @@ use std::time::Instant;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::commands::{record_answer, NewCommand};
 use super::*;
+use crate::domain::{Settled, StartState, StopCause, Transition};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderRow {
@@ -39,6 +41,9 @@ pub struct OrderRow {
     pub offline_replayed: bool,
     pub was_offline: bool,
     pub stop_requested: bool,
+    pub duration_source: Option<String>,
+    pub late_settlement: bool,
+    pub stop_cause: Option<StopCause>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +67,8 @@ pub struct NewOrder {
     pub amount: i64,
     pub price_per_kwh: i64,
     pub service_fee: i64,
-    pub device_ref: String,
+    /// The device's handle when the gateway chooses it (AP3000); BKV learns it later.
+    pub device_ref: Option<String>,
     pub now_ms: i64,
     pub expires_at_ms: i64,
     /// The start command, serialised; queued in `cmd_logs`.
@@ -80,22 +86,20 @@ pub enum CreateOutcome {
     Existing(OrderRow),
 }
 
-/// The figures a settlement writes.
+/// A settlement to write: the transition the domain allowed and its figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settlement {
     pub order_no: String,
+    pub device_id: String,
+    pub port_no: i64,
+    pub transition: Transition,
     pub at_ms: i64,
-    /// `device` or `server`.
+    /// `device` (an end report) or `gateway` (grace, reconciliation).
     pub source: &'static str,
-    pub duration_sec: i64,
-    pub device_duration_sec: Option<i64>,
-    pub energy_wh: i64,
-    pub peak_power_dw: i64,
-    pub energy_fee: i64,
-    pub service_fee_amount: i64,
-    pub final_amount: i64,
-    pub end_reason: i64,
-    pub offline_replayed: bool,
+    pub figures: Settled,
+    /// The device's handle of the charge the report named (learnt on the order if unknown).
+    pub device_ref: Option<String>,
+    /// The raw report (hex), or the gateway's note.
     pub detail: String,
 }
 
@@ -132,6 +136,11 @@ pub(super) fn order_from_row(r: &AnyRow) -> Result<OrderRow> {
         offline_replayed: r.try_get::<i64, _>("offline_replayed")? != 0,
         was_offline: r.try_get::<i64, _>("was_offline")? != 0,
         stop_requested: r.try_get::<i64, _>("stop_requested")? != 0,
+        duration_source: r.try_get("duration_source")?,
+        late_settlement: r.try_get::<i64, _>("late_settlement")? != 0,
+        stop_cause: r
+            .try_get::<Option<i64>, _>("stop_cause")?
+            .and_then(StopCause::from_code),
     })
 }
 
@@ -139,7 +148,16 @@ pub(super) const ORDER_COLS: &str = "order_no, device_id, port_no, status, charg
     target_energy_wh, amount, price_per_kwh, service_fee, device_ref, created_at_ms, expires_at_ms, \
     started_at_ms, ended_at_ms, last_report_at_ms, duration_sec, energy_wh, current_power_dw, \
     peak_power_dw, energy_fee, service_fee_amount, final_amount, end_reason, device_duration_sec, \
-    offline_replayed, was_offline, stop_requested";
+    offline_replayed, was_offline, stop_requested, duration_source, late_settlement, stop_cause";
+
+/// [`ORDER_COLS`] qualified by the alias `o`, for joins.
+pub(super) const ORDER_COLS_O: &str =
+    "o.order_no, o.device_id, o.port_no, o.status, o.charge_mode, \
+    o.target_duration, o.target_energy_wh, o.amount, o.price_per_kwh, o.service_fee, o.device_ref, \
+    o.created_at_ms, o.expires_at_ms, o.started_at_ms, o.ended_at_ms, o.last_report_at_ms, \
+    o.duration_sec, o.energy_wh, o.current_power_dw, o.peak_power_dw, o.energy_fee, \
+    o.service_fee_amount, o.final_amount, o.end_reason, o.device_duration_sec, o.offline_replayed, \
+    o.was_offline, o.stop_requested, o.duration_source, o.late_settlement, o.stop_cause";
 
 impl Store {
     /// Active (pending or charging) order numbers by port of one device.
@@ -290,7 +308,7 @@ impl Store {
         .bind(o.amount)
         .bind(o.price_per_kwh)
         .bind(o.service_fee)
-        .bind(&o.device_ref)
+        .bind(o.device_ref.clone())
         .bind(o.now_ms)
         .bind(o.expires_at_ms)
         .execute(&mut *tx)
@@ -309,19 +327,19 @@ impl Store {
             }
             return Err(e);
         }
-        let command_id: i64 = sqlx::query(
-            "INSERT INTO cmd_logs (device_id, order_no, command, payload, status, attempts, \
-             created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6) RETURNING id",
+        let command_id = super::commands::insert_command(
+            &mut tx,
+            &super::commands::NewCommand {
+                device_id: o.device_id.clone(),
+                order_no: Some(o.order_no.clone()),
+                port_no: Some(o.port_no),
+                command: "start",
+                payload: o.command_payload.clone(),
+                now_ms: o.now_ms,
+                expires_at_ms: Some(o.expires_at_ms),
+            },
         )
-        .bind(&o.device_id)
-        .bind(&o.order_no)
-        .bind(&o.command)
-        .bind(&o.command_payload)
-        .bind(o.now_ms)
-        .bind(o.expires_at_ms)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
+        .await?;
         insert_event(
             &mut tx,
             &Event {
@@ -345,89 +363,136 @@ impl Store {
         Ok(CreateOutcome::Created { order, command_id })
     }
 
-    /// Replaces the device's handle of an order (BKV: the business number from the reply).
-    pub async fn set_device_ref(&self, order_no: &str, device_ref: &str) -> Result<()> {
-        sqlx::query("UPDATE orders SET device_ref = $2 WHERE order_no = $1")
-            .bind(order_no)
-            .bind(device_ref)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn mark_stop_requested(&self, order_no: &str) -> Result<()> {
-        sqlx::query("UPDATE orders SET stop_requested = 1 WHERE order_no = $1")
-            .bind(order_no)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// pending → charging, with `order.confirmed` and `charging.started`. Returns false when the
-    /// order was not pending (a repeated confirmation).
-    pub async fn confirm_order(&self, order_no: &str, device_id: &str, at_ms: i64) -> Result<bool> {
-        let mut tx = self.begin().await?;
+    /// Records the device's handle of an order learnt from a report or a reply (only where
+    /// none is known: a handle never moves to another order).
+    pub async fn learn_device_ref(&self, order_no: &str, device_ref: &str) -> Result<bool> {
+        self.check_write()?;
         let n = sqlx::query(
-            "UPDATE orders SET status = 'charging', started_at_ms = $2, last_report_at_ms = $2, \
-             updated_at_ms = $2 WHERE order_no = $1 AND status = 'pending'",
+            "UPDATE orders SET device_ref = $2 WHERE order_no = $1 AND device_ref IS NULL",
         )
         .bind(order_no)
-        .bind(at_ms)
+        .bind(device_ref)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The orders a report about this port may concern: the newest orders on the port and
+    /// the order holding `device_ref`, with how far each one's start command got.
+    pub async fn report_candidates(
+        &self,
+        device_id: &str,
+        port_no: i64,
+        device_ref: Option<&str>,
+    ) -> Result<Vec<(OrderRow, StartState)>> {
+        let start_state = "(SELECT MAX(CASE WHEN c.status IN ('acked', 'refused') THEN 2 \
+             WHEN c.attempts > 0 THEN 1 ELSE 0 END) FROM cmd_logs c \
+             WHERE c.order_no = o.order_no AND c.command = 'start') AS start_state";
+        let rows = sqlx::query(&format!(
+            "SELECT {ORDER_COLS_O}, {start_state} FROM orders o WHERE o.device_id = $1 \
+             AND (o.port_no = $2 OR o.device_ref = $3) ORDER BY o.id DESC LIMIT 20"
+        ))
+        .bind(device_id)
+        .bind(port_no)
+        .bind(device_ref.map(str::to_string))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: Option<i64> = r.try_get("start_state")?;
+                let state = match state {
+                    Some(2) => StartState::Answered,
+                    Some(1) => StartState::Sent,
+                    _ => StartState::Queued,
+                };
+                Ok((order_from_row(r)?, state))
+            })
+            .collect()
+    }
+
+    /// pending → charging, with `order.confirmed` and `charging.started`, and the start's
+    /// answer when one confirmed it. Returns false when the order was no longer pending.
+    pub async fn confirm_order(
+        &self,
+        order_no: &str,
+        device_id: &str,
+        t: Transition,
+        started_at_ms: i64,
+        device_ref: Option<&str>,
+        answer: Option<&CommandAnswer>,
+    ) -> Result<bool> {
+        let started = Instant::now();
+        let mut tx = self.begin().await?;
+        if let Some(a) = answer {
+            record_answer(&mut tx, a.id, true, &a.reply_hex, &a.result, a.at_ms).await?;
+        }
+        let n = sqlx::query(
+            "UPDATE orders SET status = $3, started_at_ms = $2, last_report_at_ms = $2, \
+             device_ref = COALESCE(device_ref, $4), updated_at_ms = $2 \
+             WHERE order_no = $1 AND status = $5",
+        )
+        .bind(order_no)
+        .bind(started_at_ms)
+        .bind(t.to.as_str())
+        .bind(device_ref.map(str::to_string))
+        .bind(t.from.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if n == 1 {
-            for t in ["order.confirmed", "charging.started"] {
+            for event_type in ["order.confirmed", "charging.started"] {
                 insert_event(
                     &mut tx,
                     &Event {
-                        event_type: t,
+                        event_type,
                         device_id: device_id.to_string(),
                         order_no: Some(order_no.to_string()),
-                        data: serde_json::json!({"started_at": at_ms / 1000}),
+                        data: serde_json::json!({"started_at": started_at_ms.div_euclid(1000)}),
                     },
-                    at_ms,
+                    started_at_ms,
                 )
                 .await?;
             }
         }
         tx.commit().await?;
+        self.observe(started);
         Ok(n == 1)
     }
 
-    /// pending → failed (12) or cancelled (11 etc.), costing 0. Returns false when the order was
-    /// no longer pending.
-    pub async fn close_pending(
+    /// pending → failed (12) or cancelled (3, 11), costing 0; its open commands are
+    /// superseded. Returns false when the order was no longer pending.
+    pub async fn close_order(
         &self,
         order_no: &str,
         device_id: &str,
-        to: OrderStatus,
+        t: Transition,
         end_reason: i64,
         at_ms: i64,
+        answer: Option<&CommandAnswer>,
     ) -> Result<bool> {
-        let event_type = match to {
+        let event_type = match t.to {
             OrderStatus::Failed => "order.failed",
             _ => "order.cancelled",
         };
         let mut tx = self.begin().await?;
+        if let Some(a) = answer {
+            record_answer(&mut tx, a.id, a.acked, &a.reply_hex, &a.result, a.at_ms).await?;
+        }
         let n = sqlx::query(
             "UPDATE orders SET status = $2, end_reason = $3, ended_at_ms = $4, updated_at_ms = $4, \
-             final_amount = 0 WHERE order_no = $1 AND status = 'pending'",
+             final_amount = 0 WHERE order_no = $1 AND status = $5",
         )
         .bind(order_no)
-        .bind(to.as_str())
+        .bind(t.to.as_str())
         .bind(end_reason)
         .bind(at_ms)
+        .bind(t.from.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if n == 1 {
-            sqlx::query(
-                "UPDATE cmd_logs SET status = 'expired' WHERE order_no = $1 AND status = 'queued'",
-            )
-            .bind(order_no)
-            .execute(&mut *tx)
-            .await?;
+            super::commands::supersede_open_of_order(&mut tx, order_no).await?;
             insert_event(
                 &mut tx,
                 &Event {
@@ -444,54 +509,93 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Settles an order exactly once. Every report is kept in `end_reports`; only the first
-    /// one for an active order changes it (the settlements primary key makes sure).
-    /// Returns true when this call settled the order.
-    pub async fn settle(&self, s: &Settlement, device_id: &str, port_no: i64) -> Result<bool> {
-        let started = Instant::now();
+    /// Flags an open order as asked to stop (by whom) and queues its stop command, in one
+    /// transaction. Returns the stop's command ID, or `None` when the order is not open.
+    pub async fn request_stop(
+        &self,
+        order_no: &str,
+        cause: StopCause,
+        stop: &NewCommand,
+    ) -> Result<Option<i64>> {
         let mut tx = self.begin().await?;
         let n = sqlx::query(
-            "UPDATE orders SET status = 'completed', ended_at_ms = $2, duration_sec = $3, \
-             device_duration_sec = $4, energy_wh = $5, peak_power_dw = MAX(peak_power_dw, $6), \
-             energy_fee = $7, service_fee_amount = $8, final_amount = $9, end_reason = $10, \
-             offline_replayed = $11, current_power_dw = 0, updated_at_ms = $2 \
-             WHERE order_no = $1 AND status IN ('pending', 'charging')"
-                .replace(
-                    "MAX(peak_power_dw, $6)",
-                    match self.backend {
-                        Backend::Sqlite => "MAX(peak_power_dw, $6)",
-                        Backend::Postgres => "GREATEST(peak_power_dw, $6)",
-                    },
-                )
-                .as_str(),
+            "UPDATE orders SET stop_requested = 1, stop_cause = COALESCE(stop_cause, $2) \
+             WHERE order_no = $1 AND status IN ('pending', 'charging')",
         )
+        .bind(order_no)
+        .bind(cause.code())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(None);
+        }
+        let id = super::commands::insert_command(&mut tx, stop).await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    /// Settles an order exactly once: the transition the domain allowed, its figures, the end
+    /// report that caused it, and `charging.ended` + `order.completed`, in one transaction.
+    /// Returns false when another settlement won (the report is then kept as a duplicate).
+    pub async fn settle(&self, s: &Settlement) -> Result<bool> {
+        let started = Instant::now();
+        let f = &s.figures;
+        let mut tx = self.begin().await?;
+        let peak = match self.backend {
+            Backend::Sqlite => "MAX(peak_power_dw, $6)",
+            Backend::Postgres => "GREATEST(peak_power_dw, $6)",
+        };
+        let n = sqlx::query(&format!(
+            "UPDATE orders SET status = 'completed', ended_at_ms = $2, duration_sec = $3, \
+             device_duration_sec = $4, energy_wh = $5, peak_power_dw = {peak}, energy_fee = $7, \
+             service_fee_amount = $8, final_amount = $9, end_reason = $10, offline_replayed = $11, \
+             duration_source = $12, late_settlement = $13, current_power_dw = 0, \
+             device_ref = COALESCE(device_ref, $14), updated_at_ms = $2 \
+             WHERE order_no = $1 AND status = $15"
+        ))
         .bind(&s.order_no)
         .bind(s.at_ms)
-        .bind(s.duration_sec)
-        .bind(s.device_duration_sec)
-        .bind(s.energy_wh)
-        .bind(s.peak_power_dw)
-        .bind(s.energy_fee)
-        .bind(s.service_fee_amount)
-        .bind(s.final_amount)
-        .bind(s.end_reason)
-        .bind(flag(s.offline_replayed))
+        .bind(f.duration_sec)
+        .bind(f.device_duration_sec)
+        .bind(f.energy_wh)
+        .bind(f.peak_power_dw)
+        .bind(f.bill.energy_fee)
+        .bind(f.bill.service_fee_amount)
+        .bind(f.bill.final_amount)
+        .bind(f.reason.code())
+        .bind(flag(f.offline_replayed))
+        .bind(f.duration_source.as_str())
+        .bind(flag(s.transition.late))
+        .bind(s.device_ref.clone())
+        .bind(s.transition.from.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         let applied = n == 1;
-        sqlx::query(
-            "INSERT INTO end_reports (order_no, device_id, port_no, received_at_ms, applied, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&s.order_no)
-        .bind(device_id)
-        .bind(port_no)
-        .bind(s.at_ms)
-        .bind(flag(applied))
-        .bind(&s.detail)
-        .execute(&mut *tx)
-        .await?;
+        let outcome = match (applied, s.transition.late) {
+            (true, true) => "late",
+            (true, false) => "settled",
+            (false, _) => "duplicate",
+        };
+        // A device's report is kept whatever became of it; the gateway's own settlement
+        // (grace, reconciliation) has no report to keep.
+        if s.source == "device" {
+            insert_end_report(
+                &mut tx,
+                &EndReportRow {
+                    order_no: Some(s.order_no.clone()),
+                    device_id: s.device_id.clone(),
+                    port_no: s.port_no,
+                    at_ms: s.at_ms,
+                    applied,
+                    outcome,
+                    device_ref: s.device_ref.clone(),
+                    detail: s.detail.clone(),
+                },
+            )
+            .await?;
+        }
         if applied {
             sqlx::query(
                 "INSERT INTO settlements (order_no, settled_at_ms, source, duration_sec, \
@@ -501,51 +605,51 @@ impl Store {
             .bind(&s.order_no)
             .bind(s.at_ms)
             .bind(s.source)
-            .bind(s.duration_sec)
-            .bind(s.device_duration_sec)
-            .bind(s.energy_wh)
-            .bind(s.energy_fee)
-            .bind(s.service_fee_amount)
-            .bind(s.final_amount)
-            .bind(s.end_reason)
+            .bind(f.duration_sec)
+            .bind(f.device_duration_sec)
+            .bind(f.energy_wh)
+            .bind(f.bill.energy_fee)
+            .bind(f.bill.service_fee_amount)
+            .bind(f.bill.final_amount)
+            .bind(f.reason.code())
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "UPDATE cmd_logs SET status = 'expired' WHERE order_no = $1 AND status = 'queued'",
-            )
-            .bind(&s.order_no)
-            .execute(&mut *tx)
-            .await?;
-            // The port stopped with the order; the next report refreshes it.
-            sqlx::query(
-                "UPDATE ports SET status = 'idle', power_dw = 0 \
-                 WHERE device_id = $1 AND port_no = $2 AND status = 'charging'",
-            )
-            .bind(device_id)
-            .bind(port_no)
-            .execute(&mut *tx)
-            .await?;
+            super::commands::supersede_open_of_order(&mut tx, &s.order_no).await?;
+            if !s.transition.late {
+                // The port stopped with the order; the next report refreshes it. A late
+                // settlement leaves the port alone: it may hold the next customer's charge.
+                sqlx::query(
+                    "UPDATE ports SET status = 'idle', power_dw = 0 \
+                     WHERE device_id = $1 AND port_no = $2 AND status = 'charging'",
+                )
+                .bind(&s.device_id)
+                .bind(s.port_no)
+                .execute(&mut *tx)
+                .await?;
+            }
             let data = serde_json::json!({
-                "port_no": port_no,
-                "duration_sec": s.duration_sec,
-                "total_kwh": s.energy_wh as f64 / 1000.0,
-                "energy_wh": s.energy_wh,
-                "peak_power": s.peak_power_dw as f64 / 10.0,
-                "energy_fee": s.energy_fee,
-                "service_fee_amount": s.service_fee_amount,
-                "final_amount": s.final_amount,
-                "end_reason": s.end_reason,
-                "end_reason_name": crate::domain::EndReason::from_code(s.end_reason).name(),
-                "end_reason_text": crate::domain::EndReason::from_code(s.end_reason).text_zh(),
-                "offline_replayed": s.offline_replayed,
-                "ended_at": s.at_ms / 1000,
+                "port_no": s.port_no,
+                "duration_sec": f.duration_sec,
+                "duration_source": f.duration_source.as_str(),
+                "total_kwh": f.energy_wh as f64 / 1000.0,
+                "energy_wh": f.energy_wh,
+                "peak_power": f.peak_power_dw as f64 / 10.0,
+                "energy_fee": f.bill.energy_fee,
+                "service_fee_amount": f.bill.service_fee_amount,
+                "final_amount": f.bill.final_amount,
+                "end_reason": f.reason.code(),
+                "end_reason_name": f.reason.name(),
+                "end_reason_text": f.reason.text_zh(),
+                "offline_replayed": f.offline_replayed,
+                "late_settlement": s.transition.late,
+                "ended_at": s.at_ms.div_euclid(1000),
             });
-            for t in ["charging.ended", "order.completed"] {
+            for event_type in ["charging.ended", "order.completed"] {
                 insert_event(
                     &mut tx,
                     &Event {
-                        event_type: t,
-                        device_id: device_id.to_string(),
+                        event_type,
+                        device_id: s.device_id.clone(),
                         order_no: Some(s.order_no.clone()),
                         data: data.clone(),
                     },
@@ -559,15 +663,24 @@ impl Store {
         Ok(applied)
     }
 
-    /// Charging orders whose device is away and whose target plus `grace_ms` has passed.
-    pub async fn overdue_charging(&self, now_ms: i64, grace_ms: i64) -> Result<Vec<OrderRow>> {
+    /// Keeps an end report that changed no order (unmatched, duplicate, after the gateway's
+    /// own settlement): nothing a device sent is dropped unread.
+    pub async fn record_end_report(&self, r: &EndReportRow) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_end_report(&mut tx, r).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Charging orders of devices that are offline and were last seen before `seen_before`
+    /// (Unix seconds): the offline grace counts from when the device went silent.
+    pub async fn charging_of_silent_devices(&self, seen_before: i64) -> Result<Vec<OrderRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {ORDER_COLS} FROM orders o WHERE status = 'charging' AND EXISTS \
-             (SELECT 1 FROM devices d WHERE d.device_id = o.device_id AND d.online = 0) \
-             AND COALESCE(started_at_ms, created_at_ms) + target_duration * 1000 + $2 < $1"
+            "SELECT {ORDER_COLS_O} FROM orders o JOIN devices d ON d.device_id = o.device_id \
+             WHERE o.status = 'charging' AND d.online = 0 \
+             AND COALESCE(d.last_seen_at, 0) < $1 ORDER BY o.id"
         ))
-        .bind(now_ms)
-        .bind(grace_ms)
+        .bind(seen_before)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(order_from_row).collect()
@@ -584,4 +697,46 @@ impl Store {
         .await?;
         rows.iter().map(order_from_row).collect()
     }
+}
+
+/// A device's answer to the command that caused a transition, written with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandAnswer {
+    pub id: i64,
+    pub acked: bool,
+    pub reply_hex: String,
+    pub result: String,
+    pub at_ms: i64,
+}
+
+/// One row of `end_reports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndReportRow {
+    pub order_no: Option<String>,
+    pub device_id: String,
+    pub port_no: i64,
+    pub at_ms: i64,
+    pub applied: bool,
+    /// `settled`, `late`, `duplicate`, `after_gateway`, `unmatched`.
+    pub outcome: &'static str,
+    pub device_ref: Option<String>,
+    pub detail: String,
+}
+
+async fn insert_end_report(tx: &mut Tx, r: &EndReportRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO end_reports (order_no, device_id, port_no, received_at_ms, applied, detail, \
+         outcome, device_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(r.order_no.clone())
+    .bind(&r.device_id)
+    .bind(r.port_no)
+    .bind(r.at_ms)
+    .bind(flag(r.applied))
+    .bind(&r.detail)
+    .bind(r.outcome)
+    .bind(r.device_ref.clone())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

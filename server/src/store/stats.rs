@@ -113,8 +113,8 @@ impl Store {
     /// (sent, matched) downlink commands.
     pub async fn command_match(&self) -> Result<(i64, i64)> {
         let r = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM cmd_logs WHERE status IN ('sent', 'replied', 'unanswered')) AS s, \
-             (SELECT COUNT(*) FROM cmd_logs WHERE status = 'replied') AS m",
+            "SELECT (SELECT COUNT(*) FROM cmd_logs WHERE attempts > 0) AS s, \
+             (SELECT COUNT(*) FROM cmd_logs WHERE attempts > 0 AND status IN ('acked', 'refused')) AS m",
         )
         .fetch_one(&self.pool)
         .await?;

@@ -63,9 +63,9 @@ both!(
     }
 );
 
-both!(
+both_clocked!(
     an_ap3000_charge_runs_to_completion_with_duration_energy_money_and_reason,
-    |app: TestApp| async move {
+    |app: TestApp, clock: pile_server::clock::Clock| async move {
         let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
         pile.boot(4).await;
         let v = envelope(
@@ -113,7 +113,8 @@ both!(
         eventually(|| async { (app.client.progress("ap-1").await.ok()?.len() == 1).then_some(()) })
             .await;
 
-        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        // Two seconds of charging by the gateway's clock.
+        clock.advance_ms(2_000);
         // 0.123 kWh: the device counts 0.01 kWh, so 12 → 0.12 kWh.
         let end = pile.settlement(500, 1, start.order_no, 2, 12, 3);
         pile.send(end.clone()).await;
@@ -309,14 +310,10 @@ async fn a_bkv_target_that_is_not_whole_minutes_is_stopped_by_the_gateway_at_the
         panic!("{stop:?}")
     };
     assert_eq!(s.switch, 0, "the gateway stops the port itself");
-    let o = wait_status(&app, "bkv-exact", OrderStatus::Completed).await;
-    assert_eq!(
-        (o.duration_sec, o.end_reason, o.final_amount),
-        (2, Some(1), 100)
-    );
     pile.send(bkv::Frame::control_reply(pile.id, stop.seq, 1, 0, true, 5))
         .await;
-    // The device's own end report afterwards is acknowledged and changes nothing.
+    // The device reports the end of the stopped charge: settled on the gateway's seconds
+    // (it saw both ends), as the target it was stopped for.
     pile.send(bkv::Frame::charge_end(
         pile.id,
         bkv::ChargeEnd::new(1, 0, 5, 3, 1),
@@ -324,7 +321,15 @@ async fn a_bkv_target_that_is_not_whole_minutes_is_stopped_by_the_gateway_at_the
     .await;
     let ack = pile.expect().await;
     assert!(matches!(ack.message, bkv::Message::ChargeEndAck(_)));
-    assert_eq!(app.client.order("bkv-exact").await.unwrap().duration_sec, 2);
+    let o = wait_status(&app, "bkv-exact", OrderStatus::Completed).await;
+    assert_eq!((o.end_reason, o.final_amount), (Some(1), 100));
+    assert!(
+        (2..=4).contains(&o.duration_sec),
+        "stopped at the target second, not the device's minute: {}",
+        o.duration_sec
+    );
+    let row = app.service.store.order("bkv-exact").await.unwrap().unwrap();
+    assert_eq!(row.duration_source.as_deref(), Some("gateway"));
 }
 
 #[tokio::test]
@@ -382,7 +387,9 @@ async fn a_reconnect_with_the_same_id_replaces_the_old_session_at_once() {
 
 #[tokio::test]
 async fn a_charge_for_an_offline_pile_goes_out_when_it_reconnects() {
-    let app = spawn_app().await;
+    let app = spawn_app_on(Db::Sqlite, |c| c.offline_after = Duration::from_secs(1))
+        .await
+        .unwrap();
     let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
     pile.boot(2).await;
     drop(pile);
@@ -429,6 +436,7 @@ async fn garbage_bad_checksums_and_split_or_merged_frames_do_not_disturb_a_sessi
     let hb = pile.heartbeat_frame().to_vec();
     for b in &hb {
         pile.send_raw(std::slice::from_ref(b)).await;
+        // Not a wait: a pause between the bytes so they leave as separate segments.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(matches!(
@@ -759,7 +767,9 @@ async fn a_bkv_remote_stop_sends_switch_off_and_settles_with_reason_3() {
 #[tokio::test]
 async fn a_settlement_replayed_after_an_offline_spell_marks_the_order_and_keeps_the_device_figures()
 {
-    let app = spawn_app().await;
+    let app = spawn_app_on(Db::Sqlite, |c| c.offline_after = Duration::from_secs(1))
+        .await
+        .unwrap();
     let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
     pile.boot(2).await;
     envelope(app.charge("04AB373B", json!({"port_no": 1, "charge_mode": 1, "duration": 120, "amount": 240, "order_no": "ap-replay"})).await, 200).await;
@@ -907,9 +917,9 @@ async fn a_settlement_on_a_new_connection_after_a_drop_shorter_than_the_threshol
     ))
     .await;
     wait_status(&app, "ap-blip", OrderStatus::Charging).await;
-    // The network blips; the pile finishes its 4 s while away and comes back later.
+    // The network blips; the pile finishes while away and comes back. The new connection
+    // never saw the charge running, so its end is the device's to tell.
     drop(pile);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
     let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
     pile.boot(2).await;
     let end = pile.settlement(8, 0, start.order_no, 1, 4, 3);
@@ -1005,8 +1015,95 @@ mod a_new_pile_is_found_by_the_api_before_its_row_is_flushed {
         run(Db::Sqlite).await;
     }
 
-    #[tokio::test]
-    async fn postgres() {
-        run(Db::Postgres).await;
+    crate::pg!(run(Db::Postgres));
+}
+
+#[tokio::test]
+async fn a_graceful_restart_within_the_offline_threshold_sends_no_offline_online_pair() {
+    // Sequence 11: a deploy must not look like the fleet going away.
+    let app = spawn_app().await;
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    wait_online(&app, "04AB373B", true).await;
+    let url = app.stop().await;
+    assert!(
+        pile.recv().await.is_none(),
+        "the old gateway closed the socket"
+    );
+    let app = spawn_app_on(Db::Sqlite, |c| c.database_url = url)
+        .await
+        .unwrap();
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    app.service.writer.flush().await;
+    let types: Vec<String> = app
+        .service
+        .store
+        .outbox_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.device_id == "04AB373B" && r.event_type.starts_with("device."))
+        .map(|r| r.event_type)
+        .collect();
+    assert_eq!(types, ["device.registered", "device.online"], "{types:?}");
+    assert!(app.client.device("04AB373B").await.unwrap().online);
+}
+
+#[tokio::test]
+async fn an_open_order_on_a_port_the_pile_keeps_reporting_idle_is_settled_as_lost() {
+    // Sequence 4: the pile lost its charge while online (a reboot, a missed end report).
+    let app = spawn_app_on(Db::Sqlite, |c| {
+        c.reconcile = pile_server::domain::ReconcileRule {
+            idle_reports: 3,
+            after_ms: 0,
+        }
+    })
+    .await
+    .unwrap();
+    let mut pile = ApPile::connect(app.device_addr, "04AB373B").await;
+    pile.boot(2).await;
+    envelope(app.charge("04AB373B", json!({"port_no": 1, "charge_mode": 4, "amount": 300, "price_per_kwh": 100, "order_no": "ap-lost"})).await, 200).await;
+    let cmd = pile.expect().await;
+    let start = start_of(&cmd).clone();
+    pile.send(ap3000::Frame::start_stop_reply(
+        pile.id,
+        cmd.message_id,
+        ap3000::StartResult::DONE,
+        start.order_no,
+        0,
+    ))
+    .await;
+    wait_status(&app, "ap-lost", OrderStatus::Charging).await;
+    let ph = pile.power_heartbeat(0, start.order_no, 30, 5, 1800);
+    pile.send(ph).await;
+    // The pile reboots and says its ports are idle, heartbeat after heartbeat.
+    for _ in 0..3 {
+        let hb = pile.heartbeat_frame(&[0, 0]);
+        pile.send(hb).await;
+        assert!(matches!(
+            pile.expect().await.message,
+            ap3000::Message::Ack { command: 0x21, .. }
+        ));
     }
+    let o = wait_status(&app, "ap-lost", OrderStatus::Completed).await;
+    assert_eq!(
+        (
+            o.end_reason,
+            o.end_reason_name.as_deref(),
+            o.total_kwh,
+            o.final_amount
+        ),
+        (Some(13), Some("charge_lost"), 0.05, 5)
+    );
+    // The port takes the next customer.
+    envelope(
+        app.charge(
+            "04AB373B",
+            json!({"port_no": 1, "charge_mode": 4, "amount": 300, "price_per_kwh": 100}),
+        )
+        .await,
+        200,
+    )
+    .await;
 }

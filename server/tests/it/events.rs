@@ -220,10 +220,7 @@ macro_rules! both_db {
             async fn sqlite() {
                 ($body)(Db::Sqlite).await;
             }
-            #[tokio::test]
-            async fn postgres() {
-                ($body)(Db::Postgres).await;
-            }
+            $crate::pg!(async { ($body)(Db::Postgres).await });
         }
     };
 }
@@ -755,7 +752,6 @@ both_db!(
     every_event_of_an_order_carries_what_a_receiver_bills_from,
     |db| async move {
         use pile_server::domain::EndReason;
-        use pile_server::service::{EndReport, PortReport, ProgressReport};
         let Some(app) = app_on(db).await else { return };
         let mut pile = app.connect_fake("04AB373B", "ap3000", 4).await;
         envelope(
@@ -769,56 +765,22 @@ both_db!(
         )
         .await;
         let out = pile.next_command().await;
-        app.service
-            .start_confirmed("04AB373B", out.command_id, "bill-1", "aa")
-            .await
-            .unwrap();
-        app.service
-            .port_report(
-                "04AB373B",
-                &[PortReport {
-                    port_no: 2,
-                    socket_no: None,
-                    hole: None,
-                    status: pile_api::PortStatus::Charging,
-                    power_dw: 1_800,
-                    status_changed: true,
-                }],
-            )
+        pile.confirm(&out).await;
+        pile.ports(vec![(
+            pile_server::core::PortObs {
+                port_no: 2,
+                socket_no: None,
+                hole: None,
+                status: pile_api::PortStatus::Charging,
+                power_dw: 1_800,
+                device_ref: None,
+            },
+            Some(pile_api::PortStatus::Idle),
+        )])
+        .await;
+        pile.progress(crate::progress_obs(2, 60, 40, 1_800)).await;
+        pile.end(crate::end_obs(2, 123, EndReason::TargetReached))
             .await;
-        app.service
-            .progress(
-                "04AB373B",
-                &ProgressReport {
-                    port_no: 2,
-                    device_ref: None,
-                    duration_sec: 60,
-                    energy_wh: 40,
-                    power_dw: 1_800,
-                    peak_power_dw: None,
-                },
-            )
-            .await
-            .unwrap();
-        app.service
-            .end_report(
-                "04AB373B",
-                &EndReport {
-                    port_no: 2,
-                    device_ref: None,
-                    device_duration_sec: None,
-                    duration_resolution_sec: 1,
-                    energy_wh: 123,
-                    peak_power_dw: Some(2_000),
-                    end_reason: EndReason::TargetReached,
-                    bkv_status: None,
-                    bkv_end_reason: None,
-                    raw_hex: "00".into(),
-                    connected_at_ms: None,
-                },
-            )
-            .await
-            .unwrap();
         // A second order the device refuses.
         envelope(
             app.charge(
@@ -830,10 +792,7 @@ both_db!(
         )
         .await;
         let out = pile.next_command().await;
-        app.service
-            .start_rejected("04AB373B", out.command_id, "bill-2", "bb", "refused")
-            .await
-            .unwrap();
+        pile.refuse(&out, "refused").await;
 
         let rows = app.service.store.outbox_after(0, 1000).await.unwrap();
         let data = |t: &str, order: &str| -> serde_json::Value {
@@ -1146,8 +1105,11 @@ both_db!(
     }
 );
 
-#[tokio::test]
-async fn on_a_shared_postgresql_only_one_gateway_delivers_webhooks() {
+mod on_a_shared_postgresql_only_one_gateway_delivers_webhooks {
+    crate::pg!(super::on_a_shared_postgresql_only_one_gateway_delivers_webhooks_run());
+}
+
+async fn on_a_shared_postgresql_only_one_gateway_delivers_webhooks_run() {
     let rx_a = Receiver::start(|_| 200).await;
     let url = rx_a.url.clone();
     let Some(app) = spawn_app_on(Db::Postgres, |c| {

@@ -1,7 +1,8 @@
-//! Integration tests of the gateway. Every store/HTTP test runs on SQLite and on the local
-//! PostgreSQL (`PILE_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`),
-//! each in a fresh database so they run in parallel. Without PostgreSQL the PostgreSQL
-//! variants skip with a notice, unless `CI` is set: then they fail.
+//! Integration tests of the gateway. Every store/HTTP test runs on SQLite here and on the
+//! local PostgreSQL in the `pg` test binary (`tests/pg`, which includes these modules: the
+//! `both!` / `pg!` macros register the PostgreSQL variants for it), each in a fresh database
+//! so they run in parallel. Without PostgreSQL the `pg` binary shows its tests as ignored;
+//! with `CI` set it fails.
 
 mod helpers;
 

@@ -284,3 +284,42 @@ async fn piles_bind_to_the_source_addresses_they_are_given() {
     assert_eq!(peers, ["127.0.0.2", "127.0.0.2", "127.0.0.3"]);
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pile_dials_the_next_server_after_a_failed_connect_and_after_a_drop() {
+    // A: a port that refuses connections. B: accepts, then drops the connection. C: keeps it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = FleetConfig {
+        server: format!(
+            "{dead},{},{}",
+            b.local_addr().unwrap(),
+            c.local_addr().unwrap()
+        ),
+        ..config(dead, 1)
+    };
+    let fleet = FleetHandle::start_with(cfg, text_codecs()).await.unwrap();
+
+    // After A refused, the pile dials B; B hangs up on it.
+    let (conn_b, _) = tokio::time::timeout(Duration::from_secs(10), accept(&b))
+        .await
+        .expect("the pile moved on to B");
+    drop(conn_b);
+    // The drop sends it to C, not back to B.
+    let (mut conn_c, _) = tokio::time::timeout(Duration::from_secs(10), accept(&c))
+        .await
+        .expect("the pile moved on to C after B dropped it");
+    let said = read_for(&mut conn_c, 500)
+        .await
+        .expect("C keeps the connection");
+    assert!(!said.is_empty(), "the pile talks to C");
+    let s = fleet
+        .pile_snapshot(&fleet.piles().next().unwrap().id())
+        .unwrap();
+    assert_eq!(s.connection, "online");
+    fleet.shutdown().await;
+}

@@ -278,8 +278,6 @@ async fn probe_wait(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes against main before e74ec79 (charges ~50 ms); after it every charge takes 1.4-8 s \
-            in the test gateway and the probe gets fewer than 3 samples: run with --ignored"]
 async fn steady_state_command_latency_agrees_with_an_independent_probe() {
     let gw = spawn().await;
     let client = Client::new(&gw.api, API_KEY);

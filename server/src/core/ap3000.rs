@@ -185,15 +185,9 @@ impl Ap3000 {
             Message::PowerHeartbeat(p) => {
                 if let Some(port_no) = pile_protocol::port::ap3000_port_no(p.port) {
                     let r = p.order_no.to_string();
+                    // The port state follows from the sample in the core, which knows whether
+                    // it is live or replayed from the device's memory.
                     events.extend(hello.take());
-                    events.push(DeviceEvent::Ports(vec![PortObs {
-                        port_no: u32::from(port_no),
-                        socket_no: None,
-                        hole: None,
-                        status: PortStatus::Charging,
-                        power_dw: i64::from(p.power_dw),
-                        device_ref: Some(r.clone()),
-                    }]));
                     events.push(DeviceEvent::Progress(ProgressObs {
                         port_no: u32::from(port_no),
                         device_ref: Some(r),

@@ -717,14 +717,30 @@ impl SessionCore {
             }
             DeviceEvent::Ports(obs) => self.on_ports(now_ms, obs),
             DeviceEvent::Progress(p) => {
-                let view = self.ports.entry(p.port_no).or_default();
-                view.live = Some(p.device_ref.clone());
-                view.idle = IdleWatch::default();
+                // A sample the device took before this connection existed is replayed from its
+                // memory: it says nothing about what runs now.
+                if !self.before_this_connection(p.device_at_ms) {
+                    self.on_ports(
+                        now_ms,
+                        vec![PortObs {
+                            port_no: p.port_no,
+                            socket_no: None,
+                            hole: None,
+                            status: PortStatus::Charging,
+                            power_dw: p.power_dw,
+                            device_ref: p.device_ref.clone(),
+                        }],
+                    );
+                    let view = self.ports.entry(p.port_no).or_default();
+                    view.live = Some(p.device_ref.clone());
+                    view.idle = IdleWatch::default();
+                }
                 let token = self.token(Waiting::Progress { port_no: p.port_no });
                 self.intents.push_back(Intent::Progress { token, obs: p });
             }
             DeviceEvent::End(mut obs, ack) => {
-                obs.seen_live = self.seen_live(&obs);
+                obs.seen_live =
+                    self.seen_live(&obs) && !self.before_this_connection(obs.device_end_at_ms);
                 let token = self.token(Waiting::End {
                     ack,
                     port_no: obs.port_no,
@@ -735,6 +751,12 @@ impl SessionCore {
             DeviceEvent::QueryAnswer { key, ports } => self.on_query_answer(now_ms, key, ports),
             DeviceEvent::Alarm(v) => self.intents.push_back(Intent::Alarm(v)),
         }
+    }
+
+    /// Whether a device timestamp is from before this connection was opened (with a second of
+    /// slack for clock skew); `None` (the frame carries no time) is taken as now.
+    fn before_this_connection(&self, device_at_ms: Option<i64>) -> bool {
+        device_at_ms.is_some_and(|t| t < self.opened_ms - 1_000)
     }
 
     /// Whether this connection saw the ended charge running.

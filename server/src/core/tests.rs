@@ -447,3 +447,68 @@ fn a_socket_that_says_nothing_valid_is_closed_after_the_first_frame_timeout() {
     c.handle_timeout(T0 + 10_000);
     assert_eq!(c.close_reason(), Some(&CloseReason::NoValidFrame));
 }
+
+#[test]
+fn progress_an_ap3000_pile_replays_from_before_the_connection_does_not_make_its_end_live() {
+    let order_no = "ap-off";
+    let r = device_order_ref(order_no);
+    let active = ActiveOrder {
+        order_no: order_no.into(),
+        port_no: 1,
+        device_ref: Some(hex::encode(r)),
+        started_at_ms: Some(T0 - 20_000),
+        charge_mode: 1,
+        target_duration_sec: 4,
+    };
+    let power = |msg: u16, at_ms: i64| {
+        ap3000::Frame::power_heartbeat(
+            ap_id(),
+            msg,
+            ap3000::PowerHeartbeat {
+                port: 0,
+                status: ap3000::PortStatus(1),
+                duration_s: 3,
+                energy_cwh: 1,
+                start_mode: 1,
+                power_dw: 1800,
+                max_power_dw: 1800,
+                min_power_dw: 1800,
+                avg_power_dw: 1800,
+                order_no: ap3000::OrderNo::from_bytes(r),
+                // Fields grew across firmware versions: a timestamp needs those before it.
+                period_energy_raw: Some(0),
+                peak_power_dw: Some(1800),
+                voltage_dv: Some(2200),
+                current_ma: Some(800),
+                ambient_temperature_raw: Some(90),
+                port_temperature_raw: Some(90),
+                timestamp: Some((at_ms / 1000) as u32),
+                occupancy_min: None,
+                extra: Vec::new(),
+            },
+        )
+        .to_vec()
+    };
+    let end_live = |c: &mut SessionCore, at: i64| {
+        c.handle_bytes(at, &ap_settlement(50, r, 4, 2));
+        drain_intents(c)
+            .into_iter()
+            .find_map(|i| match i {
+                Intent::End { obs, .. } => Some(obs.seen_live),
+                _ => None,
+            })
+            .expect("an end")
+    };
+    // Samples taken while the pile was offline, replayed on the new connection: not live.
+    let mut c = core();
+    c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
+    identify(&mut c, T0, vec![], vec![active.clone()]);
+    c.handle_bytes(T0 + 5_000, &power(2, T0 - 8_000));
+    assert!(!end_live(&mut c, T0 + 5_100));
+    // A sample taken now, on this connection: the charge is seen running.
+    let mut c = core();
+    c.handle_bytes(T0, &ap_heartbeat(1, &[1, 0]));
+    identify(&mut c, T0, vec![], vec![active]);
+    c.handle_bytes(T0 + 5_000, &power(2, T0 + 5_000));
+    assert!(end_live(&mut c, T0 + 6_000));
+}

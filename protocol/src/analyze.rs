@@ -25,6 +25,10 @@ pub struct Analysis {
     pub sub_command: Option<String>,
     /// The message's snake_case name.
     pub name: &'static str,
+    /// Which generation of its command the frame's layout is (fields added
+    /// across firmware versions, told apart by length or tag presence);
+    /// `None` where the layout never changed.
+    pub generation: Option<&'static str>,
     /// Whole frame length in bytes.
     pub length: usize,
     pub summary: String,
@@ -73,6 +77,7 @@ pub fn analyze_bkv(bytes: &[u8]) -> Result<Analysis, DecodeError> {
             }
         }),
         name: message.name(),
+        generation: message.generation(),
         length: bytes.len(),
         summary: frame.summary(),
         frame: FrameView::Bkv(frame),
@@ -89,7 +94,7 @@ pub fn analyze_ap3000(
         Some(dir) => ap3000::decode_frame(bytes, dir)?,
         None => {
             let command = bytes.get(11).copied().unwrap_or_default();
-            let first = if matches!(command, 0x81..=0x8F | 0xE4) {
+            let first = if matches!(command, 0x81..=0x8F | 0x95..=0x98 | 0xE4) {
                 FromServer
             } else {
                 FromDevice
@@ -120,6 +125,7 @@ pub fn analyze_ap3000(
         command: format!("{:#04x}", frame.command()),
         sub_command: None,
         name: message.name(),
+        generation: message.generation(),
         length: bytes.len(),
         summary: frame.summary(),
         frame: FrameView::Ap3000(frame),

@@ -58,3 +58,32 @@ fn decoding_a_heartbeat_allocates_nothing() {
     assert!(matches!(item, Some(Item::Frame { .. })));
     assert_eq!(n, 0, "Decoder::decode allocated {n} time(s)");
 }
+
+const STATUS_1017: &str = "fcfe0091100000000000018223121400270004010110170a010200000000000000000901038223121400270065019403014a0104013effff030107250301961e28015b030108000301098004010a000004019508e304010b000004010c000104010d000004010e000028015b030108010301098004010a000004019508e304010b000004010c000104010d000004010e000030fcee";
+const END_1004: &str = "fcfe007d100000000000018221022500052004010110040a01020000000000000000090103822102250005200301072a03014a01030108000301099804010a003304010b000004010c000004010d000004010e000109012e2024082310172903012f08030112040401850000040186000003018901080184000100000000dbfcee";
+
+#[test]
+fn the_tlv_reports_are_read_over_the_frame_bytes_without_copying() {
+    for hex in [STATUS_1017, END_1004] {
+        let bytes = parse_hex(hex).unwrap();
+        // Streaming: the report keeps a slice of the frame the decoder hands
+        // out, so after the buffer's one-time move to shared storage nothing
+        // is allocated.
+        let mut buf = BytesMut::from(&[&bytes[..], &bytes[..]].concat()[..]);
+        let mut dec = Decoder::new();
+        assert!(matches!(dec.decode(&mut buf), Some(Item::Frame { .. })));
+        let (n, item) = allocations_during(|| dec.decode(&mut buf));
+        let Some(Item::Frame { frame, .. }) = item else {
+            panic!("{item:?}")
+        };
+        assert!(matches!(
+            frame.message,
+            Message::StatusReport(_) | Message::ChargeEndReport(_)
+        ));
+        assert_eq!(n, 0, "Decoder::decode allocated {n} time(s)");
+        // One whole frame from a borrowed slice: one copy of the TLV body.
+        let (n, frame) = allocations_during(|| decode_frame(&bytes));
+        assert!(frame.is_ok());
+        assert_eq!(n, 1, "decode_frame allocated {n} time(s)");
+    }
+}

@@ -87,7 +87,7 @@ fn answer_bkv(f: &bkv::Frame) -> Option<Bytes> {
             Some(bkv::Frame::charge_end_ack(f.gateway_id, f.seq, e.socket, e.hole, true).to_bytes())
         }
         bkv::Message::ChargeEndReport(e) => {
-            Some(bkv::Frame::charge_end_report_ack(f, e.socket, e.hole, true).to_bytes())
+            Some(bkv::Frame::charge_end_report_ack(f, e.socket(), e.hole(), true).to_bytes())
         }
         _ => None,
     }

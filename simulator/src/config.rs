@@ -123,6 +123,11 @@ pub struct FleetConfig {
     pub answer_delay: Duration,
     /// Receives connect, heartbeat and command timings (load generation).
     pub observer: Option<crate::observe::Observer>,
+    /// The fleet's EEPROM file (`--eeprom`): what the piles must still report
+    /// survives a process kill.
+    pub eeprom: Option<std::path::PathBuf>,
+    /// Which firmware generation which share of the piles speaks (`--firmware`).
+    pub firmware: crate::firmware::FirmwarePlan,
 }
 
 impl Default for FleetConfig {
@@ -148,6 +153,8 @@ impl Default for FleetConfig {
             scheduler_shards: 0,
             answer_delay: Duration::from_secs(5),
             observer: None,
+            eeprom: None,
+            firmware: crate::firmware::FirmwarePlan::default(),
         }
     }
 }
@@ -183,6 +190,11 @@ impl FleetConfig {
         }
         if !(self.power_w > 0.0 && self.power_w.is_finite()) {
             return Err(ConfigError::Invalid("--power-w must be positive"));
+        }
+        if self.firmware.validate().is_err() {
+            return Err(ConfigError::Invalid(
+                "--firmware: the shares add up to more than 100%",
+            ));
         }
         self.identities().map(|_| ())
     }

@@ -49,6 +49,11 @@ pub enum FleetError {
     Pile(#[from] PileError),
     #[error("share must be within 0..=1, got {0}")]
     Share(f64),
+    #[error("cannot open the EEPROM file {path}: {source}")]
+    Eeprom {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 struct Slot {
@@ -175,6 +180,16 @@ impl FleetHandle {
         let servers: Arc<[SocketAddr]> = servers.into();
         let identities = cfg.identities()?;
         let start = Instant::now();
+        let eeprom =
+            match &cfg.eeprom {
+                Some(path) => Some(crate::eeprom::Eeprom::open(path).map_err(|source| {
+                    FleetError::Eeprom {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let pile_cfg = Arc::new(PileConfig {
             ports: cfg.ports,
             heartbeat: cfg.heartbeat,
@@ -188,6 +203,7 @@ impl FleetHandle {
             answer_delay: cfg.answer_delay,
             clock: SimClock::system(),
             observer: cfg.observer.clone(),
+            eeprom: eeprom.clone(),
         });
         let shards = match cfg.scheduler_shards {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -200,15 +216,20 @@ impl FleetHandle {
         let mut by_id = HashMap::with_capacity(identities.len());
         for ident in identities {
             let ramp = Duration::from_secs_f64(f64::from(ident.index) / cfg.ramp_per_sec);
-            let pile = Pile::new(
+            let mut codec = codecs(ident.family);
+            codec.set_firmware(cfg.firmware.pick(ident.family, cfg.seed, ident.index));
+            let mut pile = Pile::new(
                 ident.id.clone(),
                 ident.index,
                 ident.family,
                 Arc::clone(&pile_cfg),
                 pile_rng(cfg.seed, u64::from(ident.index)),
-                codecs(ident.family),
+                codec,
                 start + ramp,
             );
+            if let Some(e) = &eeprom {
+                pile.restore(e.restore(&ident.id));
+            }
             let slot = Arc::new(Slot {
                 pile: Mutex::new(pile),
                 notify: Arc::new(Notify::new()),

@@ -6,11 +6,14 @@
 //! server has not acknowledged yet ([`replay`]) and injectable faults. The
 //! same operations are served over HTTP by [`control`].
 
+pub mod billing;
 pub mod charger;
 pub mod config;
 pub mod control;
 pub mod decode;
+pub mod eeprom;
 pub mod fault;
+pub mod firmware;
 pub mod fleet;
 pub mod msg;
 pub mod observe;

@@ -77,6 +77,14 @@ struct RunArgs {
     /// Recent frames kept per pile for GET /piles/{id}/frames.
     #[arg(long, default_value_t = 32)]
     frames_kept: usize,
+    /// The fleet's EEPROM file: unacknowledged settlements and running charges are kept there,
+    /// so a killed pile-sim (kill -9) resends them after a restart, like a power outage.
+    #[arg(long, value_name = "FILE")]
+    eeprom: Option<std::path::PathBuf>,
+    /// Firmware generation for a share of the piles, e.g. ap3000=v6.1:30% (repeat or
+    /// comma-separate; the rest speaks the latest).
+    #[arg(long, value_name = "FAMILY=VERSION[:SHARE]")]
+    firmware: Vec<String>,
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -99,6 +107,10 @@ impl RunArgs {
             seed,
             power_w: self.power_w,
             frames_kept: self.frames_kept,
+            eeprom: self.eeprom.clone(),
+            firmware: pile_sim::firmware::FirmwarePlan::parse(
+                self.firmware.iter().map(String::as_str),
+            )?,
             ..FleetConfig::default()
         };
         for id in &self.first_id {

@@ -6,10 +6,13 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::billing::{Billing, EndBilling};
 
 /// The order handle of a charge, as the family carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Order {
     /// BKV business number, chosen by the device (or by the server for 0x1007).
     Bkv(u16),
@@ -24,6 +27,22 @@ impl Order {
             Order::Bkv(n) => n.to_string(),
             Order::Ap3000(b) => hex::encode_upper(b),
         }
+    }
+}
+
+/// The inverse of [`Order::display`]: 32 hex digits are an AP3000 order
+/// number, a decimal number a BKV business number.
+impl TryFrom<String> for Order {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.len() == 32 {
+            let bytes = hex::decode(&s).map_err(|e| e.to_string())?;
+            let b: [u8; 16] = bytes.try_into().map_err(|_| "16 bytes".to_string())?;
+            return Ok(Order::Ap3000(b));
+        }
+        s.parse::<u16>()
+            .map(Order::Bkv)
+            .map_err(|_| format!("not an order: {s:?}"))
     }
 }
 
@@ -46,11 +65,13 @@ pub enum Target {
 }
 
 /// Which command started a charge (it decides the end report's form).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// BKV 0x0015/0x07: ends with 0x02.
     Bkv07,
+    /// BKV 0x0015/0x17 (power tiers): ends with 0x18.
+    Bkv17,
     /// BKV 0x1007: ends with 0x1004.
     Bkv1007,
     /// AP3000 0x82 with its rate mode.
@@ -79,6 +100,9 @@ pub struct StartRequest {
     /// Upper bound on the charge time, if any.
     pub max_duration: Option<Duration>,
     pub origin: Origin,
+    /// How the socket bills the charge itself (BKV 0x17 and 0x1007): it stops
+    /// when the money is used up.
+    pub billing: Option<Billing>,
 }
 
 /// How a start or stop command was answered.
@@ -115,7 +139,7 @@ impl CommandResult {
 }
 
 /// Why a charge ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     Full,
@@ -126,6 +150,8 @@ pub enum EndReason {
     RemoteStop,
     NoLoad,
     PowerOutage,
+    /// A BKV charge by money (0x17, 0x1007) used up what was paid.
+    AmountUsedUp,
 }
 
 impl EndReason {
@@ -140,6 +166,9 @@ impl EndReason {
             EndReason::RemoteStop => 7,
             EndReason::NoLoad => 9,
             EndReason::PowerOutage => 0x0E,
+            // The AP3000 has no money stop; a socket that converts money into
+            // time reports its preset time as reached.
+            EndReason::AmountUsedUp => 3,
         }
     }
 }
@@ -161,7 +190,7 @@ pub enum RecordKind {
 }
 
 /// A charge's end as the pile stores it until the server acknowledges it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndRecord {
     pub port_no: u16,
     pub order: Order,
@@ -178,6 +207,9 @@ pub struct EndRecord {
     pub end_unix: u64,
     /// AP3000: the message ID every resend reuses.
     pub msg_id: u16,
+    /// What a charge by money cost (BKV 0x18 / 0x1004 fields).
+    #[serde(default)]
+    pub billing: Option<EndBilling>,
 }
 
 /// A progress sample of a running charge (AP3000 0x06).
@@ -252,6 +284,13 @@ pub enum Up {
     },
     /// BKV 0x1C, the answer to 0x1D.
     SocketState { ctx: ReplyCtx, socket: u8 },
+    /// The answer to [`Down::Locate`] / [`Down::Setting`].
+    SettingAck {
+        ctx: ReplyCtx,
+        command: u16,
+        socket: Option<u8>,
+        ok: bool,
+    },
 }
 
 impl Up {
@@ -260,7 +299,10 @@ impl Up {
     pub fn is_answer(&self) -> bool {
         matches!(
             self,
-            Up::StartReply { .. } | Up::StopReply { .. } | Up::SocketState { .. }
+            Up::StartReply { .. }
+                | Up::StopReply { .. }
+                | Up::SocketState { .. }
+                | Up::SettingAck { .. }
         )
     }
 }
@@ -298,6 +340,18 @@ pub enum Down {
     EndAck(AckMatch),
     /// AP3000 0x81: send 0x20 and 0x21 again.
     Query,
+    /// AP3000 0x96: play the locate prompt and flash for `seconds`.
+    Locate {
+        ctx: ReplyCtx,
+        seconds: u8,
+    },
+    /// A setting the pile accepts and answers (AP3000 0x97 mute, BKV 0x1013
+    /// mute): `command` is the family's command code.
+    Setting {
+        ctx: ReplyCtx,
+        command: u16,
+        socket: Option<u8>,
+    },
     /// A valid frame the pile has no behaviour for.
     Ignored,
 }

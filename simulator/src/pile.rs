@@ -20,7 +20,9 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::billing::{Billing, Meter};
 use crate::charger::{ChargerModel, ChargerParams};
+use crate::eeprom::Eeprom;
 use crate::fault::{FaultKind, Faults};
 use crate::msg::{
     AckMatch, CommandResult, Down, EndReason, EndRecord, Order, Origin, PortSel, ProgressRecord,
@@ -85,6 +87,9 @@ pub struct PileConfig {
     pub clock: SimClock,
     /// Timing hooks for a load generator.
     pub observer: Option<crate::observe::Observer>,
+    /// The fleet's non-volatile memory (`--eeprom`): unacknowledged ends and
+    /// running charges survive a process kill.
+    pub eeprom: Option<Arc<Eeprom>>,
 }
 
 /// Something the driver must do for the pile.
@@ -123,6 +128,12 @@ pub trait Codec: Send {
     fn corrupt_checksum(&self, frame: &mut [u8]);
     /// A one-line decoded summary of raw bytes in either direction.
     fn describe(&self, raw: &[u8], dir: Direction) -> String;
+    /// Chooses the firmware generation the pile speaks (`--firmware`).
+    fn set_firmware(&mut self, _firmware: crate::firmware::Firmware) {}
+    /// The firmware generation the pile speaks.
+    fn firmware(&self) -> crate::firmware::Firmware {
+        crate::firmware::Firmware::Latest
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,11 +207,50 @@ pub struct Charge {
     last_update: Instant,
     last_sample_energy_wh: f64,
     min_power_w: Option<f64>,
+    /// A charge by money: the socket's own meter and when it stops.
+    pub billing: Option<Billing>,
+    pub meter: Meter,
+    /// AP3000: the message ID the settlement (and every resend) will carry.
+    msg_id: u16,
 }
 
 impl Charge {
     pub fn elapsed(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.started_at)
+    }
+
+    /// The billing tier in force at `last_update` (charges by money only).
+    fn billing_tier(&self, clock: SimClock) -> Option<usize> {
+        let b = self.billing.as_ref()?;
+        let settle = self.meter.settle_power_w.max(self.charger.power_w());
+        Some(b.tier(settle, clock.unix_s(self.last_update)))
+    }
+
+    /// How long after `last_update` the money runs out (within `horizon` for
+    /// charges priced by energy), for a charge by money.
+    fn money_out(&self, plugged: bool, horizon: Duration, clock: SimClock) -> Option<Duration> {
+        let b = self.billing.as_ref()?;
+        let tier = self.billing_tier(clock)?;
+        match b.wh_left(&self.meter, tier) {
+            // Priced by energy only: exactly when the energy is reached.
+            Some(wh) if plugged => {
+                let target = self.charger.energy_wh() + wh;
+                self.charger.time_to_energy(target, horizon)
+            }
+            Some(_) => None,
+            None => {
+                let wh_per_s = if plugged {
+                    self.charger.power_w() / 3600.0
+                } else {
+                    0.0
+                };
+                let secs = b.secs_left(&self.meter, tier, wh_per_s)?;
+                // Whole milliseconds, rounded up: never before the money is gone.
+                Some(Duration::from_millis(
+                    (secs * 1000.0).ceil().min(1e15) as u64
+                ))
+            }
+        }
     }
 }
 
@@ -269,6 +319,8 @@ pub struct PileState {
     rbuf: BytesMut,
     /// Send times of unanswered heartbeats, oldest first (only with an observer).
     heartbeats_sent: VecDeque<Instant>,
+    /// An AP3000 0x96 locate plays until then.
+    pub locate_until: Option<Instant>,
 }
 
 /// A virtual pile: state plus the codec of its family.
@@ -350,6 +402,7 @@ impl PileState {
     /// Runs every charge forward to `now`, ending those whose target,
     /// battery or time limit was reached on the way, at the exact instant.
     fn advance_charges(&mut self, now: Instant) {
+        let clock = self.cfg.clock;
         for i in 0..self.ports.len() {
             let plugged = self.ports[i].plugged;
             let Some(ch) = self.ports[i].charge.as_mut() else {
@@ -390,11 +443,21 @@ impl PileState {
                     EndReason::NoLoad,
                 );
             }
+            let tier = ch.billing_tier(clock);
+            if let Some(d) = ch.money_out(plugged, span, clock) {
+                consider(d, EndReason::AmountUsedUp);
+            }
             let step = end.map_or(span, |(d, _)| d);
+            let energy_before = ch.charger.energy_wh();
             if plugged {
                 ch.charger.advance(step);
             }
             ch.last_update += step;
+            if let (Some(b), Some(tier)) = (&ch.billing, tier) {
+                let wh = ch.charger.energy_wh() - energy_before;
+                b.accrue(&mut ch.meter, tier, step.as_secs_f64(), wh);
+            }
+            ch.meter.settle_power_w = ch.meter.settle_power_w.max(ch.charger.max_power_w());
             if let Some((_, reason)) = end {
                 let at = ch.last_update;
                 self.end_charge(i, at, reason);
@@ -402,16 +465,18 @@ impl PileState {
         }
     }
 
-    /// Ends the charge on port index `i` at `at`, storing its end record.
-    fn end_charge(&mut self, i: usize, at: Instant, reason: EndReason) {
-        let Some(ch) = self.ports[i].charge.take() else {
-            return;
-        };
-        let port_no = self.ports[i].no;
-        let msg_id = self.next_msg_id();
+    /// The end record of a charge ending at `at` for `reason`.
+    fn end_record(
+        &self,
+        port_no: u16,
+        ch: &Charge,
+        at: Instant,
+        reason: EndReason,
+        msg_id: u16,
+    ) -> EndRecord {
         let elapsed = at.saturating_duration_since(ch.started_at);
         let m = &ch.charger;
-        let record = EndRecord {
+        EndRecord {
             port_no,
             order: ch.order,
             origin: ch.origin,
@@ -425,13 +490,56 @@ impl PileState {
             start_unix: ch.start_unix,
             end_unix: self.cfg.clock.unix_s(at),
             msg_id,
+            billing: ch.billing.as_ref().map(|b| b.summary(&ch.meter)),
+        }
+    }
+
+    /// Writes a snapshot of every running charge to the EEPROM: the end
+    /// record it would get if the power went now.
+    fn persist_running(&mut self, at: Instant) {
+        let Some(eeprom) = self.cfg.eeprom.clone() else {
+            return;
         };
+        for i in 0..self.ports.len() {
+            let port_no = self.ports[i].no;
+            if let Some(ch) = &self.ports[i].charge {
+                let rec = self.end_record(port_no, ch, at, EndReason::PowerOutage, ch.msg_id);
+                eeprom.running(&self.id, &rec);
+            }
+        }
+    }
+
+    /// Stores end records a previous run left in the EEPROM, to be sent as
+    /// after a power outage.
+    pub fn restore(&mut self, records: Vec<EndRecord>) {
+        for record in records {
+            let key = RecordKey {
+                kind: RecordKind::End,
+                port_no: record.port_no,
+                order: record.order,
+                n: 0,
+            };
+            self.replay.push(key, Record::End(record));
+        }
+    }
+
+    /// Ends the charge on port index `i` at `at`, storing its end record.
+    fn end_charge(&mut self, i: usize, at: Instant, reason: EndReason) {
+        let Some(ch) = self.ports[i].charge.take() else {
+            return;
+        };
+        let port_no = self.ports[i].no;
+        let record = self.end_record(port_no, &ch, at, reason, ch.msg_id);
         let key = RecordKey {
             kind: RecordKind::End,
             port_no,
             order: ch.order,
             n: 0,
         };
+        // Into the EEPROM before it is first sent.
+        if let Some(eeprom) = &self.cfg.eeprom {
+            eeprom.end(&self.id, &record);
+        }
         self.replay.push(key, Record::End(record));
         let port = &mut self.ports[i];
         port.plug_at = None;
@@ -477,6 +585,7 @@ impl PileState {
         if self.next_heartbeat <= now {
             self.next_heartbeat = now + self.cfg.heartbeat;
         }
+        self.persist_running(now);
         let talking = self.can_talk(now);
         match self.family {
             Family::Bkv => {
@@ -570,6 +679,7 @@ impl PileState {
             Some(o) => o,
             None => Order::Bkv(self.next_business_no()),
         };
+        let msg_id = self.next_msg_id();
         let params = ChargerParams::draw(self.cfg.power_w, &mut self.rng);
         let charge = Charge {
             order,
@@ -583,6 +693,9 @@ impl PileState {
             last_update: now,
             last_sample_energy_wh: 0.0,
             min_power_w: None,
+            billing: req.billing.clone(),
+            meter: Meter::default(),
+            msg_id,
         };
         let port = &mut self.ports[i];
         port.charge = Some(charge);
@@ -592,6 +705,7 @@ impl PileState {
             port.plug_at = Some(now + self.cfg.plug_delay);
         }
         self.note_change(port_no);
+        self.persist_running(now);
         (CommandResult::Done, Some(port_no), Some(order))
     }
 
@@ -647,6 +761,29 @@ impl PileState {
                 self.say(Up::Register);
                 self.say(Up::Heartbeat);
             }
+            Down::Locate { ctx, seconds } => {
+                self.locate_until = Some(now + Duration::from_secs(u64::from(seconds)));
+                self.say(Up::SettingAck {
+                    ctx,
+                    command: 0x96,
+                    socket: None,
+                    ok: true,
+                });
+            }
+            Down::Setting {
+                ctx,
+                command,
+                socket,
+            } => {
+                // A socket the gateway does not have is refused.
+                let ok = socket.is_none_or(|s| (1..=self.socket_count()).contains(&s));
+                self.say(Up::SettingAck {
+                    ctx,
+                    command,
+                    socket,
+                    ok,
+                });
+            }
             Down::Start { ctx, req } => {
                 if let Some(obs) = &self.cfg.observer {
                     let port = match req.port {
@@ -691,8 +828,12 @@ impl PileState {
                 }
             }
             Down::QuerySocket { ctx, socket } => {
-                self.advance_charges(now);
-                self.say(Up::SocketState { ctx, socket });
+                // A socket the gateway has not networked cannot be reached
+                // over the radio: no answer (the server times out).
+                if (1..=self.socket_count()).contains(&socket) {
+                    self.advance_charges(now);
+                    self.say(Up::SocketState { ctx, socket });
+                }
             }
             Down::EndAck(m) => {
                 let acked = self.replay.ack_where(|_, r| match (r, m) {
@@ -702,8 +843,11 @@ impl PileState {
                     }
                     _ => false,
                 });
-                if acked.is_some() {
+                if let Some(Record::End(e)) = &acked {
                     self.stats.records_acked += 1;
+                    if let Some(eeprom) = &self.cfg.eeprom {
+                        eeprom.acked(&self.id, e.port_no, e.order);
+                    }
                 }
             }
         }
@@ -851,6 +995,7 @@ impl Pile {
                 frames: VecDeque::new(),
                 rbuf: BytesMut::new(),
                 heartbeats_sent: VecDeque::new(),
+                locate_until: None,
                 cfg,
             },
             codec,
@@ -859,6 +1004,12 @@ impl Pile {
 
     pub fn id(&self) -> &str {
         &self.state.id
+    }
+
+    /// Takes back what a previous run left in the EEPROM (see
+    /// [`crate::eeprom::Eeprom::restore`]): sent once the pile is online.
+    pub fn restore(&mut self, records: Vec<EndRecord>) {
+        self.state.restore(records);
     }
 
     /// Whether the driver should read from the socket.
@@ -1059,6 +1210,9 @@ impl Pile {
                 }
             } else if s.family == Family::Bkv && ch.charger.elapsed().is_zero() {
                 at(ch.started_at + BKV_NO_LOAD_TIMEOUT);
+            }
+            if let Some(d) = ch.money_out(p.plugged, horizon, s.cfg.clock) {
+                at(ch.last_update + d);
             }
         }
         next
@@ -1282,6 +1436,8 @@ impl Pile {
             id: s.id.clone(),
             index: s.index,
             family: s.family,
+            firmware: self.codec.firmware().to_string(),
+            locating: s.locate_until.is_some_and(|t| t > now),
             connection: s.link.name(),
             registered: s.registered,
             ports,
@@ -1346,6 +1502,10 @@ pub struct PileSnapshot {
     pub id: String,
     pub index: u32,
     pub family: Family,
+    /// `latest` or e.g. `ap3000 V6.1` (`--firmware`).
+    pub firmware: String,
+    /// An AP3000 0x96 locate is playing.
+    pub locating: bool,
     pub connection: &'static str,
     pub registered: bool,
     pub ports: Vec<PortSnapshot>,
@@ -1401,6 +1561,7 @@ mod tests {
             answer_delay: Duration::from_secs(5),
             clock: SimClock::new(t0, 1_700_000_000_000),
             observer: None,
+            eeprom: None,
         })
     }
 
@@ -1468,6 +1629,7 @@ mod tests {
                 stop_on_full: matches!(origin, Origin::Bkv07 | Origin::Bkv1007),
                 max_duration: None,
                 origin,
+                billing: None,
             },
         }
     }
@@ -1614,6 +1776,7 @@ mod tests {
                 stop_on_full: true,
                 max_duration: None,
                 origin: Origin::Ap3000 { rate_mode: 0 },
+                billing: None,
             },
         };
         r.down(5, any);

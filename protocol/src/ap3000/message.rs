@@ -119,8 +119,9 @@ pub struct Register {
     /// Module type from the vendor's table (not the physical ID type byte).
     pub device_type: u8,
     /// Bit 0: 0 networked / 1 card; bit 1 metering chip; bit 2 short-circuit
-    /// precheck; bit 3 lamp mode.
-    pub work_mode: u8,
+    /// precheck; bit 3 lamp mode. Added in V7.0.
+    pub work_mode: Option<u8>,
+    /// Added in V7.8.
     pub power_board_version: Option<u16>,
     #[serde(serialize_with = "ser_hex")]
     pub extra: Vec<u8>,
@@ -172,8 +173,10 @@ pub struct LegacyHeartbeat {
     pub virtual_id: u8,
     pub signal: u8,
     pub device_type: u8,
-    pub temperature_raw: u8,
-    pub work_mode: u8,
+    /// Added in V5.6.
+    pub temperature_raw: Option<u8>,
+    /// Added in V7.0, removed again in V8.6.
+    pub work_mode: Option<u8>,
     #[serde(serialize_with = "ser_hex")]
     pub extra: Vec<u8>,
 }
@@ -268,15 +271,16 @@ pub struct StartStop {
     /// Seconds (rate modes 0, 1, 3) or 0.01 kWh (rate mode 2); 0 = until full.
     pub amount: u16,
     pub order_no: OrderNo,
-    /// 0 = keep the device's setting.
-    pub max_duration_s: u16,
-    /// 0 = keep the device's setting.
-    pub overload_power_dw: u16,
-    /// 0 light on, 1 off (older firmware omits the byte).
+    /// 0 = keep the device's setting. Added in V7.5.
+    pub max_duration_s: Option<u16>,
+    /// 0 = keep the device's setting. Added in V7.5.
+    pub overload_power_dw: Option<u16>,
+    /// 0 light on, 1 off. Added in V8.0.
     pub qr_light: Option<u8>,
     /// Optional extension (vendor §4.2), kept raw: long-charge u8, extra float
     /// time s u16, short-circuit check u8, ignore unplug u8, force auto-stop
-    /// u8, full power W u8, full-power max judging time min u8.
+    /// u8, full power W u8, full-power max judging time min u8. Also holds
+    /// whatever follows the last whole field of a shorter command.
     #[serde(serialize_with = "ser_hex")]
     pub extension: Vec<u8>,
 }
@@ -363,20 +367,38 @@ impl StartExtension {
 }
 
 /// The device's `0x82` reply.
+///
+/// Before V6.2 the answer is the result byte alone ("设备应答82指令，增加订单编号、
+/// 端口号、待充端口字段" — V6.2 added the order number, port and waiting ports);
+/// such answers decode with those fields `None`. Bytes that do not make up a
+/// whole field (a 2-byte answer's second byte) are kept in `extra`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StartStopReply {
     pub result: StartResult,
-    pub order_no: OrderNo,
-    pub port: u8,
-    /// Bit per port waiting for a start; meaningful only when result = 5.
-    pub waiting_ports: u16,
+    /// V6.2 on.
+    pub order_no: Option<OrderNo>,
+    /// V6.2 on.
+    pub port: Option<u8>,
+    /// V6.2 on. Bit per port waiting for a start; meaningful only when result = 5.
+    pub waiting_ports: Option<u16>,
     #[serde(serialize_with = "ser_hex")]
     pub extra: Vec<u8>,
 }
 
 impl StartStopReply {
+    /// A pre-V6.2 answer: the result byte only.
+    pub fn result_only(result: StartResult) -> Self {
+        StartStopReply {
+            result,
+            order_no: None,
+            port: None,
+            waiting_ports: None,
+            extra: Vec::new(),
+        }
+    }
+
     pub fn port_no(&self) -> Option<u16> {
-        crate::port::ap3000_port_no(self.port)
+        self.port.and_then(crate::port::ap3000_port_no)
     }
 }
 
@@ -390,10 +412,21 @@ pub struct CardSwipe {
     pub port: u8,
     /// Balance stored on the card.
     pub balance_fen: u16,
+    /// Added in V8.0.
     pub timestamp: Option<u32>,
-    /// Newer firmware: card-number-2 length u8 + bytes, kept raw.
+    /// Card number 2 (2023-12-11: long card numbers such as social-security
+    /// cards): a length byte, then that many bytes.
+    #[serde(serialize_with = "ser_opt_hex")]
+    pub card_no2: Option<Vec<u8>>,
     #[serde(serialize_with = "ser_hex")]
     pub extra: Vec<u8>,
+}
+
+fn ser_opt_hex<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(b) => s.serialize_some(&hex::encode(b)),
+        None => s.serialize_none(),
+    }
 }
 
 impl CardSwipe {
@@ -433,9 +466,11 @@ pub struct RunParams2 {
     pub second_max_power_point_s: u16,
     pub ambient_alarm_c: u8,
     pub port_alarm_c: u8,
-    /// 0 = detect unplugging (opto-coupler), other = off.
+    /// 0 = detect unplugging (opto-coupler), other = off (a reserved byte
+    /// before V6.3).
     pub unplug_detect: u8,
-    pub qr_light: u8,
+    /// Added in V8.0.
+    pub qr_light: Option<u8>,
     #[serde(serialize_with = "ser_hex")]
     pub extra: Vec<u8>,
 }
@@ -620,6 +655,16 @@ pub enum Message {
         #[serde(serialize_with = "ser_hex")]
         extra: Vec<u8>,
     },
+    /// 0x96 (V8.6): sound-and-light locate — the device plays a voice prompt
+    /// and flashes for `seconds`; it answers with a one-byte [`Message::Ack`]
+    /// (0 = done). Older firmware does not know the command and stays silent.
+    Locate { seconds: u8 },
+    /// 0x97 (2023-05-08): mute mode, 0 sound on, 1 muted.
+    SetMute {
+        mode: u8,
+        #[serde(serialize_with = "ser_hex")]
+        extra: Vec<u8>,
+    },
     /// 0xE4: trigger a self-downloading upgrade.
     TriggerUpgrade,
 
@@ -706,6 +751,20 @@ impl<'a> Reader<'a> {
     fn opt_u32(&mut self) -> Option<u32> {
         self.opt(4, Self::u32)
     }
+    /// A length byte and that many bytes, if both are there (else nothing is
+    /// read and the rest stays for `extra`).
+    fn opt_counted(&mut self) -> Option<Vec<u8>> {
+        if self.ended {
+            return None;
+        }
+        let n = usize::from(*self.data.get(self.pos)?);
+        if self.remaining() < 1 + n {
+            self.ended = true;
+            return None;
+        }
+        self.pos += 1;
+        self.take(n).ok().map(<[u8]>::to_vec)
+    }
 
     fn rest(&mut self) -> Vec<u8> {
         let rest = self.data.get(self.pos..).unwrap_or(&[]);
@@ -743,6 +802,20 @@ impl<'a> Tail<'a> {
     fn u32(&mut self, v: Option<u32>) -> &mut Self {
         match v {
             Some(v) if self.open => self.out.put_u32_le(v),
+            _ => self.open = false,
+        }
+        self
+    }
+    fn order_no(&mut self, v: Option<OrderNo>) -> &mut Self {
+        match v {
+            Some(v) if self.open => self.out.put_slice(&v.0),
+            _ => self.open = false,
+        }
+        self
+    }
+    fn bytes(&mut self, v: Option<&[u8]>) -> &mut Self {
+        match v {
+            Some(v) if self.open => self.out.put_slice(v),
             _ => self.open = false,
         }
         self
@@ -828,8 +901,8 @@ impl Message {
                     virtual_id: r.u8()?,
                     signal: r.u8()?,
                     device_type: r.u8()?,
-                    temperature_raw: r.u8()?,
-                    work_mode: r.u8()?,
+                    temperature_raw: r.opt_u8(),
+                    work_mode: r.opt_u8(),
                     extra: r.rest(),
                 })
             }
@@ -841,6 +914,7 @@ impl Message {
                 port: r.u8()?,
                 balance_fen: r.u16()?,
                 timestamp: r.opt_u32(),
+                card_no2: r.opt_counted(),
                 extra: r.rest(),
             }),
             (FromDevice, 0x03) => Message::Settlement(read_settlement(r, true)?),
@@ -893,7 +967,7 @@ impl Message {
                 port_count: r.u8()?,
                 virtual_id: r.u8()?,
                 device_type: r.u8()?,
-                work_mode: r.u8()?,
+                work_mode: r.opt_u8(),
                 power_board_version: r.opt_u16(),
                 extra: r.rest(),
             }),
@@ -936,17 +1010,19 @@ impl Message {
             // result u8 | order no [16] | port u8 | waiting ports u16
             (FromDevice, 0x82) => Message::StartStopReply(StartStopReply {
                 result: StartResult(r.u8()?),
-                order_no: r.order_no()?,
-                port: r.u8()?,
-                waiting_ports: r.u16()?,
+                order_no: r.opt(16, Reader::order_no),
+                port: r.opt_u8(),
+                waiting_ports: r.opt_u16(),
                 extra: r.rest(),
             }),
             // result u8 (+ data for 0x8B)
-            (FromDevice, 0x83..=0x8F) | (FromServer, 0x01 | 0x03 | 0x20 | 0x21) => Message::Ack {
-                command,
-                result: r.u8()?,
-                extra: r.rest(),
-            },
+            (FromDevice, 0x83..=0x8F | 0x95..=0x98) | (FromServer, 0x01 | 0x03 | 0x20 | 0x21) => {
+                Message::Ack {
+                    command,
+                    result: r.u8()?,
+                    extra: r.rest(),
+                }
+            }
             // card id u32 | account status u8 | rate mode u8 | balance u32 | port u8
             (FromServer, 0x02) => Message::CardReply(CardReply {
                 card_id: r.u32()?,
@@ -984,8 +1060,8 @@ impl Message {
                 command: r.u8()?,
                 amount: r.u16()?,
                 order_no: r.order_no()?,
-                max_duration_s: r.u16()?,
-                overload_power_dw: r.u16()?,
+                max_duration_s: r.opt_u16(),
+                overload_power_dw: r.opt_u16(),
                 qr_light: r.opt_u8(),
                 extension: r.rest(),
             }),
@@ -1015,7 +1091,7 @@ impl Message {
                 ambient_alarm_c: r.u8()?,
                 port_alarm_c: r.u8()?,
                 unplug_detect: r.u8()?,
-                qr_light: r.u8()?,
+                qr_light: r.opt_u8(),
                 extra: r.rest(),
             }),
             // max duration u16 | overload power u16 | (newer:) over-voltage
@@ -1075,6 +1151,11 @@ impl Message {
                 mode: r.u8()?,
                 extra: r.rest(),
             },
+            (FromServer, 0x96) if data.len() == 1 => Message::Locate { seconds: r.u8()? },
+            (FromServer, 0x97) => Message::SetMute {
+                mode: r.u8()?,
+                extra: r.rest(),
+            },
             (FromServer, 0xE4) if data.is_empty() => Message::TriggerUpgrade,
             _ => unknown(),
         };
@@ -1091,13 +1172,8 @@ impl Message {
                 put_statuses(out, &m.ports);
                 m.current_power_dw.iter().for_each(|p| out.put_u16_le(*p));
                 m.peak_power_dw.iter().for_each(|p| out.put_u16_le(*p));
-                out.put_slice(&[
-                    m.virtual_id,
-                    m.signal,
-                    m.device_type,
-                    m.temperature_raw,
-                    m.work_mode,
-                ]);
+                out.put_slice(&[m.virtual_id, m.signal, m.device_type]);
+                Tail::new(out).u8(m.temperature_raw).u8(m.work_mode);
                 out.put_slice(&m.extra);
             }
             Message::CardSwipe(m) => {
@@ -1105,7 +1181,11 @@ impl Message {
                 out.put_u8(m.card_type);
                 out.put_u8(m.port);
                 out.put_u16_le(m.balance_fen);
-                Tail::new(out).u32(m.timestamp);
+                let len = m.card_no2.as_ref().and_then(|c| u8::try_from(c.len()).ok());
+                Tail::new(out)
+                    .u32(m.timestamp)
+                    .u8(len)
+                    .bytes(len.and(m.card_no2.as_deref()));
                 out.put_slice(&m.extra);
             }
             Message::Settlement(s) | Message::ChargeFinished(s) => write_settlement(s, out),
@@ -1159,8 +1239,8 @@ impl Message {
             }
             Message::Register(m) => {
                 out.put_u16_le(m.firmware);
-                out.put_slice(&[m.port_count, m.virtual_id, m.device_type, m.work_mode]);
-                Tail::new(out).u16(m.power_board_version);
+                out.put_slice(&[m.port_count, m.virtual_id, m.device_type]);
+                Tail::new(out).u8(m.work_mode).u16(m.power_board_version);
                 out.put_slice(&m.extra);
             }
             Message::Heartbeat(m) => {
@@ -1207,9 +1287,10 @@ impl Message {
             }
             Message::StartStopReply(m) => {
                 out.put_u8(m.result.0);
-                out.put_slice(&m.order_no.0);
-                out.put_u8(m.port);
-                out.put_u16_le(m.waiting_ports);
+                Tail::new(out)
+                    .order_no(m.order_no)
+                    .u8(m.port)
+                    .u16(m.waiting_ports);
                 out.put_slice(&m.extra);
             }
             Message::Ack { result, extra, .. } => {
@@ -1240,9 +1321,12 @@ impl Message {
                 out.put_u8(m.command);
                 out.put_u16_le(m.amount);
                 out.put_slice(&m.order_no.0);
-                out.put_u16_le(m.max_duration_s);
-                out.put_u16_le(m.overload_power_dw);
-                Tail::new(out).u8(m.qr_light);
+                Tail::new(out)
+                    .u16(m.max_duration_s)
+                    .u16(m.overload_power_dw)
+                    .u8(m.qr_light);
+                // Whatever follows the last field read (the extension, or the
+                // partial bytes of a short command) is written back as is.
                 out.put_slice(&m.extension);
             }
             Message::SetRunParams1 {
@@ -1273,12 +1357,8 @@ impl Message {
                 out.put_u16_le(p.min_power);
                 out.put_u16_le(p.min_power_point_s);
                 out.put_u16_le(p.second_max_power_point_s);
-                out.put_slice(&[
-                    p.ambient_alarm_c,
-                    p.port_alarm_c,
-                    p.unplug_detect,
-                    p.qr_light,
-                ]);
+                out.put_slice(&[p.ambient_alarm_c, p.port_alarm_c, p.unplug_detect]);
+                Tail::new(out).u8(p.qr_light);
                 out.put_slice(&p.extra);
             }
             Message::SetLimits {
@@ -1336,7 +1416,10 @@ impl Message {
                 out.put_u8(*len);
                 out.put_slice(data);
             }
-            Message::SetWorkMode { mode, extra } | Message::SetCardMode { mode, extra } => {
+            Message::Locate { seconds } => out.put_u8(*seconds),
+            Message::SetWorkMode { mode, extra }
+            | Message::SetCardMode { mode, extra }
+            | Message::SetMute { mode, extra } => {
                 out.put_u8(*mode);
                 out.put_slice(extra);
             }
@@ -1384,6 +1467,8 @@ impl Message {
             Message::SetWorkMode { .. } => 0x8D,
             Message::SetQrCode { .. } => 0x8E,
             Message::SetCardMode { .. } => 0x8F,
+            Message::Locate { .. } => 0x96,
+            Message::SetMute { .. } => 0x97,
             Message::TriggerUpgrade => 0xE4,
             Message::Ack { command, .. } | Message::Unknown { command, .. } => *command,
         }
@@ -1423,6 +1508,7 @@ impl Message {
                 0x03 => "settlement_ack",
                 0x20 => "register_ack",
                 0x21 => "heartbeat_ack",
+                0x96 => "locate_ack",
                 _ => "ack",
             },
             Message::Unknown { .. } => "unknown",
@@ -1449,7 +1535,7 @@ pub fn command_name(command: u8, dir: Direction) -> &'static str {
         (FromDevice, 0x43) => "charge_finished",
         (FromDevice, 0x44) => "port_push",
         (FromDevice, 0x82) => "start_stop_reply",
-        (FromDevice, 0x83..=0x8F) => "ack",
+        (FromDevice, 0x83..=0x8F | 0x95..=0x98) => "ack",
         (FromServer, 0x01 | 0x03 | 0x20 | 0x21) => "ack",
         (FromServer, 0x02) => "card_reply",
         (FromServer, 0x04) => "order_confirm_ack",
@@ -1469,6 +1555,8 @@ pub fn command_name(command: u8, dir: Direction) -> &'static str {
         (FromServer, 0x8D) => "set_work_mode",
         (FromServer, 0x8E) => "set_qr_code",
         (FromServer, 0x8F) => "set_card_mode",
+        (FromServer, 0x96) => "locate",
+        (FromServer, 0x97) => "set_mute",
         (FromServer, 0xE4) => "trigger_upgrade",
         _ => "unknown",
     }

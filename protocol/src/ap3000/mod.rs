@@ -25,6 +25,7 @@
 mod codes;
 mod ids;
 mod message;
+mod version;
 
 pub use codes::{platform_end_reason, PortStatus, StartResult, StopReason};
 pub use ids::{OrderNo, PhysicalId};
@@ -33,6 +34,7 @@ pub use message::{
     Message, PortStatuses, PowerHeartbeat, Register, RunParams2, Settlement, StartExtension,
     StartStop, StartStopReply,
 };
+pub use version::ProtocolVersion;
 
 use std::fmt::Write as _;
 
@@ -243,7 +245,7 @@ impl Frame {
             ),
             Message::Register(m) => write!(
                 s,
-                " firmware={} port_count={} device_type={} work_mode={}",
+                " firmware={} port_count={} device_type={} work_mode={:?}",
                 m.firmware, m.port_count, m.device_type, m.work_mode
             ),
             Message::StartStop(m) => write!(
@@ -251,14 +253,21 @@ impl Frame {
                 " port={} command={} rate_mode={} amount={} balance_fen={} order_no={}",
                 m.port, m.command, m.rate_mode, m.amount, m.balance_fen, m.order_no
             ),
-            Message::StartStopReply(m) => write!(
-                s,
-                " result={}({}) port={} order_no={}",
-                m.result.0,
-                m.result.name(),
-                m.port,
-                m.order_no
-            ),
+            Message::StartStopReply(m) => match (m.port, m.order_no) {
+                (Some(port), Some(order_no)) => write!(
+                    s,
+                    " result={}({}) port={port} order_no={order_no}",
+                    m.result.0,
+                    m.result.name(),
+                ),
+                _ => write!(
+                    s,
+                    " result={}({}) (pre-V6.2 answer: no port/order no)",
+                    m.result.0,
+                    m.result.name()
+                ),
+            },
+            Message::Locate { seconds } => write!(s, " seconds={seconds}"),
             Message::Ack { command, result, .. } => write!(s, " for={command:#04x} result={result}"),
             Message::TimeReply { unix_time } => write!(s, " unix_time={unix_time}"),
             Message::CardSwipe(m) => write!(s, " card_id={:08X} port={}", m.card_id, m.port),
@@ -366,8 +375,8 @@ impl Frame {
                 command,
                 amount,
                 order_no,
-                max_duration_s: 0,
-                overload_power_dw: 0,
+                max_duration_s: Some(0),
+                overload_power_dw: Some(0),
                 qr_light: Some(0),
                 extension: Vec::new(),
             }),
@@ -377,6 +386,24 @@ impl Frame {
     /// 0x81 query (the device answers with 0x20 and 0x21).
     pub fn query(physical_id: PhysicalId, message_id: u16) -> Self {
         Frame::new(physical_id, message_id, Message::Query)
+    }
+
+    /// 0x96 sound-and-light locate for `seconds`.
+    pub fn locate(physical_id: PhysicalId, message_id: u16, seconds: u8) -> Self {
+        Frame::new(physical_id, message_id, Message::Locate { seconds })
+    }
+
+    /// The device's one-byte answer to a setting or 0x96 (0 = done).
+    pub fn device_ack(physical_id: PhysicalId, message_id: u16, command: u8, result: u8) -> Self {
+        Frame::new(
+            physical_id,
+            message_id,
+            Message::Ack {
+                command,
+                result,
+                extra: Vec::new(),
+            },
+        )
     }
 
     // ---- what the simulator sends ----
@@ -414,9 +441,9 @@ impl Frame {
             message_id,
             Message::StartStopReply(StartStopReply {
                 result,
-                order_no,
-                port,
-                waiting_ports: 0,
+                order_no: Some(order_no),
+                port: Some(port),
+                waiting_ports: Some(0),
                 extra: Vec::new(),
             }),
         )

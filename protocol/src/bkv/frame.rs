@@ -69,7 +69,7 @@ fn read_head(buf: &[u8], max: usize) -> Head {
 /// Errors are split in two: framing errors (bad tail/checksum, the bytes may
 /// not be a frame at all) and message errors (a real frame whose body does not
 /// fit its layout). The streaming decoder resynchronises differently on each.
-fn check_and_decode(frame: &[u8]) -> Result<Result<Frame, DecodeError>, DecodeError> {
+fn check_framing(frame: &[u8]) -> Result<(), DecodeError> {
     let n = frame.len();
     let tail = frame.get(n.saturating_sub(2)..).unwrap_or(&[]);
     if tail != TAIL {
@@ -88,13 +88,13 @@ fn check_and_decode(frame: &[u8]) -> Result<Result<Frame, DecodeError>, DecodeEr
             computed: computed.into(),
         });
     }
-    Ok(decode_checked(frame))
+    Ok(())
 }
 
 /// ```text
 /// FC FE|FF · len u16 · cmd u16 · seq u32 · dir u8 · gateway[7] · payload · sum · FC EE
 /// ```
-fn decode_checked(frame: &[u8]) -> Result<Frame, DecodeError> {
+fn decode_checked(frame: &[u8], shared: Option<&Bytes>) -> Result<Frame, DecodeError> {
     let mut r = super::wire::Reader::new(frame, "frame");
     let [_, head, _, _] = r.array::<4>()?;
     let cmd = r.u16()?;
@@ -107,7 +107,7 @@ fn decode_checked(frame: &[u8]) -> Result<Frame, DecodeError> {
     };
     let gateway_id = GatewayId::from_bcd(r.array()?)?;
     let payload = r.take(frame.len().saturating_sub(PREFIX_LEN + 3))?;
-    let message = Message::decode(cmd, direction, payload)?;
+    let message = Message::decode(cmd, direction, payload, shared, gateway_id)?;
     Ok(Frame {
         direction,
         seq,
@@ -141,7 +141,8 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
             extra: bytes.len() - total,
         });
     }
-    check_and_decode(bytes)?
+    check_framing(bytes)?;
+    decode_checked(bytes, None)
 }
 
 /// Streaming decoder over a growing buffer (sans-IO).
@@ -191,14 +192,23 @@ impl Decoder {
             Head::Total(total) => total,
         };
         let frame = buf.get(..total)?;
-        match check_and_decode(frame) {
-            Err(framing) => Some(diagnostic(buf, 1, framing)),
-            Ok(Err(message)) => Some(diagnostic(buf, total, message)),
-            Ok(Ok(frame)) => {
-                let raw = buf.split_to(total).freeze();
-                Some(Item::Frame { frame, raw })
-            }
+        if let Err(framing) = check_framing(frame) {
+            return Some(diagnostic(buf, 1, framing));
         }
+        // Framing held: the frame is consumed whole whatever its body says.
+        let raw = buf.split_to(total).freeze();
+        Some(match decode_checked(&raw, Some(&raw)) {
+            Ok(frame) => Item::Frame { frame, raw },
+            Err(error) => {
+                let mut kept = raw;
+                kept.truncate(Diagnostic::MAX_KEPT);
+                Item::Diagnostic(Diagnostic {
+                    error,
+                    raw: kept,
+                    skipped: total,
+                })
+            }
+        })
     }
 }
 
@@ -424,6 +434,70 @@ impl Frame {
         Frame::new(Direction::Down, seq, gateway_id, Message::ChargeEndAck(a))
     }
 
+    /// 0x18 power-tier charge end from the device (sequence 0).
+    pub fn power_charge_end(gateway_id: GatewayId, end: PowerChargeEnd) -> Frame {
+        Frame::new(Direction::Up, 0, gateway_id, Message::PowerChargeEnd(end))
+    }
+
+    /// Our 0x18 acknowledgement, echoing the report's sequence.
+    pub fn power_charge_end_ack(
+        gateway_id: GatewayId,
+        seq: u32,
+        socket: u8,
+        hole: u8,
+        ok: bool,
+    ) -> Frame {
+        let a = PortResult {
+            socket,
+            hole,
+            result: ok.into(),
+        };
+        Frame::new(
+            Direction::Down,
+            seq,
+            gateway_id,
+            Message::PowerChargeEndAck(a),
+        )
+    }
+
+    /// 0x17 charge by power tiers (under 0x0015, as PROTOCOL.md says).
+    pub fn power_charge(
+        gateway_id: GatewayId,
+        seq: u32,
+        socket: u8,
+        hole: u8,
+        amount_fen: u16,
+        tiers: Vec<PowerTier>,
+    ) -> Frame {
+        let p = PowerCharge {
+            socket,
+            hole,
+            switch: 1,
+            amount_fen,
+            tiers,
+            via_network_cmd: false,
+        };
+        Frame::new(Direction::Down, seq, gateway_id, Message::PowerCharge(p))
+    }
+
+    /// The device's 0x17 reply (read like the 0x07 reply), echoing the command.
+    pub fn power_charge_reply(
+        gateway_id: GatewayId,
+        seq: u32,
+        socket: u8,
+        hole: u8,
+        ok: bool,
+        business_no: u16,
+    ) -> Frame {
+        let r = ControlReply {
+            result: ok.into(),
+            socket,
+            hole,
+            business_no,
+        };
+        Frame::new(Direction::Up, seq, gateway_id, Message::PowerChargeReply(r))
+    }
+
     /// 0x1D socket query.
     pub fn query_socket(gateway_id: GatewayId, seq: u32, socket: u8) -> Frame {
         Frame::new(
@@ -441,12 +515,8 @@ impl Frame {
 
     /// 0x1000/0x1017 status report (device-initiated: frame and packet
     /// sequence 0).
-    pub fn status_report(gateway_id: GatewayId, sockets: Vec<SocketState>) -> Frame {
-        let r = StatusReport {
-            header: TlvHeader { seq: 0, gateway_id },
-            sockets,
-            extra: Vec::new(),
-        };
+    pub fn status_report(gateway_id: GatewayId, sockets: &[SocketState]) -> Frame {
+        let r = StatusReport::new(TlvHeader { seq: 0, gateway_id }, sockets);
         Frame::new(Direction::Up, 0, gateway_id, Message::StatusReport(r))
     }
 
@@ -467,8 +537,8 @@ impl Frame {
     }
 
     /// 0x1000/0x1004 charge end report (device-initiated).
-    pub fn charge_end_report(gateway_id: GatewayId, mut report: ChargeEndReport) -> Frame {
-        report.header = TlvHeader { seq: 0, gateway_id };
+    pub fn charge_end_report(gateway_id: GatewayId, fields: &ChargeEndFields) -> Frame {
+        let report = ChargeEndReport::new(TlvHeader { seq: 0, gateway_id }, fields);
         Frame::new(
             Direction::Up,
             0,
@@ -555,7 +625,7 @@ fn tlv_header_of(frame: &Frame) -> TlvHeader {
         ChargeEndReportAck(m) | FeeChargeReply(m) => Some(m.header),
         FeeCharge(m) => Some(m.header),
         ExceptionEvent(m) | ExceptionAck(m) | ParamSet(m) | ParamSetReply(m) | ParamQuery(m)
-        | ParamQueryReply(m) => Some(m.header),
+        | ParamQueryReply(m) | Mute(m) | MuteReply(m) => Some(m.header),
         TlvPacket(m) => Some(m.header),
         _ => None,
     };
@@ -611,48 +681,6 @@ impl SocketState {
             temperature_c: 30,
             rssi: 31,
             holes,
-        }
-    }
-}
-
-impl ChargeEndReport {
-    /// A 0x1004 report for one hole with no fees and a single tier; the
-    /// header is filled in by [`Frame::charge_end_report`].
-    pub fn new(
-        socket: u8,
-        hole: u8,
-        business_no: u16,
-        energy_wh: u16,
-        minutes: u16,
-        end_time: BcdTime,
-        end_reason: u8,
-    ) -> Self {
-        ChargeEndReport {
-            header: TlvHeader {
-                seq: 0,
-                gateway_id: GatewayId([0; 7]),
-            },
-            mcu_temperature_c: 30,
-            socket,
-            hole,
-            status: SocketStatus::IDLE,
-            business_no,
-            power_dw: 0,
-            current_ma: 0,
-            energy_wh,
-            minutes,
-            end_time,
-            end_reason,
-            mode: 4,
-            energy_fee_fen: 0,
-            service_fee_fen: 0,
-            tier_count: 1,
-            tier_usage: {
-                let mut t = minutes.to_be_bytes().to_vec();
-                t.extend_from_slice(&u32::from(energy_wh).to_be_bytes());
-                t
-            },
-            extra: Vec::new(),
         }
     }
 }

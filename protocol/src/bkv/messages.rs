@@ -4,12 +4,14 @@
 //! big-endian); variable ones (counted lists, optional tails, TLV views) have
 //! hand-written `read`/`write` below.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, Serializer};
 
+use super::lazy::write_packet_raw;
+pub use super::lazy::{ChargeEndFields, ChargeEndReport, SocketView, StatusReport};
 use super::tlv::{self, merge, ExtraTlv, Tlv, TlvHeader, TlvRef, View};
 use super::wire::{fixed_layout, Reader, Wire};
-use super::{BcdTime, BinTime, Direction, HourMinute, Mac, SocketStatus};
+use super::{BcdTime, BinTime, Direction, EndReasonCode, GatewayId, HourMinute, Mac, SocketStatus};
 use crate::port::bkv_port_no;
 use crate::DecodeError;
 
@@ -46,6 +48,9 @@ pub mod bkv_cmd {
     pub const EXCEPTION: u16 = 0x1010;
     pub const PARAM_SET: u16 = 0x1011;
     pub const PARAM_QUERY: u16 = 0x1012;
+    /// Not described by the guide; read as the V1.7 mute command (see
+    /// [`super::Message::Mute`]).
+    pub const MUTE: u16 = 0x1013;
     pub const STATUS: u16 = 0x1017;
 }
 
@@ -299,7 +304,9 @@ pub struct PowerChargeEnd {
     pub energy_wh: u16,
     pub minutes: u16,
     pub end_time: BinTime,
-    pub end_reason: u8,
+    /// The explicit end-reason byte (see [`EndReasonCode`]: no codes listed).
+    pub end_reason: EndReasonCode,
+    /// Amount spent: the sum over tiers of minutes × price.
     pub amount_fen: u16,
     pub settle_power_dw: u16,
     pub tier_minutes: Vec<u16>,
@@ -320,7 +327,7 @@ impl Wire for PowerChargeEnd {
             energy_wh: r.u16()?,
             minutes: r.u16()?,
             end_time: BinTime::read(r)?,
-            end_reason: r.u8()?,
+            end_reason: EndReasonCode::read(r)?,
             amount_fen: r.u16()?,
             settle_power_dw: r.u16()?,
             tier_minutes: read_counted(r)?,
@@ -340,7 +347,7 @@ impl Wire for PowerChargeEnd {
             out.put_u16(v);
         }
         self.end_time.write(out);
-        out.put_u8(self.end_reason);
+        self.end_reason.write(out);
         out.put_u16(self.amount_fen);
         out.put_u16(self.settle_power_dw);
         write_counted(&self.tier_minutes, out);
@@ -424,9 +431,13 @@ impl Wire for CardOrder {
 /// ```text
 /// socket · version u16 · temperature · rssi · hole · status · business_no u16 ·
 /// power_dw u16 · current_ma u16 · energy_wh u16 · minutes u16 · card_no[6] ·
-/// card_type (0 online) · billing_mode (1 time, 2 energy, 3 power) ·
-/// amount_fen u16 · settle_power_dw u16 · count u8 · tier minutes u16 × count
+/// card_type (0 online) · [billing_mode (1 time, 2 energy, 3 power) ·
+/// amount_fen u16 · settle_power_dw u16 · count u8 · tier minutes u16 × count]
 /// ```
+///
+/// The bracketed billing tail came with card charging by power tiers (guide
+/// V1.5, which also corrected this example): a report that ends after the
+/// card type decodes with `billing: None`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CardChargeEnd {
     pub socket: u8,
@@ -443,9 +454,19 @@ pub struct CardChargeEnd {
     #[serde(serialize_with = "serialize_hex")]
     pub card_no: [u8; 6],
     pub card_type: u8,
+    pub billing: Option<CardBilling>,
+}
+
+/// The billing tail of a 0x0C card end (V1.5 on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CardBilling {
+    /// 1 time, 2 energy, 3 power tiers.
     pub billing_mode: u8,
+    /// Power tiers only: amount spent.
     pub amount_fen: u16,
+    /// Power tiers only.
     pub settle_power_dw: u16,
+    /// Power tiers only: minutes per tier.
     pub tier_minutes: Vec<u16>,
 }
 
@@ -465,10 +486,16 @@ impl Wire for CardChargeEnd {
             minutes: r.u16()?,
             card_no: r.array()?,
             card_type: r.u8()?,
-            billing_mode: r.u8()?,
-            amount_fen: r.u16()?,
-            settle_power_dw: r.u16()?,
-            tier_minutes: read_counted(r)?,
+            billing: if r.remaining() == 0 {
+                None
+            } else {
+                Some(CardBilling {
+                    billing_mode: r.u8()?,
+                    amount_fen: r.u16()?,
+                    settle_power_dw: r.u16()?,
+                    tier_minutes: read_counted(r)?,
+                })
+            },
         })
     }
     fn write(&self, out: &mut BytesMut) {
@@ -485,10 +512,13 @@ impl Wire for CardChargeEnd {
             out.put_u16(v);
         }
         out.put_slice(&self.card_no);
-        out.put_slice(&[self.card_type, self.billing_mode]);
-        out.put_u16(self.amount_fen);
-        out.put_u16(self.settle_power_dw);
-        write_counted(&self.tier_minutes, out);
+        out.put_u8(self.card_type);
+        if let Some(b) = &self.billing {
+            out.put_u8(b.billing_mode);
+            out.put_u16(b.amount_fen);
+            out.put_u16(b.settle_power_dw);
+            write_counted(&b.tier_minutes, out);
+        }
     }
 }
 
@@ -594,105 +624,6 @@ fixed_layout! {
 // 0x1000 typed views
 // ---------------------------------------------------------------------------
 
-/// 0x1017 up: socket status report. One 0x94 cluster per socket; inside,
-/// `0x4A socket · 0x3E version u16 · 0x07 temperature · 0x96 rssi ·
-/// 0x5B hole × n` and in each hole `0x08 hole · 0x09 status · 0x0A business_no ·
-/// 0x95 voltage_dv · 0x0B power_dw · 0x0C current_ma · 0x0D energy_wh · 0x0E minutes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StatusReport {
-    pub header: TlvHeader,
-    pub sockets: Vec<SocketState>,
-    pub extra: Vec<ExtraTlv>,
-}
-
-fn hole_from_tlv(list: Vec<TlvRef<'_>>) -> Result<Option<HoleState>, DecodeError> {
-    let mut v = View::new(list, "0x1017 hole (0x5B)");
-    let h = HoleState {
-        hole: v.u8(0x08)?,
-        status: SocketStatus(v.u8(0x09)?),
-        business_no: v.u16(0x0A)?,
-        voltage_dv: v.u16(0x95)?,
-        power_dw: v.u16(0x0B)?,
-        current_ma: v.u16(0x0C)?,
-        energy_wh: v.u16(0x0D)?,
-        minutes: v.u16(0x0E)?,
-    };
-    Ok(clean(&v).then_some(h))
-}
-
-fn hole_to_tlv(h: &HoleState) -> Tlv {
-    Tlv::nested(
-        0x5B,
-        vec![
-            Tlv::u8(0x08, h.hole),
-            Tlv::u8(0x09, h.status.0),
-            Tlv::u16(0x0A, h.business_no),
-            Tlv::u16(0x95, h.voltage_dv),
-            Tlv::u16(0x0B, h.power_dw),
-            Tlv::u16(0x0C, h.current_ma),
-            Tlv::u16(0x0D, h.energy_wh),
-            Tlv::u16(0x0E, h.minutes),
-        ],
-    )
-}
-
-/// Inside nested clusters there is nowhere to keep unknown tags: `Ok(false)`
-/// tells the caller to keep the whole packet as a generic tree instead.
-fn clean(v: &View<'_>) -> bool {
-    v.is_exhausted()
-}
-
-impl StatusReport {
-    /// `Ok(None)` when a cluster holds tags this view cannot keep.
-    fn from_tlv(header: TlvHeader, body: &[TlvRef<'_>]) -> Result<Option<Self>, DecodeError> {
-        let mut v = View::new(body.to_vec(), "0x1017 status report");
-        let mut sockets = Vec::new();
-        for cluster in v.all_nested(0x94)? {
-            let mut c = View::new(cluster, "0x1017 socket cluster (0x94)");
-            let mut s = SocketState {
-                socket: c.u8(0x4A)?,
-                socket_version: c.u16(0x3E)?,
-                temperature_c: c.u8(0x07)?,
-                rssi: c.u8(0x96)?,
-                holes: Vec::new(),
-            };
-            for hole in c.all_nested(0x5B)? {
-                match hole_from_tlv(hole)? {
-                    Some(h) => s.holes.push(h),
-                    None => return Ok(None),
-                }
-            }
-            if !clean(&c) {
-                return Ok(None);
-            }
-            sockets.push(s);
-        }
-        Ok(Some(StatusReport {
-            header,
-            sockets,
-            extra: v.extra()?,
-        }))
-    }
-
-    fn to_tlv(&self) -> Vec<Tlv> {
-        let known = self
-            .sockets
-            .iter()
-            .map(|s| {
-                let mut list = vec![
-                    Tlv::u8(0x4A, s.socket),
-                    Tlv::u16(0x3E, s.socket_version),
-                    Tlv::u8(0x07, s.temperature_c),
-                    Tlv::u8(0x96, s.rssi),
-                ];
-                list.extend(s.holes.iter().map(hole_to_tlv));
-                Tlv::nested(0x94, list)
-            })
-            .collect();
-        merge(known, &self.extra)
-    }
-}
-
 /// 0x1017 down: the server's ack, `0x0F result (1 OK, 0 error)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlvAck {
@@ -742,83 +673,6 @@ impl TlvPortAck {
             Tlv::u8(0x0F, self.result),
             Tlv::u8(0x4A, self.socket),
             Tlv::u8(0x08, self.hole),
-        ];
-        merge(known, &self.extra)
-    }
-}
-
-/// 0x1004 up: charge end report (energy-price + service-fee orders).
-///
-/// Tags in wire order: `0x07 mcu temperature · 0x4A socket · 0x08 hole ·
-/// 0x09 status · 0x0A business_no u16 · 0x0B power_dw · 0x0C current_ma ·
-/// 0x0D energy_wh · 0x0E minutes · 0x2E end time (BCD) · 0x2F end reason ·
-/// 0x12 mode · 0x85 energy fee u16 · 0x86 service fee u16 · 0x89 tier count ·
-/// 0x84 per-tier usage (raw; the vendor does not define its inner layout)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChargeEndReport {
-    pub header: TlvHeader,
-    pub mcu_temperature_c: u8,
-    pub socket: u8,
-    pub hole: u8,
-    pub status: SocketStatus,
-    pub business_no: u16,
-    pub power_dw: u16,
-    pub current_ma: u16,
-    pub energy_wh: u16,
-    pub minutes: u16,
-    pub end_time: BcdTime,
-    pub end_reason: u8,
-    pub mode: u8,
-    pub energy_fee_fen: u16,
-    pub service_fee_fen: u16,
-    pub tier_count: u8,
-    #[serde(serialize_with = "serialize_hex")]
-    pub tier_usage: Vec<u8>,
-    pub extra: Vec<ExtraTlv>,
-}
-
-impl ChargeEndReport {
-    fn from_tlv(header: TlvHeader, body: Vec<TlvRef<'_>>) -> Result<Self, DecodeError> {
-        let mut v = View::new(body, "0x1004 charge end");
-        Ok(ChargeEndReport {
-            header,
-            mcu_temperature_c: v.u8(0x07)?,
-            socket: v.u8(0x4A)?,
-            hole: v.u8(0x08)?,
-            status: SocketStatus(v.u8(0x09)?),
-            business_no: v.u16(0x0A)?,
-            power_dw: v.u16(0x0B)?,
-            current_ma: v.u16(0x0C)?,
-            energy_wh: v.u16(0x0D)?,
-            minutes: v.u16(0x0E)?,
-            end_time: BcdTime::from_bcd(v.array(0x2E)?)?,
-            end_reason: v.u8(0x2F)?,
-            mode: v.u8(0x12)?,
-            energy_fee_fen: v.u16(0x85)?,
-            service_fee_fen: v.u16(0x86)?,
-            tier_count: v.u8(0x89)?,
-            tier_usage: v.bytes(0x84)?.to_vec(),
-            extra: v.extra()?,
-        })
-    }
-    fn to_tlv(&self) -> Vec<Tlv> {
-        let known = vec![
-            Tlv::u8(0x07, self.mcu_temperature_c),
-            Tlv::u8(0x4A, self.socket),
-            Tlv::u8(0x08, self.hole),
-            Tlv::u8(0x09, self.status.0),
-            Tlv::u16(0x0A, self.business_no),
-            Tlv::u16(0x0B, self.power_dw),
-            Tlv::u16(0x0C, self.current_ma),
-            Tlv::u16(0x0D, self.energy_wh),
-            Tlv::u16(0x0E, self.minutes),
-            Tlv::bytes(0x2E, self.end_time.to_bcd().to_vec()),
-            Tlv::u8(0x2F, self.end_reason),
-            Tlv::u8(0x12, self.mode),
-            Tlv::u16(0x85, self.energy_fee_fen),
-            Tlv::u16(0x86, self.service_fee_fen),
-            Tlv::u8(0x89, self.tier_count),
-            Tlv::bytes(0x84, self.tier_usage.clone()),
         ];
         merge(known, &self.extra)
     }
@@ -1018,6 +872,10 @@ pub enum Message {
     PowerChargeReply(ControlReply),
     /// 0x0015/0x18 up.
     PowerChargeEnd(PowerChargeEnd),
+    /// 0x0015/0x18 down: the server's acknowledgement. The guide omits it (as
+    /// for 0x02); our rule, modelled on the 0x0C card-end reply and our 0x02
+    /// ack: `socket · hole · result (1 OK)`, echoing the report's sequence.
+    PowerChargeEndAck(PortResult),
     /// 0x0015/0x0B up.
     CardSwipe(CardSwipe),
     /// 0x0015/0x0B down.
@@ -1070,6 +928,15 @@ pub enum Message {
     ParamQuery(SocketParams),
     /// 0x1000/0x1012 up.
     ParamQueryReply(SocketParams),
+    /// 0x1000/0x1013 down. The V1.7 changelog adds "异常事件上报/参数设置/静音
+    /// BKV 命令" — exception event (0x1010), parameter set (0x1011) and *mute* —
+    /// but the guide has no section for the mute command; 0x1013 follows
+    /// 0x1010–0x1012 and is the only BKV command seen from real gateways that the
+    /// guide does not describe, so it is read as the mute command with the
+    /// shape of its siblings: `0x4A socket · parameters…` (kept as TLVs).
+    Mute(SocketParams),
+    /// 0x1000/0x1013 up: `0x4A socket · 0x0F result · parameters…`.
+    MuteReply(SocketParams),
     /// 0x1000 with a BKV command that has no typed view.
     TlvPacket(TlvPacket),
     /// Any other command, or a known family with an unknown sub-command (or one
@@ -1099,6 +966,7 @@ impl Message {
             PowerCharge(_) => "power_charge",
             PowerChargeReply(_) => "power_charge_reply",
             PowerChargeEnd(_) => "power_charge_end",
+            PowerChargeEndAck(_) => "power_charge_end_ack",
             CardSwipe(_) => "card_swipe",
             CardOrder(_) => "card_order",
             CardOrderAck(_) => "card_order_ack",
@@ -1125,6 +993,8 @@ impl Message {
             ParamSetReply(_) => "param_set_reply",
             ParamQuery(_) => "param_query",
             ParamQueryReply(_) => "param_query_reply",
+            Mute(_) => "mute",
+            MuteReply(_) => "mute_reply",
             TlvPacket(_) => "tlv_packet",
             Unknown { .. } => "unknown",
         }
@@ -1150,10 +1020,32 @@ impl Message {
             | ParamSetReply(_)
             | ParamQuery(_)
             | ParamQueryReply(_)
+            | Mute(_)
+            | MuteReply(_)
             | TlvPacket(_) => cmd::TLV,
             Unknown { cmd, .. } => *cmd,
             _ => cmd::CONTROL,
         }
+    }
+
+    /// Which generation of its command the layout is, where the guide shows
+    /// the layout changing (see the crate README); `None` otherwise.
+    pub fn generation(&self) -> Option<&'static str> {
+        use Message::*;
+        Some(match self {
+            ChargeEndReport(r) => r.generation(),
+            CardChargeEnd(e) => match e.billing {
+                None => "before V1.5 (no billing tail)",
+                Some(_) => "V1.5+ (billing mode, amount, settle power, tiers)",
+            },
+            CardOrder(o) => match o.power {
+                None => "by time/energy",
+                Some(_) => "V1.5+ by power tiers",
+            },
+            ParamSet(_) | ParamSetReply(_) | ParamQuery(_) | ParamQueryReply(_) => "V1.6+",
+            ExceptionEvent(_) | ExceptionAck(_) | Mute(_) | MuteReply(_) => "V1.7",
+            _ => return None,
+        })
     }
 
     /// The sub-command byte (0x0015 / 0x0005 families) or the BKV command
@@ -1167,7 +1059,7 @@ impl Message {
             QuerySocket(_) => sub::QUERY_SOCKET,
             SocketState(_) => sub::SOCKET_STATE,
             PowerCharge(_) | PowerChargeReply(_) => sub::POWER_CHARGE,
-            PowerChargeEnd(_) => sub::POWER_END,
+            PowerChargeEnd(_) | PowerChargeEndAck(_) => sub::POWER_END,
             CardSwipe(_) | CardOrder(_) => sub::CARD_SWIPE,
             CardOrderAck(_) => sub::CARD_ORDER_ACK,
             CardChargeEnd(_) | CardChargeEndAck(_) => sub::CARD_END,
@@ -1181,6 +1073,7 @@ impl Message {
             ExceptionEvent(_) | ExceptionAck(_) => return Some(bkv_cmd::EXCEPTION),
             ParamSet(_) | ParamSetReply(_) => return Some(bkv_cmd::PARAM_SET),
             ParamQuery(_) | ParamQueryReply(_) => return Some(bkv_cmd::PARAM_QUERY),
+            Mute(_) | MuteReply(_) => return Some(bkv_cmd::MUTE),
             TlvPacket(p) => return Some(p.bkv_cmd),
             Unknown { sub, .. } => return sub.map(u16::from),
         };
@@ -1223,7 +1116,7 @@ impl Message {
                 e.energy_wh,
                 e.minutes
             ),
-            ChargeEndAck(p) | CardOrderAck(p) | VoiceWindowReply(p) => {
+            ChargeEndAck(p) | CardOrderAck(p) | VoiceWindowReply(p) | PowerChargeEndAck(p) => {
                 format!("{} result={}", port(p.socket, p.hole), p.result)
             }
             QuerySocket(q) => format!("socket={}", q.socket),
@@ -1249,15 +1142,17 @@ impl Message {
                 e.energy_wh,
                 e.minutes
             ),
-            StatusReport(r) => format!("sockets={}", r.sockets.len()),
+            StatusReport(r) => format!("sockets={}", r.socket_count()),
             StatusReportAck(a) => format!("result={}", a.result),
             ChargeEndReport(e) => format!(
-                "{} business_no={} energy_wh={} minutes={} end_reason={}",
-                port(e.socket, e.hole),
-                e.business_no,
-                e.energy_wh,
-                e.minutes,
-                e.end_reason
+                "{} status={} business_no={} energy_wh={} minutes={} end_reason={}",
+                port(e.socket(), e.hole()),
+                e.status(),
+                e.business_no(),
+                e.energy_wh(),
+                e.minutes(),
+                e.end_reason()
+                    .map_or_else(|| "none".to_string(), |r| r.to_string())
             ),
             ChargeEndReportAck(a) | FeeChargeReply(a) => {
                 format!("{} result={}", port(a.socket, a.hole), a.result)
@@ -1269,7 +1164,7 @@ impl Message {
                 f.paid_fen
             ),
             ExceptionEvent(p) | ExceptionAck(p) | ParamSet(p) | ParamSetReply(p)
-            | ParamQuery(p) | ParamQueryReply(p) => {
+            | ParamQuery(p) | ParamQueryReply(p) | Mute(p) | MuteReply(p) => {
                 format!("socket={} params={}", p.socket, p.params.len())
             }
             Unknown { payload, .. } => format!("len={}", payload.len()),
@@ -1279,7 +1174,17 @@ impl Message {
 
     /// Reads a payload. `Ok(Unknown)` for commands we do not type; an error
     /// when a known layout does not fit.
-    pub(crate) fn decode(cmd: u16, dir: Direction, payload: &[u8]) -> Result<Message, DecodeError> {
+    /// `shared`, when given, holds `payload` (the streaming decoder's frame):
+    /// lazily read reports then keep a slice of it instead of a copy.
+    /// `gateway` is the frame header's (validated) gateway ID: a TLV packet
+    /// header repeating it needs no second BCD check.
+    pub(crate) fn decode(
+        cmd: u16,
+        dir: Direction,
+        payload: &[u8],
+        shared: Option<&Bytes>,
+        gateway: GatewayId,
+    ) -> Result<Message, DecodeError> {
         match cmd {
             cmd::HEARTBEAT => {
                 let mut r = Reader::new(payload, "heartbeat");
@@ -1297,7 +1202,7 @@ impl Message {
                 r.finish()?;
                 Ok(Message::Ota(ota))
             }
-            cmd::TLV => decode_tlv(dir, payload),
+            cmd::TLV => decode_tlv(dir, payload, shared, gateway),
             _ => Ok(Message::Unknown {
                 cmd,
                 sub: None,
@@ -1313,11 +1218,9 @@ impl Message {
             Heartbeat(h) => h.write(out),
             HeartbeatReply(t) => t.write(out),
             Ota(o) => o.write(out),
-            StatusReport(m) => tlv::write_packet(bkv_cmd::STATUS, &m.header, &m.to_tlv(), out),
+            StatusReport(m) => write_packet_raw(bkv_cmd::STATUS, &m.header, m.body(), out),
             StatusReportAck(m) => tlv::write_packet(bkv_cmd::STATUS, &m.header, &m.to_tlv(), out),
-            ChargeEndReport(m) => {
-                tlv::write_packet(bkv_cmd::CHARGE_END, &m.header, &m.to_tlv(), out)
-            }
+            ChargeEndReport(m) => write_packet_raw(bkv_cmd::CHARGE_END, &m.header, m.body(), out),
             ChargeEndReportAck(m) => {
                 tlv::write_packet(bkv_cmd::CHARGE_END, &m.header, &m.to_tlv(), out)
             }
@@ -1334,6 +1237,7 @@ impl Message {
             ParamQuery(m) | ParamQueryReply(m) => {
                 tlv::write_packet(bkv_cmd::PARAM_QUERY, &m.header, &m.to_tlv(), out)
             }
+            Mute(m) | MuteReply(m) => tlv::write_packet(bkv_cmd::MUTE, &m.header, &m.to_tlv(), out),
             TlvPacket(p) => tlv::write_packet(p.bkv_cmd, &p.header, &p.body, out),
             Unknown {
                 sub: None, payload, ..
@@ -1357,7 +1261,9 @@ impl Message {
             Control(m) => m.write(out),
             ControlReply(m) | PowerChargeReply(m) => m.write(out),
             ChargeEnd(m) => m.write(out),
-            ChargeEndAck(m) | CardOrderAck(m) | VoiceWindowReply(m) => m.write(out),
+            ChargeEndAck(m) | CardOrderAck(m) | VoiceWindowReply(m) | PowerChargeEndAck(m) => {
+                m.write(out)
+            }
             QuerySocket(m) => m.write(out),
             SocketState(m) => m.write(out),
             PowerCharge(m) => m.write(out),
@@ -1429,6 +1335,7 @@ fn decode_family(cmd_code: u16, dir: Direction, payload: &[u8]) -> Result<Messag
         (_, sub::POWER_CHARGE, Down) => Message::PowerCharge(PowerCharge::read(&mut r, network)?),
         (false, sub::POWER_CHARGE, Up) => Message::PowerChargeReply(ControlReply::read(&mut r)?),
         (false, sub::POWER_END, Up) => Message::PowerChargeEnd(PowerChargeEnd::read(&mut r)?),
+        (false, sub::POWER_END, Down) => Message::PowerChargeEndAck(PortResult::read(&mut r)?),
         (false, sub::CARD_SWIPE, Up) => Message::CardSwipe(CardSwipe::read(&mut r)?),
         (false, sub::CARD_SWIPE, Down) => Message::CardOrder(CardOrder::read(&mut r)?),
         (false, sub::CARD_ORDER_ACK, Up) => Message::CardOrderAck(PortResult::read(&mut r)?),
@@ -1454,22 +1361,41 @@ fn decode_family(cmd_code: u16, dir: Direction, payload: &[u8]) -> Result<Messag
     Ok(msg)
 }
 
-fn decode_tlv(dir: Direction, payload: &[u8]) -> Result<Message, DecodeError> {
+fn decode_tlv(
+    dir: Direction,
+    payload: &[u8],
+    shared: Option<&Bytes>,
+    gateway: GatewayId,
+) -> Result<Message, DecodeError> {
     use Direction::{Down, Up};
-    let (bkv, header, body) = tlv::split_packet(payload)?;
-    Ok(match (bkv, dir) {
-        (bkv_cmd::STATUS, Up) => match StatusReport::from_tlv(header, &body)? {
-            Some(r) => Message::StatusReport(r),
-            None => Message::TlvPacket(TlvPacket {
-                bkv_cmd: bkv,
+    let (bkv, header, start) = tlv::split_header(payload, gateway)?;
+    let rest = payload.get(start..).unwrap_or(&[]);
+    // The lazily read reports keep their body: a slice of the frame the
+    // streaming decoder already owns, or one copy.
+    let keep = || match shared {
+        Some(b) => b.slice_ref(rest),
+        None => Bytes::copy_from_slice(rest),
+    };
+    match (bkv, dir) {
+        (bkv_cmd::STATUS, Up) => {
+            return Ok(Message::StatusReport(StatusReport::decode(
                 header,
-                body: owned(&body)?,
-            }),
-        },
-        (bkv_cmd::STATUS, Down) => Message::StatusReportAck(TlvAck::from_tlv(header, body)?),
-        (bkv_cmd::CHARGE_END, Up) => {
-            Message::ChargeEndReport(ChargeEndReport::from_tlv(header, body)?)
+                keep(),
+                start,
+            )?))
         }
+        (bkv_cmd::CHARGE_END, Up) => {
+            return Ok(Message::ChargeEndReport(ChargeEndReport::decode(
+                header,
+                keep(),
+                start,
+            )?))
+        }
+        _ => {}
+    }
+    let body = tlv::parse_refs(rest, start)?;
+    Ok(match (bkv, dir) {
+        (bkv_cmd::STATUS, Down) => Message::StatusReportAck(TlvAck::from_tlv(header, body)?),
         (bkv_cmd::CHARGE_END, Down) => {
             Message::ChargeEndReportAck(TlvPortAck::from_tlv(header, body)?)
         }
@@ -1483,6 +1409,8 @@ fn decode_tlv(dir: Direction, payload: &[u8]) -> Result<Message, DecodeError> {
         (bkv_cmd::PARAM_QUERY, Up) => {
             Message::ParamQueryReply(SocketParams::from_tlv(header, body)?)
         }
+        (bkv_cmd::MUTE, Down) => Message::Mute(SocketParams::from_tlv(header, body)?),
+        (bkv_cmd::MUTE, Up) => Message::MuteReply(SocketParams::from_tlv(header, body)?),
         _ => Message::TlvPacket(TlvPacket {
             bkv_cmd: bkv,
             header,
@@ -1516,7 +1444,6 @@ port_no!(
     CardSwipe,
     CardOrder,
     CardChargeEnd,
-    ChargeEndReport,
     TlvPortAck,
     FeeCharge
 );

@@ -18,6 +18,7 @@
 //! direction ([`Message`]); anything unknown is kept as bytes, never rejected.
 
 mod frame;
+mod lazy;
 mod messages;
 mod tlv;
 pub(crate) mod wire;
@@ -65,7 +66,7 @@ pub struct GatewayId(pub [u8; 7]);
 impl GatewayId {
     /// Checks that every nibble is a decimal digit.
     pub fn from_bcd(bytes: [u8; 7]) -> Result<Self, DecodeError> {
-        if bytes.iter().all(|b| bcd_byte(*b).is_some()) {
+        if wire::all_bcd(&bytes) {
             Ok(GatewayId(bytes))
         } else {
             Err(DecodeError::InvalidField {
@@ -276,12 +277,29 @@ impl Wire for Mac {
     }
 }
 
-/// The socket/hole status byte.
+/// The socket/hole status byte, most significant bit first.
 ///
-/// The vendor text is ambiguous (seven labels for eight bits); PROTOCOL.md
-/// fixes the reading used by both the gateway and the simulator:
-/// bit 7 online · 6 metering fault · 5 charging · 4 no-load ·
-/// 3 over-temperature · 2 over-current · 1 over-power · 0 reserved.
+/// The vendor annotates its 2.2.9 example `0x98` = `1001 1000` as
+/// "在线-计量正常-充电-空载-温度正常-电流正常-功率正常" and concludes 【空载结束】 (a
+/// no-load end): seven labels for eight bits. PROTOCOL.md read bit 3 as
+/// over-temperature, which turns that very example into an over-temperature end
+/// although the vendor says the temperature was normal. The only reading that
+/// agrees with the annotation and keeps one polarity (1 = the condition is
+/// present) gives the seven labels to bits 7, 6, 5, 4, 2, 1, 0 and leaves bit 3
+/// unlabelled:
+///
+/// | bit | mask | meaning |
+/// |---|---|---|
+/// | 7 | `0x80` | online |
+/// | 6 | `0x40` | metering fault (0 = 计量正常) |
+/// | 5 | `0x20` | charging |
+/// | 4 | `0x10` | no load (空载) |
+/// | 3 | `0x08` | not labelled; set in every vendor end report (0x02, 0x0C, 0x18, 0x1004: all `0x98`) and clear in every other status the documents show (`0x80`, `0x90`, `0xB0`): read as "charge ended", never as a fault |
+/// | 2 | `0x04` | over-temperature (0 = 温度正常) |
+/// | 1 | `0x02` | over-current (0 = 电流正常) |
+/// | 0 | `0x01` | over-power (0 = 功率正常) |
+///
+/// Both the gateway and the simulator use this reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SocketStatus(pub u8);
 
@@ -290,14 +308,18 @@ impl SocketStatus {
     pub const METERING_FAULT: u8 = 0x40;
     pub const CHARGING: u8 = 0x20;
     pub const NO_LOAD: u8 = 0x10;
-    pub const OVER_TEMPERATURE: u8 = 0x08;
-    pub const OVER_CURRENT: u8 = 0x04;
-    pub const OVER_POWER: u8 = 0x02;
+    /// Unlabelled by the vendor; set in every end report it shows.
+    pub const ENDED: u8 = 0x08;
+    pub const OVER_TEMPERATURE: u8 = 0x04;
+    pub const OVER_CURRENT: u8 = 0x02;
+    pub const OVER_POWER: u8 = 0x01;
 
     /// Online and idle.
     pub const IDLE: SocketStatus = SocketStatus(0x80);
     /// Online and charging.
     pub const CHARGING_NOW: SocketStatus = SocketStatus(0xA0);
+    /// The vendor's end-report status: online, no load, ended (2.2.9).
+    pub const NO_LOAD_END: SocketStatus = SocketStatus(0x98);
 
     fn bit(self, mask: u8) -> bool {
         self.0 & mask != 0
@@ -314,6 +336,10 @@ impl SocketStatus {
     pub fn no_load(self) -> bool {
         self.bit(Self::NO_LOAD)
     }
+    /// Bit 3 (see the table above): no fault, only "this charge ended".
+    pub fn ended(self) -> bool {
+        self.bit(Self::ENDED)
+    }
     pub fn over_temperature(self) -> bool {
         self.bit(Self::OVER_TEMPERATURE)
     }
@@ -322,6 +348,41 @@ impl SocketStatus {
     }
     pub fn over_power(self) -> bool {
         self.bit(Self::OVER_POWER)
+    }
+    /// Any of the fault bits (metering, temperature, current, power).
+    pub fn any_fault(self) -> bool {
+        self.bit(
+            Self::METERING_FAULT | Self::OVER_TEMPERATURE | Self::OVER_CURRENT | Self::OVER_POWER,
+        )
+    }
+}
+
+/// The explicit end-reason byte of a BKV end report: the 0x0015/0x18 "结束原因"
+/// byte and tag 0x2F of 0x1004 ("分功率充电结束原因", power-tier end reason).
+///
+/// The vendor guide (V1.7) names the field in both places but lists no codes:
+/// its only two examples carry `0x02` (0x18) and `0x08` (0x1004), each with the
+/// status byte `0x98` that the guide reads as a no-load end elsewhere. The code
+/// is therefore carried as sent, typed so it cannot be mistaken for another
+/// family's code, and given no meaning this crate cannot source (the platform
+/// mapping, `pile-server`'s `EndReason::from_bkv`, decides from the status byte
+/// until the vendor documents the codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EndReasonCode(pub u8);
+
+impl fmt::Display for EndReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#04x}", self.0)
+    }
+}
+
+impl Wire for EndReasonCode {
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(EndReasonCode(r.u8()?))
+    }
+    fn write(&self, out: &mut bytes::BytesMut) {
+        self.0.write(out)
     }
 }
 
@@ -362,6 +423,29 @@ mod tests {
     }
 
     #[test]
+    fn the_word_wide_bcd_check_agrees_with_the_per_byte_one() {
+        for b in 0..=255u8 {
+            for len in [1usize, 7, 8] {
+                let mut bytes = vec![0x59u8; len];
+                bytes[len / 2] = b;
+                assert_eq!(
+                    wire::all_bcd(&bytes),
+                    bytes.iter().all(|x| bcd_byte(*x).is_some()),
+                    "{bytes:02x?}"
+                );
+            }
+        }
+        assert!(wire::all_bcd(&[]));
+        assert!(!wire::all_bcd(
+            &[0x99; 9][..8]
+                .iter()
+                .chain(&[0xA0])
+                .copied()
+                .collect::<Vec<_>>()
+        ));
+    }
+
+    #[test]
     fn bcd_time_reads_digits() {
         let t = BcdTime::from_bcd([0x20, 0x20, 0x07, 0x30, 0x16, 0x45, 0x45]).unwrap();
         assert_eq!(t.to_string(), "20200730164545");
@@ -370,10 +454,14 @@ mod tests {
     }
 
     #[test]
-    fn status_bits_follow_protocol_md() {
+    fn the_vendor_end_status_reads_no_load_with_a_normal_temperature() {
+        // 2.2.9: 0x98 "在线-计量正常-充电-空载-温度正常-电流正常-功率正常" → 【空载结束】.
         let s = SocketStatus(0x98);
-        assert!(s.online() && s.no_load() && s.over_temperature());
-        assert!(!s.charging() && !s.metering_fault() && !s.over_current() && !s.over_power());
+        assert!(s.online() && s.no_load() && s.ended());
+        assert!(!s.over_temperature() && !s.over_current() && !s.over_power());
+        assert!(!s.charging() && !s.metering_fault() && !s.any_fault());
         assert!(SocketStatus::CHARGING_NOW.charging());
+        assert!(SocketStatus(0x84).over_temperature() && SocketStatus(0x84).any_fault());
+        assert!(SocketStatus(0x81).over_power() && SocketStatus(0x82).over_current());
     }
 }

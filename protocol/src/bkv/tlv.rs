@@ -202,33 +202,57 @@ pub struct TlvHeader {
     pub gateway_id: GatewayId,
 }
 
-/// Splits a packet into its BKV command, header and body TLVs.
-pub(crate) fn split_packet(
+/// Reads the three TLVs every packet opens with, without allocating: the
+/// BKV command, the header, and the offset where the body TLVs start.
+/// `frame_gateway` (already validated) is reused when tag 0x03 repeats it.
+pub(crate) fn split_header(
     payload: &[u8],
-) -> Result<(u16, TlvHeader, Vec<TlvRef<'_>>), DecodeError> {
-    let mut list = parse_refs(payload, 0)?;
+    frame_gateway: GatewayId,
+) -> Result<(u16, TlvHeader, usize), DecodeError> {
     let bad = |reason| DecodeError::BadTlv { offset: 0, reason };
-    let (cmd, seq, gw) = match list.get(..3) {
-        Some([c, s, g]) if c.tag == 0x01 && s.tag == 0x02 && g.tag == 0x03 => {
-            (c.value, s.value, g.value)
+    // Every real packet opens `04 01 01 cmd[2] · 0A 01 02 seq[8] · 09 01 03 gw[7]`.
+    if let Some(
+        &[4, 1, 1, c0, c1, 10, 1, 2, s0, s1, s2, s3, s4, s5, s6, s7, 9, 1, 3, g0, g1, g2, g3, g4, g5, g6],
+    ) = payload.get(..26)
+    {
+        let gw = [g0, g1, g2, g3, g4, g5, g6];
+        let header = TlvHeader {
+            seq: u64::from_be_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            gateway_id: if gw == frame_gateway.0 {
+                frame_gateway
+            } else {
+                GatewayId::from_bcd(gw)?
+            },
+        };
+        return Ok((u16::from_be_bytes([c0, c1]), header, 26));
+    }
+    let mut it = super::lazy::TlvIter::new(payload, 0);
+    let (c, s, g) = match (it.next(), it.next(), it.next()) {
+        (Some((0x01, c, _)), Some((0x02, s, _)), Some((0x03, g, at))) => (c, s, (g, at)),
+        _ => {
+            it.finish()?;
+            return Err(bad("packet does not open with tags 0x01, 0x02, 0x03"));
         }
-        _ => return Err(bad("packet does not open with tags 0x01, 0x02, 0x03")),
     };
-    let cmd: [u8; 2] = cmd
+    let cmd: [u8; 2] = c
         .try_into()
         .map_err(|_| bad("tag 0x01 (command) is not 2 bytes"))?;
-    let seq: [u8; 8] = seq
+    let seq: [u8; 8] = s
         .try_into()
         .map_err(|_| bad("tag 0x02 (sequence) is not 8 bytes"))?;
-    let gw: [u8; 7] = gw
+    let (g, at) = g;
+    let gw: [u8; 7] = g
         .try_into()
         .map_err(|_| bad("tag 0x03 (gateway id) is not 7 bytes"))?;
     let header = TlvHeader {
         seq: u64::from_be_bytes(seq),
-        gateway_id: GatewayId::from_bcd(gw)?,
+        gateway_id: if gw == frame_gateway.0 {
+            frame_gateway
+        } else {
+            GatewayId::from_bcd(gw)?
+        },
     };
-    list.drain(..3);
-    Ok((u16::from_be_bytes(cmd), header, list))
+    Ok((u16::from_be_bytes(cmd), header, at + 7))
 }
 
 pub(crate) fn write_packet(cmd: u16, hdr: &TlvHeader, body: &[Tlv], out: &mut BytesMut) {
@@ -301,23 +325,6 @@ impl<'a> View<'a> {
 
     pub(crate) fn u16(&mut self, tag: u8) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array(tag)?))
-    }
-
-    /// Takes every unused TLV with this tag, in order, parsing each as a list.
-    pub(crate) fn all_nested(&mut self, tag: u8) -> Result<Vec<Vec<TlvRef<'a>>>, DecodeError> {
-        let mut out = Vec::new();
-        for slot in self.list.iter_mut() {
-            if let Some(t) = slot.filter(|t| t.tag == tag) {
-                *slot = None;
-                out.push(t.nested()?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// True when every entry was claimed by a typed field.
-    pub(crate) fn is_exhausted(&self) -> bool {
-        self.list.iter().all(Option::is_none)
     }
 
     /// The TLVs no typed field claimed, with their positions.

@@ -141,6 +141,26 @@ macro_rules! fixed_layout {
 }
 pub(crate) use fixed_layout;
 
+/// Whether every nibble of `bytes` (at most 8) is a decimal digit: a nibble
+/// `n` is one when `n + 6` does not carry into bit 4, checked for all
+/// nibbles at once.
+pub(crate) fn all_bcd(bytes: &[u8]) -> bool {
+    if bytes.len() > 8 {
+        return bytes.iter().all(|b| bcd_byte(*b).is_some());
+    }
+    let mut word = [0u8; 8];
+    if let Some(dst) = word.get_mut(..bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+    let x = u64::from_le_bytes(word);
+    const LOW: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    const SIX: u64 = 0x0606_0606_0606_0606;
+    const CARRY: u64 = 0x1010_1010_1010_1010;
+    let lo = x & LOW;
+    let hi = (x >> 4) & LOW;
+    ((lo + SIX) | (hi + SIX)) & CARRY == 0
+}
+
 pub(crate) fn bcd_byte(b: u8) -> Option<u8> {
     let (hi, lo) = (b >> 4, b & 0x0F);
     (hi < 10 && lo < 10).then_some(hi * 10 + lo)

@@ -101,7 +101,7 @@ fn vector_values_read_as_documented() {
             r.device_type,
             r.work_mode
         ),
-        (126, 2, 0x14, 0x21, 0)
+        (126, 2, 0x14, 0x21, Some(0))
     );
     assert_eq!(r.power_board_version, Some(0));
     assert_eq!(r.extra, vec![0xE4, 0x00]);
@@ -167,7 +167,7 @@ fn vector_values_read_as_documented() {
     assert_eq!(c.order_no.to_string(), "12345678123456781234567812345678");
     assert_eq!(
         (c.max_duration_s, c.overload_power_dw, c.qr_light),
-        (28800, 5000, None)
+        (Some(28800), Some(5000), None)
     );
     assert_eq!((c.duration_s(), c.energy_cwh()), (Some(0), None));
 
@@ -176,7 +176,7 @@ fn vector_values_read_as_documented() {
     };
     assert_eq!(
         (r.result, r.port, r.waiting_ports),
-        (StartResult::DONE, 1, 0)
+        (StartResult::DONE, Some(1), Some(0))
     );
 
     let Message::CardSwipe(c) = decode_vector("ap3000.cmd_02.first").message else {
@@ -697,29 +697,33 @@ fn device_message() -> impl Strategy<Value = Message> {
             }),
         (
             any::<u16>(),
-            any::<[u8; 4]>(),
+            any::<[u8; 3]>(),
+            proptest::option::of(any::<u8>()),
             proptest::option::of(any::<u16>())
         )
             .prop_map(
-                |(firmware, b, power_board_version)| Message::Register(Register {
+                |(firmware, b, work_mode, board)| Message::Register(Register {
                     firmware,
                     port_count: b[0],
                     virtual_id: b[1],
                     device_type: b[2],
-                    work_mode: b[3],
-                    power_board_version,
+                    work_mode,
+                    // A later field only exists when every earlier one does.
+                    power_board_version: work_mode.and(board),
                     extra: Vec::new(),
                 })
             ),
-        (any::<u8>(), any::<[u8; 16]>(), any::<u8>(), any::<u16>()).prop_map(
-            |(r, o, port, waiting_ports)| Message::StartStopReply(StartStopReply {
+        (
+            any::<u8>(),
+            proptest::option::of((any::<[u8; 16]>(), any::<u8>(), any::<u16>()))
+        )
+            .prop_map(|(r, tail)| Message::StartStopReply(StartStopReply {
                 result: StartResult(r),
-                order_no: OrderNo::from_bytes(o),
-                port,
-                waiting_ports,
+                order_no: tail.map(|t| OrderNo::from_bytes(t.0)),
+                port: tail.map(|t| t.1),
+                waiting_ports: tail.map(|t| t.2),
                 extra: Vec::new(),
-            })
-        ),
+            })),
         Just(Message::TimeRequest),
     ]
 }
@@ -736,6 +740,9 @@ fn server_message() -> impl Strategy<Value = Message> {
             prop::collection::vec(any::<u8>(), 0..9)
         )
             .prop_map(|(rate_mode, balance_fen, b, v, o, qr_light, extension)| {
+                // Pre-V7.5 commands end after the order number.
+                let v7_5 = v[1] % 4 != 0;
+                let qr_light = qr_light.filter(|_| v7_5);
                 let extension = if qr_light.is_some() {
                     extension
                 } else {
@@ -748,8 +755,8 @@ fn server_message() -> impl Strategy<Value = Message> {
                     command: b[1],
                     amount: v[0],
                     order_no: OrderNo::from_bytes(o),
-                    max_duration_s: v[1],
-                    overload_power_dw: v[2],
+                    max_duration_s: v7_5.then_some(v[1]),
+                    overload_power_dw: v7_5.then_some(v[2]),
                     qr_light,
                     extension,
                 })

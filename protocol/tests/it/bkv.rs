@@ -41,7 +41,7 @@ fn fields_of(f: &Frame) -> Map<String, Value> {
         }
         Message::HeartbeatReply(t) => put("time_bcd", json!(t.to_string())),
         Message::StatusReport(r) => {
-            let s = &r.sockets[0];
+            let s = &r.socket_states()[0];
             put("socket", json!(s.socket));
             put("socket_version", hx(s.socket_version.into(), 4));
             put("temperature", json!(s.temperature_c));
@@ -152,22 +152,22 @@ fn fields_of(f: &Frame) -> Map<String, Value> {
             put("tiers_hex", json!(hex::encode(raw)));
         }
         Message::ChargeEndReport(e) => {
-            put("mcu_temperature", json!(e.mcu_temperature_c));
-            put("socket", json!(e.socket));
-            put("port", json!(e.hole));
-            put("status", status(e.status));
-            put("business_no", json!(e.business_no));
-            put("power_dw", json!(e.power_dw));
-            put("current_ma", json!(e.current_ma));
-            put("energy_wh", json!(e.energy_wh));
-            put("minutes", json!(e.minutes));
-            put("end_time_bcd", json!(e.end_time.to_string()));
-            put("end_reason", json!(e.end_reason));
-            put("mode", json!(e.mode));
-            put("energy_fee_fen", json!(e.energy_fee_fen));
-            put("service_fee_fen", json!(e.service_fee_fen));
-            put("tier_count", json!(e.tier_count));
-            put("tier_usage_hex", json!(hex::encode(&e.tier_usage)));
+            put("mcu_temperature", json!(e.mcu_temperature_c()));
+            put("socket", json!(e.socket()));
+            put("port", json!(e.hole()));
+            put("status", status(e.status()));
+            put("business_no", json!(e.business_no()));
+            put("power_dw", json!(e.power_dw()));
+            put("current_ma", json!(e.current_ma()));
+            put("energy_wh", json!(e.energy_wh()));
+            put("minutes", json!(e.minutes()));
+            put("end_time_bcd", json!(e.end_time().map(|t| t.to_string())));
+            put("end_reason", json!(e.end_reason().map(|r| r.0)));
+            put("mode", json!(e.mode()));
+            put("energy_fee_fen", json!(e.energy_fee_fen()));
+            put("service_fee_fen", json!(e.service_fee_fen()));
+            put("tier_count", json!(e.tier_count()));
+            put("tier_usage_hex", json!(e.tier_usage().map(hex::encode)));
         }
         Message::ChargeEndReportAck(a) => {
             put("ack", json!(a.result));
@@ -503,7 +503,7 @@ fn constructors_produce_what_the_vectors_show() {
         panic!()
     };
     assert_eq!(
-        Frame::status_report(report.gateway_id, r.sockets.clone()),
+        Frame::status_report(report.gateway_id, &r.socket_states()),
         report
     );
 
@@ -533,7 +533,7 @@ fn simulator_side_constructors_decode_to_what_they_say() {
         3,
         vec![HoleState::idle(0, 2200), HoleState::idle(1, 2200)],
     )];
-    let report = Frame::status_report(gw, sockets.clone());
+    let report = Frame::status_report(gw, &sockets);
     let back = decode_frame(&report.to_vec()).unwrap();
     assert_eq!(back, report);
     let ack = Frame::status_report_ack(&back, true);
@@ -556,16 +556,22 @@ fn simulator_side_constructors_decode_to_what_they_say() {
         minute: 0,
         second: 0,
     };
-    let end = Frame::charge_end_report(gw, ChargeEndReport::new(3, 1, 77, 500, 42, t, 1));
+    let fields = ChargeEndFields::new(3, 1, 77, 500, 42, t, EndReasonCode(1));
+    let end = Frame::charge_end_report(gw, &fields);
     let back = decode_frame(&end.to_vec()).unwrap();
     assert_eq!(back, end);
     let Message::ChargeEndReport(r) = &back.message else {
         panic!()
     };
     assert_eq!(
-        (r.header.gateway_id, r.port_no(), r.tier_usage.len()),
-        (gw, Some(6), 6)
+        (
+            r.header.gateway_id,
+            r.port_no(),
+            r.tier_usage().map(<[u8]>::len)
+        ),
+        (gw, Some(6), Some(6))
     );
+    assert_eq!(r.fields(), fields);
     assert!(
         back.summary()
             .starts_with("up 0x1000/0x1004 charge_end_report"),
@@ -815,7 +821,7 @@ mod props {
                             minute: t[3],
                             second: t[4]
                         },
-                        end_reason: b[4],
+                        end_reason: EndReasonCode(b[4]),
                         amount_fen: w[7],
                         settle_power_dw: w[0],
                         tier_minutes,
@@ -889,10 +895,13 @@ mod props {
                         minutes: w[5],
                         card_no,
                         card_type: b[4],
-                        billing_mode: b[5],
-                        amount_fen: w[6],
-                        settle_power_dw: w[7],
-                        tier_minutes,
+                        // Pre-V1.5 reports end after the card type.
+                        billing: (b[5] % 3 != 0).then(|| CardBilling {
+                            billing_mode: b[5],
+                            amount_fen: w[6],
+                            settle_power_dw: w[7],
+                            tier_minutes,
+                        }),
                     })
                 )),
             any::<[u8; 2]>().prop_map(|b| (
@@ -990,11 +999,7 @@ mod props {
                 )),
             (tlv_header(), vec(socket_state(), 0..3)).prop_map(|(header, sockets)| (
                 Up,
-                Message::StatusReport(StatusReport {
-                    header,
-                    sockets,
-                    extra: vec![]
-                })
+                Message::StatusReport(StatusReport::new(header, &sockets))
             )),
             (tlv_header(), any::<u8>()).prop_map(|(header, result)| (
                 Down,
@@ -1010,13 +1015,14 @@ mod props {
                 status(),
                 any::<[u16; 8]>(),
                 bcd_time(),
-                vec(any::<u8>(), 0..12)
+                vec(any::<u8>(), 0..12),
+                any::<u16>()
             )
-                .prop_map(|(header, b, status, w, end_time, tier_usage)| (
-                    Up,
-                    Message::ChargeEndReport(ChargeEndReport {
-                        header,
-                        mcu_temperature_c: b[0],
+                .prop_map(|(header, b, status, w, end_time, tier_usage, present)| {
+                    // Every optional tag present or absent on its own.
+                    let has = |bit: u16| present & (1 << bit) != 0;
+                    let fields = ChargeEndFields {
+                        mcu_temperature_c: has(0).then_some(b[0]),
                         socket: b[1],
                         hole: b[2],
                         status,
@@ -1025,16 +1031,24 @@ mod props {
                         current_ma: w[2],
                         energy_wh: w[3],
                         minutes: w[4],
-                        end_time,
-                        end_reason: b[3],
-                        mode: b[4],
-                        energy_fee_fen: w[5],
-                        service_fee_fen: w[6],
-                        tier_count: b[5],
-                        tier_usage,
-                        extra: vec![],
-                    })
-                )),
+                        end_time: has(1).then_some(end_time),
+                        end_reason: has(2).then_some(EndReasonCode(b[3])),
+                        mode: has(3).then_some(b[4]),
+                        energy_fee_fen: has(4).then_some(w[5]),
+                        service_fee_fen: has(5).then_some(w[6]),
+                        tier_count: has(6).then_some(b[5]),
+                        tier_usage: has(7).then_some(tier_usage),
+                        extra: if has(8) {
+                            vec![Tlv::u8(0xF4, b[6])]
+                        } else {
+                            vec![]
+                        },
+                    };
+                    (
+                        Up,
+                        Message::ChargeEndReport(ChargeEndReport::new(header, &fields)),
+                    )
+                }),
             (tlv_header(), any::<[u8; 3]>(), any::<bool>()).prop_map(|(header, b, reply)| {
                 let a = TlvPortAck {
                     header,

@@ -2,4 +2,5 @@
 mod analyze;
 mod ap3000;
 mod bkv;
+mod generations;
 mod vectors;

@@ -225,7 +225,10 @@ impl Ap3000 {
                 let reply = match r.result.0 {
                     0 => Reply::Done { device_ref: None },
                     2 => Reply::SameState {
-                        device_ref: Some(r.order_no.to_string())
+                        // A pre-V6.2 answer has no order number.
+                        device_ref: r
+                            .order_no
+                            .map(|o| o.to_string())
                             .filter(|s| s.bytes().any(|b| b != b'0')),
                     },
                     _ => Reply::Refused {

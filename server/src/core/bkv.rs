@@ -193,8 +193,9 @@ impl Bkv {
             }
             Message::StatusReport(r) => {
                 replies.push(Frame::status_report_ack(frame, true).to_bytes());
-                let (ports, progress) = sockets(&r.sockets);
-                if let Some(n) = max_port(&r.sockets) {
+                let states = r.socket_states();
+                let (ports, progress) = sockets(&states);
+                if let Some(n) = max_port(&states) {
                     events.push(DeviceEvent::Hello {
                         device_id: None,
                         firmware: None,
@@ -269,33 +270,34 @@ impl Bkv {
                 events.push(DeviceEvent::End(obs, ack));
             }
             Message::ChargeEndReport(e) => {
-                let t = e.end_time;
                 let obs = EndObs {
-                    port_no: u32::from(
-                        pile_protocol::port::bkv_port_no(e.socket, e.hole).unwrap_or(0),
-                    ),
-                    device_ref: business_ref(e.business_no),
-                    energy_wh: i64::from(e.energy_wh),
-                    device_duration_sec: Some(i64::from(e.minutes) * 60),
+                    port_no: u32::from(e.port_no().unwrap_or(0)),
+                    device_ref: business_ref(e.business_no()),
+                    energy_wh: i64::from(e.energy_wh()),
+                    device_duration_sec: Some(i64::from(e.minutes()) * 60),
                     duration_resolution_sec: 60,
-                    device_end_at_ms: local_to_unix_ms(
-                        t.year,
-                        t.month,
-                        t.day,
-                        t.hour,
-                        t.minute,
-                        t.second,
-                        self.offset_sec,
-                    ),
+                    // Tag 0x2E is optional (older / partial reports).
+                    device_end_at_ms: e.end_time().and_then(|t| {
+                        local_to_unix_ms(
+                            t.year,
+                            t.month,
+                            t.day,
+                            t.hour,
+                            t.minute,
+                            t.second,
+                            self.offset_sec,
+                        )
+                    }),
                     peak_power_dw: None,
                     reason: DeviceReason::Bkv {
-                        explicit: Some(e.end_reason),
-                        status: e.status.0,
+                        explicit: e.end_reason().map(|r| r.0),
+                        status: e.status().0,
                     },
                     seen_live: false,
                     raw_hex: hex::encode(raw),
                 };
-                let ack = Frame::charge_end_report_ack(frame, e.socket, e.hole, true).to_bytes();
+                let ack =
+                    Frame::charge_end_report_ack(frame, e.socket(), e.hole(), true).to_bytes();
                 events.push(DeviceEvent::End(obs, ack));
             }
             Message::PowerChargeEnd(e) => {
@@ -319,13 +321,15 @@ impl Bkv {
                     ),
                     peak_power_dw: Some(i64::from(e.settle_power_dw)),
                     reason: DeviceReason::Bkv {
-                        explicit: Some(e.end_reason),
+                        explicit: Some(e.end_reason.0),
                         status: e.status.0,
                     },
                     seen_live: false,
                     raw_hex: hex::encode(raw),
                 };
-                let ack = Frame::charge_end_ack(gw, frame.seq, e.socket, e.hole, true).to_bytes();
+                // 0x18 is acknowledged with 0x18 (our rule, like 0x02), not with a 0x02 ack.
+                let ack =
+                    Frame::power_charge_end_ack(gw, frame.seq, e.socket, e.hole, true).to_bytes();
                 events.push(DeviceEvent::End(obs, ack));
             }
             _ => {}

@@ -334,7 +334,7 @@ fn an_end_is_seen_live_only_on_a_connection_that_saw_the_charge_running() {
     identify(&mut watched, T0, vec![], vec![order]);
     let report = bkv::Frame::status_report(
         bkv_id(),
-        vec![bkv::SocketState::new(1, vec![charging_hole(0, 9, 20, 1)])],
+        &[bkv::SocketState::new(1, vec![charging_hole(0, 9, 20, 1)])],
     );
     watched.handle_bytes(T0 + 500, &report.to_vec());
     drain_intents(&mut watched);

@@ -1,5 +1,7 @@
 //! Platform end reasons (PROTOCOL.md §3) and the vendors' codes mapped onto them.
 
+use pile_protocol::bkv::SocketStatus;
+
 /// Platform end reasons (PROTOCOL.md §3), the API's `end_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -126,29 +128,68 @@ impl EndReason {
         }
     }
 
-    /// BKV end: a stop the server commanded → 3; else from the socket status bits
-    /// (bit 6 metering fault, bit 4 no-load, bit 3 over-temperature, bit 2 over-current,
-    /// bit 1 over-power); a reached time/energy target → 1.
-    pub fn from_bkv(server_stopped: bool, status: u8, target_reached: bool) -> EndReason {
-        if server_stopped {
-            EndReason::RemoteStop
-        } else if status & 0x08 != 0 {
+    /// BKV end report → platform reason, from the vendor's own rules, in this order:
+    ///
+    /// 1. an explicit end-reason code (the 0x18 byte, tag 0x2F of 0x1004) beats the status
+    ///    bits — for the codes whose meaning the vendor documents, listed in
+    ///    [`BKV_DOCUMENTED_CODES`]. The V1.7 guide names the field but lists no code, so an
+    ///    explicit code decides nothing today (its two examples, 0x02 and 0x08, both come with
+    ///    the status 0x98 the guide reads as a no-load end);
+    /// 2. the fault bits of the status byte (see `pile_protocol::bkv::SocketStatus`):
+    ///    over-temperature → 7, over-current → 8, over-power → 6, metering fault → 9;
+    /// 3. a reached time/energy/amount target → 1;
+    /// 4. the no-load bit → 5 (the vendor's 2.2.9 example, 0x98 "空载 - 温度正常",
+    ///    concludes 【空载结束】);
+    /// 5. otherwise the load went away without a fault: unplugged → 4.
+    ///
+    /// A stop the server commanded is the caller's business (settlement policy: remote stop).
+    pub fn from_bkv(explicit_reason: Option<u8>, status: u8, target_reached: bool) -> EndReason {
+        Self::from_bkv_with(
+            BKV_DOCUMENTED_CODES,
+            explicit_reason,
+            status,
+            target_reached,
+        )
+    }
+
+    fn from_bkv_with(
+        documented: &[(u8, EndReason)],
+        explicit_reason: Option<u8>,
+        status: u8,
+        target_reached: bool,
+    ) -> EndReason {
+        let explicit = explicit_reason.and_then(|code| {
+            documented
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map(|(_, reason)| *reason)
+        });
+        if let Some(reason) = explicit {
+            return reason;
+        }
+        let s = SocketStatus(status);
+        if s.over_temperature() {
             EndReason::OverTemperature
-        } else if status & 0x04 != 0 {
+        } else if s.over_current() {
             EndReason::ElectricalProtection
-        } else if status & 0x02 != 0 {
+        } else if s.over_power() {
             EndReason::Overload
-        } else if status & 0x40 != 0 {
+        } else if s.metering_fault() {
             EndReason::DeviceFault
         } else if target_reached {
             EndReason::TargetReached
-        } else if status & 0x10 != 0 {
+        } else if s.no_load() {
             EndReason::NoLoad
         } else {
             EndReason::Unplugged
         }
     }
 }
+
+/// BKV explicit end-reason codes (0x18 byte, 0x1004 tag 0x2F) whose meaning the vendor
+/// documents. Empty: the V1.7 guide lists none (see `pile_protocol::bkv::EndReasonCode`).
+/// A code added here wins over the status bits.
+pub const BKV_DOCUMENTED_CODES: &[(u8, EndReason)] = &[];
 
 #[cfg(test)]
 mod tests {
@@ -186,21 +227,131 @@ mod tests {
         }
     }
 
+    /// Decodes a vendor example frame (hex as printed in the guide).
+    fn bkv_frame(hex: &str) -> pile_protocol::bkv::Message {
+        let bytes = pile_protocol::parse_hex(hex).expect("hex");
+        pile_protocol::bkv::decode_frame(&bytes)
+            .expect("vendor example decodes")
+            .message
+    }
+
     #[test]
-    fn bkv_end_reasons_prefer_the_server_stop_then_faults_then_the_target() {
-        assert_eq!(EndReason::from_bkv(true, 0x88, true), EndReason::RemoteStop);
+    fn every_vendor_bkv_end_example_yields_its_documented_reason() {
+        use pile_protocol::bkv::Message;
+        // 2.2.9, 0x0015/0x02: status 0x98 "在线-计量正常-充电-空载-温度正常-电流正常-功率正常",
+        // "由此订单结束原因【空载结束】". The charge was started for 240 minutes (2.2.8) and
+        // ended after 45: the target was not reached.
+        let Message::ChargeEnd(e) = bkv_frame(
+            "fcfe00250015000000000186004459453005001102025036302000980068000000010050002d41fcee",
+        ) else {
+            panic!("0x02")
+        };
+        assert_eq!((e.status.0, e.minutes), (0x98, 45));
         assert_eq!(
-            EndReason::from_bkv(false, 0x88, true),
+            EndReason::from_bkv(None, e.status.0, false),
+            EndReason::NoLoad
+        );
+
+        // Advanced 2.2.2, 0x0015/0x18: status 0x98, explicit end reason 0x02 (not listed).
+        let Message::PowerChargeEnd(e) = bkv_frame(
+            "fcfe003c00150000000001860044594530050028180151362d2000980017000000020001002407e406080e150702000f0000050024000000000000000037fcee",
+        ) else {
+            panic!("0x18")
+        };
+        assert_eq!((e.status.0, e.end_reason.0), (0x98, 0x02));
+        assert_eq!(
+            EndReason::from_bkv(Some(e.end_reason.0), e.status.0, false),
+            EndReason::NoLoad
+        );
+
+        // 0x1000/0x1004 (fee orders): status 0x98, tag 0x2F = 0x08 (not listed), 1 minute.
+        let Message::ChargeEndReport(e) = bkv_frame(
+            "fcfe007d100000000000018221022500052004010110040a010200000000000000000901038221022500052003010             72a03014a01030108000301099804010a003304010b000004010c000004010d000004010e000109012e2024082310             172903012f08030112040401850000040186000003018901080184000100000000dbfcee",
+        ) else {
+            panic!("0x1004")
+        };
+        let code = e.end_reason().map(|r| r.0);
+        assert_eq!((e.status().0, code), (0x98, Some(0x08)));
+        assert_eq!(
+            EndReason::from_bkv(code, e.status().0, false),
+            EndReason::NoLoad
+        );
+
+        // Advanced 2.2.3, card-charge end (0x0C) by time: the same 0x98 (the power-tier
+        // example beside it is printed incomplete, with the same status byte).
+        let Message::CardChargeEnd(e) = bkv_frame(
+            "fcfe00320015000000000186004459453005001e0c0151362d200098001a000000020002001f00000000000200010000000000bcfcee",
+        ) else {
+            panic!("0x0C")
+        };
+        assert_eq!(
+            EndReason::from_bkv(None, e.status.0, false),
+            EndReason::NoLoad
+        );
+    }
+
+    #[test]
+    fn the_vendor_ap3000_settlement_example_ends_full() {
+        // §3.3 example: stop reason byte 0x01 "充满自停".
+        let bytes = pile_protocol::parse_hex(
+            "44 4E 59 28 00 3B 37 AB 04 01 00 03 10 0E E8 03 30 00 01 01 00 00 00 00 01 20 19 09 01 18 00 00 13 00 30 38 01 02 03 04 05 E8 03 44 05",
+        )
+        .unwrap();
+        let frame = pile_protocol::ap3000::decode_frame(
+            &bytes,
+            pile_protocol::ap3000::Direction::FromDevice,
+        )
+        .unwrap();
+        let pile_protocol::ap3000::Message::Settlement(s) = frame.message else {
+            panic!("0x03")
+        };
+        assert_eq!(EndReason::from_ap3000(s.stop_reason.0), EndReason::Full);
+    }
+
+    #[test]
+    fn bkv_status_bits_rank_faults_over_the_target_over_no_load() {
+        assert_eq!(
+            EndReason::from_bkv(None, 0x84, true),
             EndReason::OverTemperature
         );
         assert_eq!(
-            EndReason::from_bkv(false, 0x80, true),
+            EndReason::from_bkv(None, 0x82, true),
+            EndReason::ElectricalProtection
+        );
+        assert_eq!(EndReason::from_bkv(None, 0x81, true), EndReason::Overload);
+        assert_eq!(
+            EndReason::from_bkv(None, 0xC0, true),
+            EndReason::DeviceFault
+        );
+        assert_eq!(
+            EndReason::from_bkv(None, 0x98, true),
             EndReason::TargetReached
         );
-        assert_eq!(EndReason::from_bkv(false, 0x90, false), EndReason::NoLoad);
+        // Bit 3 alone (set in every vendor end report) is no fault.
+        assert_eq!(EndReason::from_bkv(None, 0x88, false), EndReason::Unplugged);
+        assert_eq!(EndReason::from_bkv(None, 0x90, false), EndReason::NoLoad);
+        assert_eq!(EndReason::from_bkv(None, 0x80, false), EndReason::Unplugged);
+        // An undocumented explicit code leaves the decision to the status byte.
         assert_eq!(
-            EndReason::from_bkv(false, 0x80, false),
-            EndReason::Unplugged
+            EndReason::from_bkv(Some(0x08), 0x84, false),
+            EndReason::OverTemperature
+        );
+    }
+
+    #[test]
+    fn a_documented_explicit_bkv_code_beats_the_status_bits() {
+        let table = [(0x05, EndReason::Full), (0x06, EndReason::RemoteStop)];
+        assert_eq!(
+            EndReason::from_bkv_with(&table, Some(0x05), 0x98, false),
+            EndReason::Full
+        );
+        assert_eq!(
+            EndReason::from_bkv_with(&table, Some(0x06), 0x84, false),
+            EndReason::RemoteStop
+        );
+        assert_eq!(
+            EndReason::from_bkv_with(&table, Some(0x07), 0x98, false),
+            EndReason::NoLoad
         );
     }
 

@@ -186,8 +186,7 @@ fn device_reason(
 
 /// The BKV mapping of `reasons.rs` (explicit reason first, then the status bits).
 fn bkv_reason(explicit: Option<u8>, status: u8, target_reached: bool) -> EndReason {
-    let _ = explicit;
-    EndReason::from_bkv(false, status, target_reached)
+    EndReason::from_bkv(explicit, status, target_reached)
 }
 
 /// A reason a stop request does not override: the device stopped for its own safety first.

@@ -250,7 +250,7 @@ both!(
 
         // Status report while charging: progress.
         let charging = BkvPile::socket(2, &[(0, 0xA0, 77, 1500, 20, 0), (1, 0x80, 0, 0, 0, 0)]);
-        pile.send(bkv::Frame::status_report(pile.id, vec![charging]))
+        pile.send(bkv::Frame::status_report(pile.id, &[charging]))
             .await;
         let _ack = pile.expect().await;
         eventually(|| async {
@@ -682,12 +682,8 @@ async fn a_bkv_charge_by_amount_uses_the_fee_packet_and_settles_from_the_tlv_end
         .await;
     wait_status(&app, "bkv-amount", OrderStatus::Charging).await;
 
-    let report = bkv::ChargeEndReport {
-        header: bkv::TlvHeader {
-            seq: 0,
-            gateway_id: pile.id,
-        },
-        mcu_temperature_c: 30,
+    let report = bkv::ChargeEndFields {
+        mcu_temperature_c: Some(30),
         socket: 1,
         hole: 1,
         status: bkv::SocketStatus(0x80),
@@ -696,23 +692,23 @@ async fn a_bkv_charge_by_amount_uses_the_fee_packet_and_settles_from_the_tlv_end
         current_ma: 0,
         energy_wh: 1_000,
         minutes: 10,
-        end_time: bkv::BcdTime {
+        end_time: Some(bkv::BcdTime {
             year: 2026,
             month: 11,
             day: 24,
             hour: 20,
             minute: 15,
             second: 0,
-        },
-        end_reason: 1,
-        mode: 1,
-        energy_fee_fen: 150,
-        service_fee_fen: 50,
-        tier_count: 0,
-        tier_usage: Vec::new(),
+        }),
+        end_reason: Some(bkv::EndReasonCode(1)),
+        mode: Some(1),
+        energy_fee_fen: Some(150),
+        service_fee_fen: Some(50),
+        tier_count: Some(0),
+        tier_usage: Some(Vec::new()),
         extra: Vec::new(),
     };
-    pile.send(bkv::Frame::charge_end_report(pile.id, report))
+    pile.send(bkv::Frame::charge_end_report(pile.id, &report))
         .await;
     let ack = pile.expect().await;
     assert!(

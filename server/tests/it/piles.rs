@@ -87,7 +87,7 @@ impl ApPile {
                 port_count: ports,
                 virtual_id: 0,
                 device_type: 0x04,
-                work_mode: 0,
+                work_mode: Some(0),
                 power_board_version: Some(1),
                 extra: Vec::new(),
             },
@@ -264,10 +264,10 @@ impl BkvPile {
 
     /// Reports sockets 1..=n idle and waits for the ack.
     pub async fn report_idle(&mut self, sockets: u8) {
-        let states = (1..=sockets)
+        let states: Vec<_> = (1..=sockets)
             .map(|s| Self::socket(s, &[(0, 0x80, 0, 0, 0, 0), (1, 0x80, 0, 0, 0, 0)]))
             .collect();
-        self.send(bkv::Frame::status_report(self.id, states)).await;
+        self.send(bkv::Frame::status_report(self.id, &states)).await;
         let ack = self.expect().await;
         assert!(
             matches!(ack.message, bkv::Message::StatusReportAck(_)),

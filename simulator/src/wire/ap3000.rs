@@ -5,13 +5,15 @@
 use bytes::{Bytes, BytesMut};
 use pile_protocol::ap3000::{
     self, Decoder, Direction, Frame, Heartbeat, Message, OrderNo, PhysicalId, PortStatus,
-    PowerHeartbeat, Register, Settlement, StartResult, StartStop, StartStopReply, StopReason,
+    PowerHeartbeat, ProtocolVersion, Register, Settlement, StartResult, StartStop, StartStopReply,
+    StopReason,
 };
 use pile_protocol::port::{ap3000_port_no, ap3000_wire_port};
 use pile_protocol::Item;
 use tokio::time::Instant;
 
 use super::sat_u16;
+use crate::firmware::Firmware;
 use crate::msg::{
     AckMatch, CommandResult, Down, EndRecord, Order, Origin, PortSel, ProgressRecord, ReplyCtx,
     StartRequest, Target, Up,
@@ -30,6 +32,8 @@ pub struct Ap3000Codec {
     decoder: Decoder,
     physical: Option<PhysicalId>,
     next_id: u16,
+    /// The protocol revision the pile's firmware speaks.
+    firmware: Firmware,
 }
 
 impl Default for Ap3000Codec {
@@ -38,6 +42,7 @@ impl Default for Ap3000Codec {
             decoder: Decoder::new(Direction::FromServer),
             physical: None,
             next_id: 0,
+            firmware: Firmware::Latest,
         }
     }
 }
@@ -135,12 +140,12 @@ fn reply(
 ) -> StartStopReply {
     StartStopReply {
         result: StartResult(result.ap3000_code()),
-        order_no: order.map(order_no).unwrap_or_default(),
-        port: port_no.map_or(0xFF, wire_port),
-        waiting_ports: match result {
+        order_no: Some(order.map(order_no).unwrap_or_default()),
+        port: Some(port_no.map_or(0xFF, wire_port)),
+        waiting_ports: Some(match result {
             CommandResult::SeveralWaiting { ports } => ports,
             _ => 0,
-        },
+        }),
         extra: {
             let _ = ctx;
             Vec::new()
@@ -151,10 +156,9 @@ fn reply(
 fn start_request(s: &StartStop) -> StartRequest {
     let ext = s.extension_fields();
     let force_full = ext.force_auto_stop == Some(1);
-    let limit = if s.max_duration_s > 0 {
-        Duration::from_secs(u64::from(s.max_duration_s))
-    } else {
-        DEFAULT_MAX_DURATION
+    let limit = match s.max_duration_s {
+        Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs)),
+        _ => DEFAULT_MAX_DURATION,
     };
     // Vendor §4.2: a duration charges for exactly that long (full does not
     // stop it, nor does the maximum charge time); an energy amount charges
@@ -186,14 +190,21 @@ fn start_request(s: &StartStop) -> StartRequest {
         origin: Origin::Ap3000 {
             rate_mode: s.rate_mode,
         },
+        billing: None,
     }
 }
 
-fn to_down(frame: &Frame) -> Down {
+fn to_down(frame: &Frame, version: ProtocolVersion) -> Down {
     let ctx = ReplyCtx {
         seq: u32::from(frame.message_id),
         tlv_seq: 0,
     };
+    // Firmware that predates a command ignores it, without an answer.
+    if matches!(frame.message.direction(), Some(Direction::FromServer))
+        && !version.knows_command(frame.command())
+    {
+        return Down::Ignored;
+    }
     match &frame.message {
         Message::Ack { command: 0x20, .. } => Down::RegisterAck,
         Message::Ack { command: 0x21, .. } => Down::HeartbeatAck,
@@ -204,6 +215,15 @@ fn to_down(frame: &Frame) -> Down {
         } => Down::EndAck(AckMatch::MsgId(frame.message_id)),
         Message::TimeReply { .. } => Down::TimeAck,
         Message::Query => Down::Query,
+        Message::Locate { seconds } => Down::Locate {
+            ctx,
+            seconds: *seconds,
+        },
+        Message::SetMute { .. } => Down::Setting {
+            ctx,
+            command: 0x97,
+            socket: None,
+        },
         Message::StartStop(s) if s.is_start() => Down::Start {
             ctx,
             req: start_request(s),
@@ -223,7 +243,8 @@ fn to_down(frame: &Frame) -> Down {
 impl Codec for Ap3000Codec {
     fn encode(&mut self, pile: &PileState, up: &Up, _now: Instant) -> Option<Bytes> {
         let pid = self.physical(pile)?;
-        let frame = match up {
+        let version = self.firmware.ap3000();
+        let mut frame = match up {
             Up::Iccid => {
                 let mut out = BytesMut::new();
                 ap3000::encode_iccid(&pile.iccid, &mut out);
@@ -242,11 +263,13 @@ impl Codec for Ap3000Codec {
                     port_count: u8::try_from(pile.ports.len()).unwrap_or(u8::MAX),
                     virtual_id: 0,
                     device_type: pid.device_type(),
-                    work_mode: 0,
+                    work_mode: Some(0),
                     power_board_version: Some(1),
                     extra: Vec::new(),
                 },
             ),
+            // 0x22 came with V7.3; older piles keep the time they have.
+            Up::GetTime if !version.sends_command(0x22) => return None,
             Up::GetTime => Frame::new(pid, self.next_id(), Message::TimeRequest),
             Up::Heartbeat => {
                 let statuses: Vec<PortStatus> = pile.ports.iter().map(port_status).collect();
@@ -273,8 +296,13 @@ impl Codec for Ap3000Codec {
                 ctx.seq as u16,
                 Message::StartStopReply(reply(*ctx, *port_no, *result, *order)),
             ),
+            Up::SettingAck {
+                ctx, command, ok, ..
+            } => Frame::device_ack(pid, ctx.seq as u16, *command as u8, u8::from(!ok)),
             Up::Status { .. } | Up::SocketState { .. } => return None,
         };
+        // What a pile of an older revision writes: the later fields dropped.
+        frame.message.downgrade(version);
         let mut out = BytesMut::new();
         frame.encode(&mut out);
         Some(out.freeze())
@@ -284,7 +312,7 @@ impl Codec for Ap3000Codec {
         while let Some(item) = self.decoder.decode(buf) {
             match item {
                 Item::Frame { frame, raw } => out.push(Inbound {
-                    down: Some(to_down(&frame)),
+                    down: Some(to_down(&frame, self.firmware.ap3000())),
                     raw,
                 }),
                 Item::Diagnostic(d) => out.push(Inbound {
@@ -303,6 +331,14 @@ impl Codec for Ap3000Codec {
                 *last = last.wrapping_add(1);
             }
         }
+    }
+
+    fn set_firmware(&mut self, firmware: Firmware) {
+        self.firmware = firmware;
+    }
+
+    fn firmware(&self) -> Firmware {
+        self.firmware
     }
 
     fn describe(&self, raw: &[u8], dir: pile::Direction) -> String {

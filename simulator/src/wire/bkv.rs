@@ -3,14 +3,16 @@
 
 use bytes::{Bytes, BytesMut};
 use pile_protocol::bkv::{
-    BcdTime, ChargeEnd, ChargeEndReport, Decoder, Direction, Frame, GatewayId, HoleState, Message,
-    SocketState, SocketStatus, TlvHeader, TlvPortAck,
+    BcdTime, BinTime, ChargeEnd, ChargeEndFields, Decoder, Direction, EndReasonCode, FeeTier,
+    Frame, GatewayId, HoleState, Message, PowerChargeEnd, PowerTier, SocketParams, SocketState,
+    SocketStatus, TlvHeader, TlvPortAck,
 };
 use pile_protocol::port::{bkv_port_no, bkv_socket_hole};
 use pile_protocol::Item;
 use tokio::time::Instant;
 
 use super::sat_u16;
+use crate::billing::{self, Billing};
 use crate::msg::{
     AckMatch, CommandResult, Down, EndReason, EndRecord, Order, Origin, PortSel, ReplyCtx,
     StartRequest, Target, Up,
@@ -62,21 +64,66 @@ fn port_status(port: &pile::Port) -> SocketStatus {
     }
 }
 
-/// The status byte a 0x02 end report carries: the gateway reads no-load as
-/// "no load / full" and a bare online byte before the target as "unplugged".
+/// The status byte an end report carries. A socket whose load went away
+/// (no load, or a full battery that stopped drawing) reports what the
+/// vendor's 2.2.9 example shows, `0x98` (online, no load, ended); every other
+/// end is online + ended (`0x88`), no fault bit.
 fn end_status(reason: EndReason) -> SocketStatus {
     match reason {
-        EndReason::NoLoad | EndReason::Full => {
-            SocketStatus(SocketStatus::ONLINE | SocketStatus::NO_LOAD)
-        }
-        _ => SocketStatus::IDLE,
+        EndReason::NoLoad | EndReason::Full => SocketStatus::NO_LOAD_END,
+        _ => SocketStatus(SocketStatus::ONLINE | SocketStatus::ENDED),
     }
 }
 
-/// The 0x2F end reason of a 0x1004 report. The vendor guide does not list
-/// the codes; we use the AP3000 stop reasons, which name the same causes.
-fn end_reason_code(reason: EndReason) -> u8 {
-    reason.ap3000_code()
+/// The explicit end-reason byte of 0x18 and tag 0x2F of 0x1004. The vendor
+/// guide names the field but lists no codes; we write the AP3000 stop
+/// reasons, which name the same causes (the gateway decides from the status
+/// byte, which the guide does document).
+fn end_reason_code(reason: EndReason) -> EndReasonCode {
+    EndReasonCode(reason.ap3000_code())
+}
+
+fn bin_time(unix_s: u64) -> BinTime {
+    let t = bcd_time(unix_s);
+    BinTime {
+        year: t.year,
+        month: t.month,
+        day: t.day,
+        hour: t.hour,
+        minute: t.minute,
+        second: t.second,
+    }
+}
+
+/// 0x17 tiers as the socket bills them (power ceiling 0.1 W → W).
+fn power_billing(amount_fen: u16, tiers: &[PowerTier]) -> Billing {
+    Billing::PowerTiers {
+        amount_fen: u32::from(amount_fen),
+        tiers: tiers
+            .iter()
+            .map(|t| billing::PowerTier {
+                max_power_w: f64::from(t.power_dw) / 10.0,
+                price_fen: u32::from(t.price_fen),
+                minutes: u32::from(t.minutes),
+            })
+            .collect(),
+    }
+}
+
+/// 0x1007 tiers: each holds until its hh:mm (the list ends at 23:59).
+fn fee_billing(paid_fen: u16, service_fee_mode: u8, tiers: &[FeeTier]) -> Billing {
+    Billing::Fee {
+        paid_fen: u32::from(paid_fen),
+        service_by_energy: service_fee_mode == 1,
+        tiers: tiers
+            .iter()
+            .map(|t| billing::FeeTier {
+                until_minute: u16::from(t.time.hour) * 60 + u16::from(t.time.minute),
+                energy_fen_per_kwh: u32::from(t.energy_price_fen),
+                service_fen: u32::from(t.service_fee_fen),
+            })
+            .collect(),
+    }
 }
 
 fn socket_state(pile: &PileState, socket: u8, now: Instant) -> SocketState {
@@ -151,14 +198,41 @@ fn end_frame(gw: GatewayId, e: &EndRecord) -> Frame {
     let current_ma = sat_u16(e.current_a * 1000.0);
     let energy_wh = sat_u16(e.energy_wh.floor());
     match e.origin {
+        Origin::Bkv17 => {
+            let b = e.billing.clone().unwrap_or(billing::EndBilling {
+                spent_fen: 0,
+                energy_fee_fen: 0,
+                service_fee_fen: 0,
+                settle_power_dw: 0,
+                tier_minutes: Vec::new(),
+                tier_energy_wh: Vec::new(),
+            });
+            Frame::power_charge_end(
+                gw,
+                PowerChargeEnd {
+                    socket,
+                    socket_version: SOCKET_VERSION,
+                    temperature_c: TEMPERATURE_C,
+                    rssi: RSSI,
+                    hole,
+                    status,
+                    business_no: business_no(e.order),
+                    power_dw,
+                    current_ma,
+                    energy_wh,
+                    minutes: minutes(e.duration_s),
+                    end_time: bin_time(e.end_unix),
+                    end_reason: end_reason_code(e.reason),
+                    amount_fen: u16::try_from(b.spent_fen).unwrap_or(u16::MAX),
+                    settle_power_dw: b.settle_power_dw,
+                    tier_minutes: b.tier_minutes,
+                },
+            )
+        }
         Origin::Bkv1007 => Frame::charge_end_report(
             gw,
-            ChargeEndReport {
-                header: TlvHeader {
-                    seq: 0,
-                    gateway_id: gw,
-                },
-                mcu_temperature_c: TEMPERATURE_C,
+            &ChargeEndFields {
+                mcu_temperature_c: Some(TEMPERATURE_C),
                 socket,
                 hole,
                 status,
@@ -167,13 +241,25 @@ fn end_frame(gw: GatewayId, e: &EndRecord) -> Frame {
                 current_ma,
                 energy_wh,
                 minutes: minutes(e.duration_s),
-                end_time: bcd_time(e.end_unix),
-                end_reason: end_reason_code(e.reason),
-                mode: 4,
-                energy_fee_fen: 0,
-                service_fee_fen: 0,
-                tier_count: 1,
-                tier_usage: vec![0; 6],
+                end_time: Some(bcd_time(e.end_unix)),
+                end_reason: Some(end_reason_code(e.reason)),
+                mode: Some(4),
+                energy_fee_fen: Some(
+                    e.billing
+                        .as_ref()
+                        .map_or(0, |b| u16::try_from(b.energy_fee_fen).unwrap_or(u16::MAX)),
+                ),
+                service_fee_fen: Some(
+                    e.billing
+                        .as_ref()
+                        .map_or(0, |b| u16::try_from(b.service_fee_fen).unwrap_or(u16::MAX)),
+                ),
+                tier_count: Some(
+                    e.billing
+                        .as_ref()
+                        .map_or(1, |b| u8::try_from(b.tier_minutes.len()).unwrap_or(u8::MAX)),
+                ),
+                tier_usage: Some(tier_usage(e)),
                 extra: Vec::new(),
             },
         ),
@@ -194,6 +280,20 @@ fn end_frame(gw: GatewayId, e: &EndRecord) -> Frame {
             },
         ),
     }
+}
+
+/// Tag 0x84: per tier, minutes u16 · energy Wh u32 (our reading of the
+/// vendor's `000100000000`: one minute, no energy).
+fn tier_usage(e: &EndRecord) -> Vec<u8> {
+    let Some(b) = &e.billing else {
+        return vec![0; 6];
+    };
+    let mut out = Vec::with_capacity(b.tier_minutes.len() * 6);
+    for (m, wh) in b.tier_minutes.iter().zip(&b.tier_energy_wh) {
+        out.extend_from_slice(&m.to_be_bytes());
+        out.extend_from_slice(&wh.to_be_bytes());
+    }
+    out
 }
 
 fn reply_frame(
@@ -221,6 +321,14 @@ fn reply_frame(
                 hole,
                 extra: Vec::new(),
             }),
+        ),
+        Origin::Bkv17 => Frame::power_charge_reply(
+            gw,
+            ctx.seq,
+            socket,
+            hole,
+            ok,
+            order.map(business_no).unwrap_or(0),
         ),
         _ => Frame::control_reply(
             gw,
@@ -271,9 +379,28 @@ fn to_down(frame: &Frame) -> Down {
                     stop_on_full: true,
                     max_duration: None,
                     origin: Origin::Bkv07,
+                    billing: None,
                 },
             }
         }
+        Message::PowerCharge(p) if p.switch == 0 => Down::Stop {
+            ctx,
+            origin: Origin::Bkv17,
+            port: port_sel(p.socket, p.hole),
+            order: None,
+        },
+        Message::PowerCharge(p) => Down::Start {
+            ctx,
+            req: StartRequest {
+                port: port_sel(p.socket, p.hole),
+                order: None,
+                target: Target::Full,
+                stop_on_full: true,
+                max_duration: None,
+                origin: Origin::Bkv17,
+                billing: Some(power_billing(p.amount_fen, &p.tiers)),
+            },
+        },
         Message::FeeCharge(f) => {
             let ctx = ReplyCtx {
                 seq: frame.seq,
@@ -296,6 +423,8 @@ fn to_down(frame: &Frame) -> Down {
                         stop_on_full: true,
                         max_duration: None,
                         origin: Origin::Bkv1007,
+                        billing: (f.paid_fen > 0)
+                            .then(|| fee_billing(f.paid_fen, f.service_fee_mode, &f.tiers)),
                     },
                 }
             }
@@ -314,6 +443,21 @@ fn to_down(frame: &Frame) -> Down {
             }),
             _ => Down::Ignored,
         },
+        Message::PowerChargeEndAck(a) => match bkv_port_no(a.socket, a.hole) {
+            Some(port_no) if a.result == 1 => Down::EndAck(AckMatch::Port {
+                port_no,
+                origin: Origin::Bkv17,
+            }),
+            _ => Down::Ignored,
+        },
+        Message::Mute(m) => Down::Setting {
+            ctx: ReplyCtx {
+                seq: frame.seq,
+                tlv_seq: m.header.seq,
+            },
+            command: 0x1013,
+            socket: Some(m.socket),
+        },
         Message::QuerySocket(q) => Down::QuerySocket {
             ctx,
             socket: q.socket,
@@ -327,9 +471,7 @@ impl Codec for BkvCodec {
         let gw = self.gateway(pile)?;
         let frame = match up {
             Up::Heartbeat => Frame::heartbeat(gw, &pile.iccid, FIRMWARE, SIGNAL),
-            Up::Status { socket } => {
-                Frame::status_report(gw, vec![socket_state(pile, *socket, now)])
-            }
+            Up::Status { socket } => Frame::status_report(gw, &[socket_state(pile, *socket, now)]),
             Up::End(e) => end_frame(gw, e),
             Up::StartReply {
                 ctx,
@@ -348,6 +490,26 @@ impl Codec for BkvCodec {
             Up::SocketState { ctx, socket } => {
                 Frame::socket_state(gw, ctx.seq, socket_state(pile, *socket, now))
             }
+            Up::SettingAck {
+                ctx,
+                command: 0x1013,
+                socket,
+                ok,
+            } => Frame::new(
+                Direction::Up,
+                ctx.seq,
+                gw,
+                Message::MuteReply(SocketParams {
+                    header: TlvHeader {
+                        seq: ctx.tlv_seq,
+                        gateway_id: gw,
+                    },
+                    socket: socket.unwrap_or(0),
+                    result: Some(u8::from(*ok)),
+                    params: Vec::new(),
+                }),
+            ),
+            Up::SettingAck { .. } => return None,
             Up::Iccid | Up::Register | Up::GetTime | Up::Link | Up::Progress(_) => return None,
         };
         Some(frame.to_bytes())

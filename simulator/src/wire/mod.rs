@@ -53,6 +53,7 @@ mod tests {
             answer_delay: Duration::from_secs(5),
             clock: SimClock::new(t0, 1_790_000_000_000),
             observer: None,
+            eeprom: None,
         });
         let mut p = Pile::new(
             id.into(),

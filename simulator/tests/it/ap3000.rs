@@ -129,7 +129,7 @@ async fn a_charge_by_seconds_reports_power_and_settles_at_the_exact_second() {
     let r = reply_to(&e, 0x101).unwrap();
     assert_eq!(
         (r.result, r.port, r.order_no),
-        (StartResult::DONE, 1, order(7))
+        (StartResult::DONE, Some(1), Some(order(7)))
     );
     let (i, p) = gw
         .wait_for("a 0x06", i, 15, |e| power_heartbeat(e).is_some())

@@ -31,13 +31,10 @@ fn is_heartbeat(e: &Event) -> bool {
 fn status_of(e: &Event, socket: u8, hole: u8) -> Option<bkv::HoleState> {
     match msg(e)? {
         Message::StatusReport(r) => r
-            .sockets
-            .iter()
+            .sockets()
             .find(|s| s.socket == socket)?
-            .holes
-            .iter()
-            .find(|h| h.hole == hole)
-            .cloned(),
+            .holes()
+            .find(|h| h.hole == hole),
         _ => None,
     }
 }
@@ -215,8 +212,8 @@ async fn a_remote_stop_and_an_unplug_end_the_charge() {
     let c = charge_end(&end).unwrap();
     assert_eq!((c.socket, c.hole), (1, 0));
     assert_eq!(
-        c.status.0, 0x80,
-        "online, no fault bits: unplugged before the target"
+        c.status.0, 0x88,
+        "online + ended, no fault and no no-load bit: unplugged before the target"
     );
 }
 
@@ -353,9 +350,13 @@ async fn a_fee_charge_is_answered_and_ends_with_a_1004_report() {
         .await;
     match msg(&e) {
         Some(Message::ChargeEndReport(r)) => {
-            assert_eq!((r.socket, r.hole, r.minutes), (2, 0, 2));
-            assert_eq!(r.end_reason, 7, "stopped by the server");
-            assert!(r.energy_wh > 0);
+            assert_eq!((r.socket(), r.hole(), r.minutes()), (2, 0, 2));
+            assert_eq!(
+                r.end_reason(),
+                Some(bkv::EndReasonCode(7)),
+                "stopped by the server"
+            );
+            assert!(r.energy_wh() > 0);
         }
         other => panic!("{other:?}"),
     }

@@ -142,6 +142,93 @@ async fn an_ap3000_charge_by_time_is_settled_by_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_firmware_ap3000_pile_starts_reports_and_settles() {
+    let gw = gateway().await;
+    let fleet = FleetHandle::start(FleetConfig {
+        server: gw.devices.to_string(),
+        devices: 1,
+        protocol: ProtocolChoice::Ap3000,
+        heartbeat: Duration::from_secs(1),
+        reconnect_delay: Duration::from_millis(500),
+        resend_after: Duration::from_secs(2),
+        seed: 11,
+        // Before V6.2: one-byte 0x82 answers, 0x06 and 0x03 without their
+        // later fields, no 0x22, no power-board version in 0x20.
+        firmware: pile_sim::firmware::FirmwarePlan::parse(["ap3000=v6.1"]).unwrap(),
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let id = "04AB373B";
+    gw.online(id).await;
+    assert_eq!(fleet.pile_snapshot(id).unwrap().firmware, "ap3000 V6.1");
+    let r = gw
+        .post(
+            &format!("/api/v1/third/devices/{id}/charge"),
+            json!({"port_no": 1, "charge_mode": 1, "duration": 5, "order_no": "sim-old-1"}),
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r:#}");
+    gw.until("charging", "/api/v1/third/orders/sim-old-1", 10, |d| {
+        d["status"] == "charging"
+    })
+    .await;
+    let o = gw
+        .until(
+            "completion",
+            "/api/v1/third/orders/sim-old-1",
+            15,
+            completed,
+        )
+        .await;
+    assert_eq!(o["end_reason"], 1, "target reached: {o:#}");
+    let d = o["duration_sec"].as_i64().unwrap();
+    assert!((4..=6).contains(&d), "{o:#}");
+    let progress = gw.get("/api/v1/third/orders/sim-old-1/progress").await;
+    assert!(
+        progress["data"].as_array().is_some_and(|p| !p.is_empty()),
+        "short 0x06 power heartbeats are progress: {progress:#}"
+    );
+    // What went over the wire really was the old layout.
+    let frames = fleet.frames(id).unwrap();
+    let answer = frames
+        .iter()
+        .find(|f| f.decoded.contains("start_stop_reply"))
+        .expect("the 0x82 answer");
+    assert!(answer.decoded.contains("pre-V6.2"), "{answer:?}");
+    assert_eq!(answer.hex.len(), 15 * 2, "a one-byte answer: {answer:?}");
+
+    // And a remote stop of an old pile: the 0x82 stop is answered with one byte too.
+    let r = gw
+        .post(
+            &format!("/api/v1/third/devices/{id}/charge"),
+            json!({"port_no": 2, "charge_mode": 1, "duration": 600, "order_no": "sim-old-2"}),
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r:#}");
+    gw.until("charging", "/api/v1/third/orders/sim-old-2", 10, |d| {
+        d["status"] == "charging"
+    })
+    .await;
+    let r = gw
+        .post(
+            &format!("/api/v1/third/devices/{id}/stop"),
+            json!({"port_no": 2}),
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r:#}");
+    let o = gw
+        .until(
+            "the stop settled",
+            "/api/v1/third/orders/sim-old-2",
+            10,
+            completed,
+        )
+        .await;
+    assert_eq!(o["end_reason"], 3, "remote stop: {o:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_that_ends_while_offline_is_settled_after_the_reconnect() {
     let gw = gateway().await;
     let fleet = fleet(&gw, Family::Ap3000, 1).await;

@@ -3,7 +3,9 @@
 
 mod ap3000;
 mod bkv;
+mod commands;
 mod decode;
+mod eeprom;
 mod faults;
 mod fleet;
 mod gateway;

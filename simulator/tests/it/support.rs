@@ -157,9 +157,13 @@ impl FakeGateway {
                     bkv::Frame::charge_end_ack(f.gateway_id, f.seq, e.socket, e.hole, true)
                         .to_bytes(),
                 ),
-                bkv::Message::ChargeEndReport(e) if self.policy.ack_ends.load(SeqCst) => {
-                    Some(bkv::Frame::charge_end_report_ack(f, e.socket, e.hole, true).to_bytes())
-                }
+                bkv::Message::ChargeEndReport(e) if self.policy.ack_ends.load(SeqCst) => Some(
+                    bkv::Frame::charge_end_report_ack(f, e.socket(), e.hole(), true).to_bytes(),
+                ),
+                bkv::Message::PowerChargeEnd(e) if self.policy.ack_ends.load(SeqCst) => Some(
+                    bkv::Frame::power_charge_end_ack(f.gateway_id, f.seq, e.socket, e.hole, true)
+                        .to_bytes(),
+                ),
                 _ => None,
             },
             Seen::Ap(f) => {

@@ -403,8 +403,12 @@ async fn steady_state_command_latency_agrees_with_an_independent_probe() {
     let probe_p50 = probe_ms[probe_ms.len() / 2];
     let load = &report.command_latency_steady;
     assert!(load.count >= 3, "{text}");
-    // Same path at the same moment, polled every 5 ms by one and every 10 ms by the other.
-    let tolerance = 20.0 + 0.5 * probe_p50.max(load.p50_ms);
+    // Same path at the same moment, polled every 5 ms by one and every 10 ms by the other. The
+    // fleet's charges also meet the gateway's 0.5 s command spacing on piles it just stopped, and
+    // everything shares two loaded cores with the gateway: the check is for gross errors (a wrong
+    // start point, ramp samples counted as steady, seconds for milliseconds), within a factor of
+    // two of the larger median.
+    let tolerance = 30.0 + probe_p50.max(load.p50_ms);
     assert!(
         (load.p50_ms - probe_p50).abs() <= tolerance,
         "pile-load steady P50 {} ms against the probe's {probe_p50} ms ({probe_ms:?})",

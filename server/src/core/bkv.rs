@@ -70,6 +70,8 @@ pub(super) struct Bkv {
     offset_sec: i64,
     firmware: Option<String>,
     signal: Option<u8>,
+    /// Highest port number reported on this connection (a report covers only some sockets).
+    ports_seen: i64,
 }
 
 impl Bkv {
@@ -81,6 +83,7 @@ impl Bkv {
             offset_sec,
             firmware: None,
             signal: None,
+            ports_seen: 0,
         }
     }
 
@@ -195,7 +198,8 @@ impl Bkv {
                 replies.push(Frame::status_report_ack(frame, true).to_bytes());
                 let states = r.socket_states();
                 let (ports, progress) = sockets(&states);
-                if let Some(n) = max_port(&states) {
+                if let Some(n) = max_port(&states).filter(|n| *n > self.ports_seen) {
+                    self.ports_seen = n;
                     events.push(DeviceEvent::Hello {
                         device_id: None,
                         firmware: None,

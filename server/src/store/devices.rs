@@ -81,7 +81,8 @@ pub struct DeviceOnline {
 
 pub(super) const UPDATE_DEVICE_INFO: &str =
     "UPDATE devices SET firmware = COALESCE($2, firmware), \
-     signal = COALESCE($3, signal), port_count = COALESCE($4, port_count), updated_at = $5 \
+     signal = COALESCE($3, signal), \
+     port_count = CASE WHEN $4 IS NULL OR $4 < port_count THEN port_count ELSE $4 END, updated_at = $5 \
      WHERE device_id = $1";
 
 pub(super) async fn device_online_tx(tx: &mut Tx, d: &DeviceOnline) -> Result<bool> {

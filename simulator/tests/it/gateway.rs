@@ -129,7 +129,7 @@ async fn an_ap3000_charge_by_time_is_settled_by_the_gateway() {
     let r = gw
         .post(
             "/api/v1/third/devices/04AB373B/charge",
-            json!({"port_no": 2, "charge_mode": 1, "duration": 4, "order_no": "sim-ap-1"}),
+            json!({"port_no": 2, "charge_mode": 1, "duration": 4, "amount": 100, "order_no": "sim-ap-1"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -165,7 +165,7 @@ async fn an_old_firmware_ap3000_pile_starts_reports_and_settles() {
     let r = gw
         .post(
             &format!("/api/v1/third/devices/{id}/charge"),
-            json!({"port_no": 1, "charge_mode": 1, "duration": 5, "order_no": "sim-old-1"}),
+            json!({"port_no": 1, "charge_mode": 1, "duration": 5, "amount": 100, "order_no": "sim-old-1"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -202,7 +202,7 @@ async fn an_old_firmware_ap3000_pile_starts_reports_and_settles() {
     let r = gw
         .post(
             &format!("/api/v1/third/devices/{id}/charge"),
-            json!({"port_no": 2, "charge_mode": 1, "duration": 600, "order_no": "sim-old-2"}),
+            json!({"port_no": 2, "charge_mode": 1, "duration": 600, "amount": 100, "order_no": "sim-old-2"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -236,7 +236,7 @@ async fn a_charge_that_ends_while_offline_is_settled_after_the_reconnect() {
     let r = gw
         .post(
             "/api/v1/third/devices/04AB373B/charge",
-            json!({"port_no": 1, "charge_mode": 1, "duration": 4, "order_no": "sim-ap-off"}),
+            json!({"port_no": 1, "charge_mode": 1, "duration": 4, "amount": 100, "order_no": "sim-ap-off"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -245,7 +245,13 @@ async fn a_charge_that_ends_while_offline_is_settled_after_the_reconnect() {
     })
     .await;
     fleet.drop_network("04AB373B", Some(8)).unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The 4 s charge ends while the cable is out: the pile keeps its settlement.
+    crate::fleet::wait_for("the pile to end the charge offline", || {
+        fleet
+            .pile_snapshot("04AB373B")
+            .is_ok_and(|s| s.pending_acks == 1)
+    })
+    .await;
     let o = gw.get("/api/v1/third/orders/sim-ap-off").await;
     assert_eq!(
         o["data"]["status"], "charging",
@@ -280,7 +286,7 @@ async fn a_bkv_charge_is_started_and_stopped_through_the_gateway() {
     let r = gw
         .post(
             &format!("/api/v1/third/devices/{id}/charge"),
-            json!({"port_no": 3, "charge_mode": 1, "duration": 600, "order_no": "sim-bkv-1"}),
+            json!({"port_no": 3, "charge_mode": 1, "duration": 600, "amount": 100, "order_no": "sim-bkv-1"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -288,9 +294,12 @@ async fn a_bkv_charge_is_started_and_stopped_through_the_gateway() {
         d["status"] == "charging"
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let snap = fleet.pile_snapshot(id).unwrap();
-    assert_eq!(snap.ports[2].state, "charging");
+    crate::fleet::wait_for("the pile's port 3 charging", || {
+        fleet
+            .pile_snapshot(id)
+            .is_ok_and(|s| s.ports[2].state == "charging")
+    })
+    .await;
     let r = gw
         .post(
             &format!("/api/v1/third/devices/{id}/stop"),
@@ -324,7 +333,7 @@ async fn every_fault_kind_leaves_the_gateway_serving_the_other_piles() {
     let r = gw
         .post(
             &format!("/api/v1/third/devices/{healthy}/charge"),
-            json!({"port_no": 1, "charge_mode": 1, "duration": 3, "order_no": "sim-healthy"}),
+            json!({"port_no": 1, "charge_mode": 1, "duration": 3, "amount": 100, "order_no": "sim-healthy"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -351,7 +360,7 @@ async fn a_refused_start_fails_the_order_and_an_unplug_ends_a_charge() {
     let r = gw
         .post(
             &format!("/api/v1/third/devices/{id}/charge"),
-            json!({"port_no": 3, "charge_mode": 1, "duration": 60, "order_no": "sim-refused"}),
+            json!({"port_no": 3, "charge_mode": 1, "duration": 60, "amount": 100, "order_no": "sim-refused"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -365,7 +374,7 @@ async fn a_refused_start_fails_the_order_and_an_unplug_ends_a_charge() {
     let r = gw
         .post(
             &format!("/api/v1/third/devices/{id}/charge"),
-            json!({"port_no": 4, "charge_mode": 4, "order_no": "sim-unplug"}),
+            json!({"port_no": 4, "charge_mode": 4, "price_per_kwh": 100, "order_no": "sim-unplug"}),
         )
         .await;
     assert_eq!(r["code"], 0, "{r:#}");
@@ -373,7 +382,12 @@ async fn a_refused_start_fails_the_order_and_an_unplug_ends_a_charge() {
         d["status"] == "charging"
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::fleet::wait_for("the pile's port 4 charging", || {
+        fleet
+            .pile_snapshot(id)
+            .is_ok_and(|s| s.ports[3].state == "charging")
+    })
+    .await;
     fleet.unplug(id, 4).unwrap();
     let o = gw
         .until(

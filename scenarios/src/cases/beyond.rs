@@ -264,11 +264,24 @@ pub async fn resent_end(ctx: &Ctx) -> CaseResult {
     r.set("order_no", order_no.clone());
     tokio::time::sleep(Duration::from_secs(6)).await;
     let end_ms = now_unix_ms();
-    pile.inject_fault(FaultKind::DuplicateFrames, 6);
+    const WINDOW_S: u64 = 12;
+    pile.inject_fault(FaultKind::DuplicateFrames, WINDOW_S);
     let _ = pile.unplug(1);
     ctx.progress("B.2", "charger unplugged while every frame is sent twice");
+    // Until the pile has put its end report on the wire (or the fault window is over).
+    let _ = poll(
+        Duration::from_secs(WINDOW_S),
+        Duration::from_millis(200),
+        || async {
+            up_frames_since(&pile, end_ms)
+                .iter()
+                .any(|(_, n)| is_end_name(n))
+                .then_some(())
+        },
+    )
+    .await;
     let fin = wait_settled(ctx, &order_no, Duration::from_secs(40)).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     // The simulator logs a frame once and writes it as many times as the fault says: an end
     // report logged inside the fault's window went out twice.
     let ends: Vec<String> = up_frames_since(&pile, end_ms)
@@ -282,7 +295,7 @@ pub async fn resent_end(ctx: &Ctx) -> CaseResult {
         .filter(|f| {
             matches!(f.dir, pile_sim::pile::Direction::Up)
                 && (f.at_unix_ms as i64) >= end_ms
-                && (f.at_unix_ms as i64) < end_ms + 6_000
+                && (f.at_unix_ms as i64) < end_ms + WINDOW_S as i64 * 1000
         })
         .filter_map(|f| {
             let b = hex::decode(&f.hex).ok()?;

@@ -14,6 +14,7 @@ const KEYS: &[&str] = &[
     "order_pending",
     "charging",
     "progress",
+    "progress_seconds",
     "completed",
     "webhooks",
     "duration_error",

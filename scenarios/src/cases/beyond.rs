@@ -516,19 +516,27 @@ pub async fn end_after_reconnect(ctx: &Ctx) -> CaseResult {
     ));
     // Charging goes on live on the new connection for a while, then the API stops it.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let truth = pile
+    // The gateway's clock runs from the pile accepting the start to its end; the runner
+    // watches both on the pile itself (port lit → port dark), independently of the gateway.
+    let energised = pile
         .snapshot()
         .ports
         .iter()
         .find(|p| p.port_no == 1)
         .and_then(|p| p.charge.as_ref().map(|c| c.elapsed_s));
+    let accepted_ms = s.lit_after_ms.map(|l| s.called_at_ms + l);
     let _ = stop_order(ctx, &device, 1, &order_no).await;
-    let _ = poll(
+    let stopped_ms = poll(
         Duration::from_secs(15),
         Duration::from_millis(100),
-        || async { (!sim_port_has_charge(&pile, 1)).then_some(()) },
+        || async { (!sim_port_has_charge(&pile, 1)).then(now_unix_ms) },
     )
     .await;
+    let truth = match (accepted_ms, stopped_ms) {
+        (Some(a), Some(b)) => Some(((b - a) as f64 / 1000.0).round() as u64),
+        _ => None,
+    };
+    r.set("pile_energised_s_before_stop", json!(energised));
     let _ = pile.unplug(1);
     let fin = wait_settled(ctx, &order_no, Duration::from_secs(40)).await;
     r.set("true_duration_s", json!(truth));
@@ -542,9 +550,9 @@ pub async fn end_after_reconnect(ctx: &Ctx) -> CaseResult {
     r.push(Check::new(
         "duration_truth",
         "时长≈真实充电时长",
-        "与模拟桩真实充电秒数相差 ≤3 秒 (网关时钟计时, 非整分钟)",
+        "与本工具在桩上观察的充电时长 (接受启动 → 停止) 相差 ≤3 秒 (网关时钟计时, 非整分钟)",
         format!(
-            "结算 {} 秒, 模拟桩真实 {} 秒",
+            "结算 {} 秒, 桩上观察 {} 秒",
             d.map_or("n/a".into(), |d| d.to_string()),
             truth.map_or("n/a".into(), |t| t.to_string())
         ),

@@ -12,10 +12,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, StoredKey};
 use crate::service::{Service, Timings};
 use crate::store::Store;
 use crate::writer::Writer;
+use secrecy::{ExposeSecret, SecretString};
 
 /// A started gateway.
 pub struct App {
@@ -76,6 +77,8 @@ pub async fn start_with_clock(
     shutdown: CancellationToken,
     clock: Clock,
 ) -> anyhow::Result<App> {
+    check_webhook_secret(&config)?;
+    let admission = crate::device::admission::AdmissionConfig::from_config(&config)?;
     let prometheus = crate::metrics::install();
     let store = Store::connect(&config.database_url, config.db_pool)
         .await
@@ -85,40 +88,26 @@ pub async fn start_with_clock(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    for key in &config.api_keys {
-        store
-            .add_api_key(&hex::encode(http::hash_key(key)), "configured", now)
-            .await?;
-    }
-    let mut generated_api_key = None;
-    let mut stored = store.api_key_hashes().await?;
-    if stored.is_empty() {
-        let key = format!("pk_{}", hex::encode(rand::random::<[u8; 24]>()));
-        let hash = hex::encode(http::hash_key(&key));
-        store.add_api_key(&hash, "generated", now).await?;
-        stored.push(hash);
-        generated_api_key = Some(key);
-    }
-    let key_hashes: Vec<[u8; 32]> = stored
-        .iter()
-        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-        .collect();
+    let (keys, generated_api_key) = api_keys(&store, &config.api_keys, now).await?;
 
     let writer_stop = CancellationToken::new();
     let (writer, writer_task) =
         Writer::spawn(store.clone(), config.flush_interval, writer_stop.clone());
-    let service = Arc::new(Service::new(
-        store.clone(),
-        writer,
-        Timings {
-            command_ttl: config.command_ttl,
-            offline_settle_grace: config.offline_settle_grace,
-            offline_after: config.offline_after,
-            reconcile: config.reconcile,
-            ..Timings::default()
-        },
-        clock,
-    ));
+    let service = Arc::new(
+        Service::new(
+            store.clone(),
+            writer,
+            Timings {
+                command_ttl: config.command_ttl,
+                offline_settle_grace: config.offline_settle_grace,
+                offline_after: config.offline_after,
+                reconcile: config.reconcile,
+                ..Timings::default()
+            },
+            clock,
+        )
+        .with_admission(crate::device::admission::Admission::new(admission)),
+    );
     // Devices a previous run left online stay so for their offline threshold: a pile back
     // within it after this restart produces no offline/online pair.
     let restored = service.restore_online().await?;
@@ -135,7 +124,25 @@ pub async fn start_with_clock(
     let device_addr = device_listener.local_addr()?;
 
     // Device side.
-    let limits = crate::device::Limits::from_config(&config);
+    // #13: the HTTP and device caps stay under the open-file limit minus the reserve.
+    let nofile = http::serve::raise_nofile_limit();
+    let (http_cap, device_cap) = http::serve::connection_caps(
+        nofile,
+        config.fd_reserve,
+        config.http_max_connections,
+        config.max_connections,
+    );
+    tracing::info!(
+        http_cap,
+        device_cap,
+        nofile = nofile.unwrap_or(0),
+        fd_reserve = config.fd_reserve,
+        header_timeout_s = config.http_header_timeout.as_secs_f64(),
+        request_timeout_s = config.http_request_timeout.as_secs_f64(),
+        "connection caps"
+    );
+    let mut limits = crate::device::Limits::from_config(&config);
+    limits.max_connections = device_cap;
     let core = limits.core(&config);
     tracker.spawn(crate::device::serve(
         device_listener,
@@ -154,11 +161,17 @@ pub async fn start_with_clock(
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let ring_ttl = config.frame_ring_ttl;
+            let mut ticks = 0u64;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         if let Err(e) = service.sweep().await {
                             tracing::warn!(error = %e, "sweep failed");
+                        }
+                        ticks += 1;
+                        if ticks % 60 == 0 {
+                            service.prune_gone(ring_ttl);
                         }
                     }
                     _ = shutdown.cancelled() => break,
@@ -171,22 +184,28 @@ pub async fn start_with_clock(
     let events = crate::events::Events::start(&config, store.clone(), shutdown.clone(), &tracker)?;
 
     // HTTP.
-    let state = AppState::new(
+    let mut state = AppState::new(
         service.clone(),
-        key_hashes,
+        keys,
         prometheus,
         listener_up,
         config.rate_limit,
         config.body_limit,
     )
-    .with_events(events);
+    .with_events(events)
+    .with_auth_failures_per_minute(config.auth_failures_per_minute);
+    state.request_timeout = config.http_request_timeout;
     let router = http::app(state);
-    let http_shutdown = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http_listener, router)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-    });
+    let http_limits = http::serve::HttpLimits {
+        max_connections: http_cap,
+        header_timeout: config.http_header_timeout,
+    };
+    let http_task = tokio::spawn(http::serve::serve(
+        http_listener,
+        router,
+        http_limits,
+        shutdown.clone(),
+    ));
 
     let done = {
         let service = service.clone();
@@ -196,8 +215,7 @@ pub async fn start_with_clock(
             tracker.close();
             tracker.wait().await;
             match tokio::time::timeout(Duration::from_secs(10), http_task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "HTTP task failed"),
                 Err(_) => tracing::warn!("HTTP server did not stop within 10 s"),
             }
@@ -217,6 +235,77 @@ pub async fn start_with_clock(
         device_addr,
         done,
     })
+}
+
+/// #13: an empty webhook secret, or a webhook URL without one, is refused unless unsigned
+/// webhooks are asked for.
+fn check_webhook_secret(config: &Config) -> anyhow::Result<()> {
+    if config.allow_unsigned_webhooks {
+        return Ok(());
+    }
+    let empty = config
+        .webhook_secret
+        .as_ref()
+        .map(|s| s.expose_secret().trim().is_empty());
+    match (empty, config.webhook_url.is_some()) {
+        (Some(true), _) => anyhow::bail!(
+            "--webhook-secret is empty: webhooks would be signed with an empty key; give a \
+             secret, or pass --allow-unsigned-webhooks if unsigned webhooks are wanted"
+        ),
+        (None, true) => anyhow::bail!(
+            "--webhook-url needs --webhook-secret (receivers verify the signature with it); \
+             pass --allow-unsigned-webhooks if unsigned webhooks are wanted"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// #13: the accepted keys. Configured keys are the whole set (stored salted; whatever else
+/// was stored goes). None configured: the generated key stored by an earlier start, or a new
+/// one (returned so it is shown once).
+async fn api_keys(
+    store: &Store,
+    configured: &[SecretString],
+    now: i64,
+) -> anyhow::Result<(Vec<StoredKey>, Option<String>)> {
+    if !configured.is_empty() {
+        let keys: Vec<StoredKey> = configured.iter().map(StoredKey::derive).collect();
+        let rows: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.encode(), "configured".to_string()))
+            .collect();
+        store.replace_api_keys(&rows, now).await?;
+        tracing::info!(keys = keys.len(), "API keys: the configured set");
+        return Ok((keys, None));
+    }
+    let stored = store.api_keys().await?;
+    let generated: Vec<StoredKey> = stored
+        .iter()
+        .filter(|(_, label)| label == "generated")
+        .filter_map(|(hash, _)| StoredKey::decode(hash))
+        .collect();
+    if !generated.is_empty() {
+        if generated.len() != stored.len() {
+            let rows: Vec<(String, String)> = generated
+                .iter()
+                .map(|k| (k.encode(), "generated".to_string()))
+                .collect();
+            store.replace_api_keys(&rows, now).await?;
+        }
+        return Ok((generated, None));
+    }
+    if !stored.is_empty() {
+        tracing::warn!(
+            "no API key configured and no usable generated one stored (keys configured \
+             before, or stored unsalted by an older version, no longer count): generating one"
+        );
+    }
+    let key = SecretString::from(format!("pk_{}", hex::encode(rand::random::<[u8; 24]>())));
+    let k = StoredKey::derive(&key);
+    store
+        .replace_api_keys(&[(k.encode(), "generated".to_string())], now)
+        .await?;
+    Ok((vec![k], Some(key.expose_secret().to_string())))
 }
 
 /// Hides a password in a database URL for logs.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
@@ -35,13 +36,22 @@ pub struct Cli {
     /// `sqlite://pile.db` (default) or `postgres://…`.
     #[arg(long, env = "PILE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// API key (repeatable; comma-separated in the env var).
-    #[arg(long = "api-key", env = "PILE_API_KEY", value_delimiter = ',')]
-    pub api_keys: Vec<String>,
+    /// API key (repeatable; comma-separated in the env var). The configured set is the whole
+    /// set: a key removed here stops working at the next start. Two keys may be configured at
+    /// once while clients rotate. None configured: one is generated on first start.
+    #[arg(
+        long = "api-key",
+        env = "PILE_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<SecretString>,
     #[arg(long, env = "PILE_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
-    #[arg(long, env = "PILE_WEBHOOK_SECRET")]
-    pub webhook_secret: Option<String>,
+    /// HMAC key of webhook signatures; required with --webhook-url (an empty one is refused)
+    /// unless --allow-unsigned-webhooks.
+    #[arg(long, env = "PILE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<SecretString>,
     /// Seconds without a frame before a device is offline [default: 30].
     #[arg(long, env = "PILE_OFFLINE_AFTER")]
     pub offline_after: Option<u64>,
@@ -76,6 +86,50 @@ pub struct Cli {
     /// …spanning at least this many seconds [default: 60].
     #[arg(long, env = "PILE_RECONCILE_AFTER")]
     pub reconcile_after: Option<u64>,
+
+    // #13 limits/keys
+    /// Start with --webhook-url but no (or an empty) --webhook-secret: webhooks then carry a
+    /// signature made with an empty key, which proves nothing [default: refused at start-up].
+    #[arg(long, env = "PILE_ALLOW_UNSIGNED_WEBHOOKS")]
+    pub allow_unsigned_webhooks: bool,
+    /// Failed API-key attempts per source address per minute; past it every keyed request
+    /// from the address answers 429 with Retry-After until the minute ends; 0: off [default: 20].
+    #[arg(long, env = "PILE_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
+    /// Most simultaneous HTTP connections; more are closed at once [default: 1024].
+    #[arg(long, env = "PILE_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Seconds a connection may take to send a request's headers, counted from the moment it
+    /// waits for a request — so also the idle keep-alive timeout [default: 10].
+    #[arg(long, env = "PILE_HTTP_HEADER_TIMEOUT")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds from a request's headers to its answer, reading the body included; past it the
+    /// answer is 408 [default: 30].
+    #[arg(long, env = "PILE_HTTP_REQUEST_TIMEOUT")]
+    pub http_request_timeout: Option<u64>,
+    /// File descriptors kept out of both connection caps (database, webhooks, logs); the HTTP
+    /// and device caps are lowered so that together they stay under RLIMIT_NOFILE minus this
+    /// [default: 256].
+    #[arg(long, env = "PILE_FD_RESERVE")]
+    pub fd_reserve: Option<usize>,
+    /// `FILE` (one device ID a line, `#` comments) or `off`: only listed IDs may connect
+    /// [default: off].
+    #[arg(long, env = "PILE_DEVICE_ALLOWLIST")]
+    pub device_allowlist: Option<String>,
+    /// New (unknown) device IDs registered per minute at most (a bucket of this size, refilled
+    /// over a minute); past it the connection is refused; 0: off [default: 1000].
+    #[arg(long, env = "PILE_DEVICE_REGISTRATIONS_PER_MINUTE")]
+    pub device_registrations_per_minute: Option<u32>,
+    /// Connections of one device ID per minute past which it is held off (flapping); 0: off
+    /// [default: 15].
+    #[arg(long, env = "PILE_DEVICE_FLAP_MAX")]
+    pub device_flap_max: Option<u32>,
+    /// Seconds a flapping device ID is held off [default: 300].
+    #[arg(long, env = "PILE_DEVICE_FLAP_HOLD")]
+    pub device_flap_hold: Option<u64>,
+    /// Seconds the frame ring of a device that is no longer online is kept [default: 86400].
+    #[arg(long, env = "PILE_FRAME_RING_TTL")]
+    pub frame_ring_ttl: Option<u64>,
 }
 
 /// `+08:00`, `-05:30`, `+8`, `0` → seconds east of UTC.
@@ -107,9 +161,9 @@ pub struct FileConfig {
     pub device_listen: Option<String>,
     pub database_url: Option<String>,
     #[serde(default)]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<SecretString>,
     pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<SecretString>,
     pub offline_after: Option<u64>,
     pub command_ttl: Option<u64>,
     pub offline_settle_grace: Option<u64>,
@@ -121,6 +175,19 @@ pub struct FileConfig {
     pub device_utc_offset: Option<String>,
     pub reconcile_reports: Option<u32>,
     pub reconcile_after: Option<u64>,
+    // #13 limits/keys
+    #[serde(default)]
+    pub allow_unsigned_webhooks: bool,
+    pub auth_failures_per_minute: Option<u32>,
+    pub http_max_connections: Option<usize>,
+    pub http_header_timeout: Option<u64>,
+    pub http_request_timeout: Option<u64>,
+    pub fd_reserve: Option<usize>,
+    pub device_allowlist: Option<String>,
+    pub device_registrations_per_minute: Option<u32>,
+    pub device_flap_max: Option<u32>,
+    pub device_flap_hold: Option<u64>,
+    pub frame_ring_ttl: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +212,9 @@ pub struct Config {
     pub http_listen: String,
     pub device_listen: String,
     pub database_url: String,
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<SecretString>,
     pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<SecretString>,
     pub offline_after: Duration,
     pub command_ttl: Duration,
     pub offline_settle_grace: Duration,
@@ -165,6 +232,21 @@ pub struct Config {
     /// Seconds east of UTC of the devices' local clock.
     pub device_utc_offset_sec: i64,
     pub reconcile: crate::domain::ReconcileRule,
+    // #13 limits/keys
+    pub allow_unsigned_webhooks: bool,
+    /// 0: off.
+    pub auth_failures_per_minute: u32,
+    pub http_max_connections: usize,
+    pub http_header_timeout: Duration,
+    pub http_request_timeout: Duration,
+    pub fd_reserve: usize,
+    pub device_allowlist: Option<PathBuf>,
+    /// 0: off.
+    pub device_registrations_per_minute: u32,
+    /// 0: off.
+    pub device_flap_max: u32,
+    pub device_flap_hold: Duration,
+    pub frame_ring_ttl: Duration,
 }
 
 impl Default for Config {
@@ -189,6 +271,18 @@ impl Default for Config {
             command_resend_after: Duration::from_secs(15),
             device_utc_offset_sec: 8 * 3600,
             reconcile: crate::domain::ReconcileRule::default(),
+            // #13 limits/keys
+            allow_unsigned_webhooks: false,
+            auth_failures_per_minute: 20,
+            http_max_connections: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            http_request_timeout: Duration::from_secs(30),
+            fd_reserve: 256,
+            device_allowlist: None,
+            device_registrations_per_minute: 1000,
+            device_flap_max: 15,
+            device_flap_hold: Duration::from_secs(300),
+            frame_ring_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -240,8 +334,9 @@ impl Config {
                 cli.api_keys
             }
             .into_iter()
-            .map(|k| k.trim().to_string())
+            .map(|k| k.expose_secret().trim().to_string())
             .filter(|k| !k.is_empty())
+            .map(SecretString::from)
             .collect(),
             webhook_url: cli.webhook_url.or(file.webhook_url),
             webhook_secret: cli.webhook_secret.or(file.webhook_secret),
@@ -286,6 +381,51 @@ impl Config {
                     .or(file.reconcile_after)
                     .map_or(d.reconcile.after_ms, |s| s as i64 * 1000),
             },
+            // #13 limits/keys
+            allow_unsigned_webhooks: cli.allow_unsigned_webhooks || file.allow_unsigned_webhooks,
+            auth_failures_per_minute: cli
+                .auth_failures_per_minute
+                .or(file.auth_failures_per_minute)
+                .unwrap_or(d.auth_failures_per_minute),
+            http_max_connections: cli
+                .http_max_connections
+                .or(file.http_max_connections)
+                .unwrap_or(d.http_max_connections)
+                .max(1),
+            http_header_timeout: cli
+                .http_header_timeout
+                .or(file.http_header_timeout)
+                .map(secs)
+                .unwrap_or(d.http_header_timeout),
+            http_request_timeout: cli
+                .http_request_timeout
+                .or(file.http_request_timeout)
+                .map(secs)
+                .unwrap_or(d.http_request_timeout),
+            fd_reserve: cli.fd_reserve.or(file.fd_reserve).unwrap_or(d.fd_reserve),
+            device_allowlist: cli
+                .device_allowlist
+                .or(file.device_allowlist)
+                .filter(|a| !a.trim().is_empty() && !a.trim().eq_ignore_ascii_case("off"))
+                .map(PathBuf::from),
+            device_registrations_per_minute: cli
+                .device_registrations_per_minute
+                .or(file.device_registrations_per_minute)
+                .unwrap_or(d.device_registrations_per_minute),
+            device_flap_max: cli
+                .device_flap_max
+                .or(file.device_flap_max)
+                .unwrap_or(d.device_flap_max),
+            device_flap_hold: cli
+                .device_flap_hold
+                .or(file.device_flap_hold)
+                .map(secs)
+                .unwrap_or(d.device_flap_hold),
+            frame_ring_ttl: cli
+                .frame_ring_ttl
+                .or(file.frame_ring_ttl)
+                .map(secs)
+                .unwrap_or(d.frame_ring_ttl),
             ..d
         }
     }
@@ -307,6 +447,38 @@ mod tests {
         assert_eq!(c.rate_limit, None);
         assert_eq!(c.device_utc_offset_sec, 8 * 3600);
         assert_eq!(c.reconcile.idle_reports, 3);
+        // #13 limits/keys
+        assert!(!c.allow_unsigned_webhooks);
+        assert_eq!(c.auth_failures_per_minute, 20);
+        assert_eq!(c.http_max_connections, 1024);
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
+        assert_eq!(c.fd_reserve, 256);
+        assert_eq!(c.device_allowlist, None);
+        assert_eq!(c.device_registrations_per_minute, 1000);
+        assert_eq!(c.device_flap_max, 15);
+        assert_eq!(c.device_flap_hold, Duration::from_secs(300));
+        assert_eq!(c.frame_ring_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let cli = Cli::parse_from([
+            "pile-server",
+            "--api-key",
+            "k-very-secret",
+            "--webhook-secret",
+            "w-very-secret",
+            "--device-allowlist",
+            "off",
+        ]);
+        let c = Config::merge(cli.clone(), FileConfig::default());
+        let printed = format!("{cli:?} {c:?}");
+        assert!(!printed.contains("very-secret"), "{printed}");
+        assert_eq!(c.device_allowlist, None);
+        let file: FileConfig =
+            toml::from_str("api_keys = [\"f-very-secret\"]\nwebhook_secret = \"x\"\n").unwrap();
+        assert!(!format!("{file:?}").contains("very-secret"));
     }
 
     #[test]
@@ -343,7 +515,8 @@ mod tests {
         let c = Config::merge(cli, file);
         assert_eq!(c.http_listen, "127.0.0.1:1");
         assert_eq!(c.device_listen, "127.0.0.1:3");
-        assert_eq!(c.api_keys, vec!["a", "b"]);
+        let keys: Vec<&str> = c.api_keys.iter().map(|k| k.expose_secret()).collect();
+        assert_eq!(keys, vec!["a", "b"]);
         assert_eq!(c.offline_after, Duration::from_secs(3));
         assert_eq!(c.log_format, LogFormat::Json);
     }

@@ -306,6 +306,24 @@ impl Gateway {
         }
     }
 
+    /// #13: drops the device's frame ring (a refused connection's first frame).
+    pub fn forget_frames(&self, device_id: &str) {
+        self.frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(device_id);
+    }
+
+    /// #13: drops the rings of devices that are not online and sent nothing since
+    /// `cutoff_ms`; returns how many went.
+    pub fn prune_frames(&self, cutoff_ms: i64) -> usize {
+        let online: std::collections::HashSet<String> = self.devices().keys().cloned().collect();
+        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        let before = frames.len();
+        frames.retain(|id, ring| online.contains(id) || ring.last_ms >= cutoff_ms);
+        before - frames.len()
+    }
+
     /// The device's recent frames, oldest first; `None` when none were seen.
     pub fn frames(&self, device_id: &str) -> Option<Vec<FrameRecord>> {
         let entries = {
@@ -365,6 +383,8 @@ pub enum FrameNote<'a> {
 struct FrameRing {
     data: VecDeque<u8>,
     count: usize,
+    /// When the newest entry was recorded.
+    last_ms: i64,
 }
 
 const RING_HEADER: usize = 14;
@@ -391,6 +411,7 @@ impl FrameRing {
         if self.count >= FRAME_RING {
             self.pop();
         }
+        self.last_ms = self.last_ms.max(at_ms);
         self.data.extend(at_ms.to_le_bytes());
         self.data.push_back(match direction {
             Direction::Up => 0,

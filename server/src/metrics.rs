@@ -33,6 +33,12 @@ pub const DELIVERY_DURATION: &str = "webhook_delivery_duration_seconds";
 pub const DROPPED: &str = "dropped_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+// #13 limits/keys
+pub const AUTH_FAILURES: &str = "api_key_failures_total";
+pub const HTTP_CONNECTIONS_REJECTED: &str = "http_connections_rejected_total";
+pub const HTTP_CONNECTIONS: &str = "http_connections";
+pub const DEVICES_REFUSED: &str = "device_connections_refused_total";
+pub const DEVICES_FLAPPING: &str = "device_flapping_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -100,6 +106,24 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency, by route"
+    );
+    // #13 limits/keys
+    describe_counter!(
+        AUTH_FAILURES,
+        "Refused API keys, by outcome (unauthorized, throttled)"
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REJECTED,
+        "HTTP connections closed at once: the HTTP connection cap was reached"
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections");
+    describe_counter!(
+        DEVICES_REFUSED,
+        "Device identifications refused, by reason (allowlist, registration_rate, flapping)"
+    );
+    describe_counter!(
+        DEVICES_FLAPPING,
+        "Device IDs put on hold for reconnecting too often"
     );
     // Register the required series at zero so they are present from the start.
     metrics::counter!(TCP_CONNECTIONS_ACCEPTED).increment(0);

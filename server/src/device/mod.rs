@@ -6,6 +6,7 @@
 //! frame for `offline_after` is offline and its connection closed. A new connection with a
 //! known device ID replaces the old one at once (see [`crate::gateway::Gateway::register`]).
 
+pub mod admission;
 pub mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -49,6 +49,10 @@ pub(crate) async fn drive(core: &mut SessionCore, service: &Service, link: &Sess
         if let Some((token, result)) = service.apply(link, device_id.as_deref(), intent).await {
             core.handle_result(service.clock.now_ms(), token, result);
         }
+        // #13: a refused device's other intents (its info, its ports) are not applied.
+        if matches!(core.close_reason(), Some(CloseReason::Refused(_))) {
+            break;
+        }
     }
 }
 
@@ -81,6 +85,10 @@ pub async fn run<S>(
     let mut shutting_down = false;
     let reason: String = loop {
         drive(&mut core, &service, &link).await;
+        // #13: a refused device gets no answer at all (not even to its first frame).
+        if let Some(r @ CloseReason::Refused(_)) = core.close_reason() {
+            break r.as_str().to_string();
+        }
         out.clear();
         while let Some(t) = core.poll_transmit() {
             out.extend_from_slice(&t.bytes);

@@ -131,8 +131,13 @@ impl Events {
                         "--webhook-url without --webhook-secret: signing with an empty key"
                     );
                 }
-                let settings =
-                    WebhookSettings::new(url, config.webhook_secret.as_deref().unwrap_or(""));
+                let settings = WebhookSettings::new(
+                    url,
+                    config
+                        .webhook_secret
+                        .as_ref()
+                        .map_or("", secrecy::ExposeSecret::expose_secret),
+                );
                 let d = Arc::new(Dispatcher::new(store.clone(), settings, clock.clone())?);
                 tracker.spawn(d.clone().run(shutdown));
                 tracing::info!(%url, "webhook dispatcher started");

@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub use pile_api::*;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -70,7 +70,10 @@ pub enum ApiError {
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("rate limit exceeded")]
-    TooManyRequests,
+    TooManyRequests {
+        /// Seconds, sent as `Retry-After`.
+        retry_after: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -85,7 +88,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,7 +116,14 @@ impl IntoResponse for ApiError {
             request_id: request_id(),
             timestamp: now_sec(),
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after } = &self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from((*retry_after).max(1)),
+            );
+        }
+        resp
     }
 }
 
@@ -158,11 +168,12 @@ mod devices;
 mod input;
 mod openapi;
 mod orders;
+pub mod serve;
 mod views;
 
 use admin::*;
-pub use auth::hash_key;
 use auth::*;
+pub use auth::{FailedAttempts, StoredKey};
 use devices::*;
 use input::*;
 pub use openapi::openapi_document;
@@ -172,20 +183,24 @@ use views::*;
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
-    pub key_hashes: Arc<RwLock<Vec<[u8; 32]>>>,
+    /// The accepted keys (the configured set, or the generated key).
+    pub keys: Arc<RwLock<Vec<StoredKey>>>,
     pub prometheus: PrometheusHandle,
     pub device_listener_up: Arc<AtomicBool>,
     pub started: Instant,
     pub rate_limit: Option<u32>,
     rate_windows: Arc<Mutex<RateWindows>>,
+    failed_attempts: Arc<Mutex<FailedAttempts>>,
     pub body_limit: usize,
+    /// From a request's headers to its answer (the body read included): 408 past it.
+    pub request_timeout: std::time::Duration,
     pub events: Option<crate::events::Events>,
 }
 
 impl AppState {
     pub fn new(
         service: Arc<Service>,
-        key_hashes: Vec<[u8; 32]>,
+        keys: Vec<StoredKey>,
         prometheus: PrometheusHandle,
         device_listener_up: Arc<AtomicBool>,
         rate_limit: Option<u32>,
@@ -193,15 +208,23 @@ impl AppState {
     ) -> Self {
         AppState {
             service,
-            key_hashes: Arc::new(RwLock::new(key_hashes)),
+            keys: Arc::new(RwLock::new(keys)),
             prometheus,
             device_listener_up,
             started: Instant::now(),
             rate_limit,
             rate_windows: Arc::new(Mutex::new(HashMap::new())),
+            failed_attempts: Arc::new(Mutex::new(FailedAttempts::new(0))),
             body_limit,
+            request_timeout: std::time::Duration::from_secs(30),
             events: None,
         }
+    }
+
+    /// Failed key attempts allowed per source address per minute (0: no limit).
+    pub fn with_auth_failures_per_minute(mut self, per_minute: u32) -> Self {
+        self.failed_attempts = Arc::new(Mutex::new(FailedAttempts::new(per_minute)));
+        self
     }
 }
 
@@ -281,9 +304,14 @@ pub fn app(state: AppState) -> Router {
     let (router, _doc) =
         routes(|keyed| keyed.route_layer(middleware::from_fn_with_state(auth_state, auth)));
     let limit = state.body_limit;
+    let timeout = state.request_timeout;
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .route_layer(middleware::from_fn(observe))
         .layer(middleware::from_fn(envelope_errors))
         .layer(middleware::from_fn(request_id_layer))

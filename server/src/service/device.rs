@@ -202,6 +202,22 @@ impl Service {
     }
 
     async fn identify(&self, link: &SessionLink, hello: &Hello) -> Res {
+        let known = match self.admit(hello).await? {
+            Ok(known) => known,
+            Err(refusal) => {
+                let reason = refusal.as_str();
+                tracing::warn!(device_id = %hello.device_id, peer = %hello.remote_addr, reason, "device connection refused");
+                // Its first frame already went to a ring: an ID nobody knows keeps none.
+                if !self.gateway.is_online(&hello.device_id)
+                    && !self.store.device_exists(&hello.device_id).await?
+                {
+                    self.gateway.forget_frames(&hello.device_id);
+                }
+                return Ok(IntentResult::Refused {
+                    reason: format!("refused: {reason}"),
+                });
+            }
+        };
         let (live, replaced) = self.gateway.register(
             &Arrival {
                 device_id: &hello.device_id,
@@ -215,7 +231,6 @@ impl Service {
         );
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
         tracing::info!(device_id = %hello.device_id, replaced, "device identified");
-        let known = self.store.device_exists(&hello.device_id).await?;
         if !known {
             self.gateway.set_unflushed(&hello.device_id, true);
         }
@@ -264,6 +279,27 @@ impl Service {
             commands,
             active,
         })
+    }
+
+    /// #13: the allowlist, then (for an ID the store does not know) the new-ID rate, then
+    /// flapping. `Ok(Ok(known))`: admitted, and whether the store knows the device.
+    async fn admit(
+        &self,
+        hello: &Hello,
+    ) -> Result<Result<bool, crate::device::admission::Refusal>, StoreError> {
+        let a = &self.admission;
+        let id = hello.device_id.as_str();
+        if let Err(r) = a.listed(id) {
+            return Ok(Err(r));
+        }
+        let known = self.store.device_exists(id).await?;
+        // A device whose registration is still in the batched writer is live, not new.
+        if !known && !self.gateway.is_online(id) {
+            if let Err(r) = a.register_new(hello.at_ms) {
+                return Ok(Err(r));
+            }
+        }
+        Ok(a.connect(id, hello.at_ms).map(|()| known))
     }
 
     async fn ports(&self, device_id: &str, changes: Vec<PortChange>) {

@@ -84,6 +84,8 @@ pub struct Service {
     pub writer: Writer,
     pub clock: Clock,
     pub timings: Timings,
+    /// #13: who may connect (allowlist, new-ID rate, flapping).
+    pub admission: crate::device::admission::Admission,
 }
 
 impl Service {
@@ -94,7 +96,23 @@ impl Service {
             writer,
             clock,
             timings,
+            admission: Default::default(),
         }
+    }
+
+    /// #13: the admission rules devices meet at identification.
+    pub fn with_admission(mut self, admission: crate::device::admission::Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// #13: drops the frame rings of devices not online and silent for `ring_ttl`, and flap
+    /// windows that ended; returns how many rings went.
+    pub fn prune_gone(&self, ring_ttl: Duration) -> usize {
+        let now_ms = self.clock.now_ms();
+        self.admission.prune(now_ms);
+        self.gateway
+            .prune_frames(now_ms.saturating_sub(ring_ttl.as_millis() as i64))
     }
 
     /// The in-memory view of a device that is connected or within its offline threshold.

@@ -274,7 +274,7 @@ async fn postgres_url() -> Option<String> {
     Some(format!("{prefix}/{name}"))
 }
 
-fn sqlite_url() -> String {
+pub fn sqlite_url() -> String {
     let dir = std::env::temp_dir().join("pile-server-tests");
     std::fs::create_dir_all(&dir).expect("temp dir");
     format!(
@@ -308,6 +308,8 @@ pub async fn spawn_app_on_clock(
         api_keys: vec!["test-key".into()],
         db_pool: 8,
         flush_interval: Duration::from_millis(20),
+        // #13: a webhook URL needs a secret; tests that check signatures set their own.
+        webhook_secret: Some("test-webhook-secret".into()),
         ..Config::default()
     };
     tweak(&mut config);
@@ -329,7 +331,11 @@ pub async fn spawn_with_clock(config: Config, clock: Clock) -> TestApp {
         .expect("bind");
     let shutdown = CancellationToken::new();
     let database_url = config.database_url.clone();
-    let api_key = config.api_keys.first().cloned().unwrap_or_default();
+    let api_key = config
+        .api_keys
+        .first()
+        .map(|k| secrecy::ExposeSecret::expose_secret(k).to_string())
+        .unwrap_or_default();
     let app = pile_server::start_with_clock(config, http, devices, shutdown.clone(), clock)
         .await
         .expect("gateway starts");

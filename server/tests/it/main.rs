@@ -9,6 +9,7 @@ mod helpers;
 mod api;
 mod devices;
 mod events;
+mod limits;
 mod measure;
 mod orders;
 mod piles;

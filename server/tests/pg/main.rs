@@ -16,6 +16,8 @@ mod api;
 mod devices;
 #[path = "../it/events.rs"]
 mod events;
+#[path = "../it/limits.rs"]
+mod limits;
 #[path = "../it/orders.rs"]
 mod orders;
 #[path = "../it/piles.rs"]

@@ -117,7 +117,8 @@ pub struct Cli {
     #[arg(long, env = "PILE_DEVICE_ALLOWLIST")]
     pub device_allowlist: Option<String>,
     /// New (unknown) device IDs registered per minute at most (a bucket of this size, refilled
-    /// over a minute); past it the connection is refused; 0: off [default: 1000].
+    /// over a minute); past it the connection is refused; 0: off [default: 20000 — a first-time
+    /// fleet of one process's worth of piles registers at once].
     #[arg(long, env = "PILE_DEVICE_REGISTRATIONS_PER_MINUTE")]
     pub device_registrations_per_minute: Option<u32>,
     /// Connections of one device ID per minute past which it is held off (flapping); 0: off
@@ -279,7 +280,7 @@ impl Default for Config {
             http_request_timeout: Duration::from_secs(30),
             fd_reserve: 256,
             device_allowlist: None,
-            device_registrations_per_minute: 1000,
+            device_registrations_per_minute: 20_000,
             device_flap_max: 15,
             device_flap_hold: Duration::from_secs(300),
             frame_ring_ttl: Duration::from_secs(24 * 3600),
@@ -455,7 +456,7 @@ mod tests {
         assert_eq!(c.http_request_timeout, Duration::from_secs(30));
         assert_eq!(c.fd_reserve, 256);
         assert_eq!(c.device_allowlist, None);
-        assert_eq!(c.device_registrations_per_minute, 1000);
+        assert_eq!(c.device_registrations_per_minute, 20_000);
         assert_eq!(c.device_flap_max, 15);
         assert_eq!(c.device_flap_hold, Duration::from_secs(300));
         assert_eq!(c.frame_ring_ttl, Duration::from_secs(86_400));

@@ -289,31 +289,46 @@ pub async fn resent_end(ctx: &Ctx) -> CaseResult {
         .filter(|(_, n)| is_end_name(n))
         .map(|(_, n)| n)
         .collect();
-    let in_window: Vec<String> = pile
-        .frames()
+    // What the gateway received: the same end report at least twice since the unplug (its
+    // frame ring, read through the admin API — the pile's own log and the runner's clock may
+    // disagree by a tick, the gateway's record of what arrived cannot).
+    let received: Vec<(String, String)> = ctx
+        .client
+        .frames(&device)
+        .await
+        .unwrap_or_default()
         .into_iter()
         .filter(|f| {
-            matches!(f.dir, pile_sim::pile::Direction::Up)
-                && (f.at_unix_ms as i64) >= end_ms
-                && (f.at_unix_ms as i64) < end_ms + WINDOW_S as i64 * 1000
+            matches!(f.direction, pile_api::Direction::Up) && f.at_ms >= end_ms - 1_000
         })
         .filter_map(|f| {
             let b = hex::decode(&f.hex).ok()?;
             let a = pile_protocol::analyze::analyze(&b).ok()?;
-            is_end_name(a.name).then(|| a.name.to_string())
+            is_end_name(a.name).then(|| (f.hex.to_uppercase(), a.name.to_string()))
         })
         .collect();
+    let doubled = received
+        .iter()
+        .find(|(hex, _)| received.iter().filter(|(h, _)| h == hex).count() >= 2)
+        .map(|(_, name)| name.clone());
     r.set("end_frames", json!(ends));
+    r.set(
+        "end_frames_received",
+        json!(received.iter().map(|(_, n)| n).collect::<Vec<_>>()),
+    );
     r.push(Check::new(
         "end_twice",
         "结束报告发送两次",
-        "结束报告在“每帧写两次”故障期间上报",
-        if in_window.is_empty() {
-            format!("故障期间未见结束报告 (之后的结束类帧: {})", ends.join(", "))
-        } else {
-            format!("{} × 2 (故障期间)", in_window.join(", "))
+        "网关收到同一结束报告至少两次",
+        match &doubled {
+            Some(name) => format!("{name} × {} (网关收到)", received.len()),
+            None => format!(
+                "网关未收到重复的结束报告 (收到: {}; 桩发出: {})",
+                received.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", "),
+                ends.join(", ")
+            ),
         },
-        !in_window.is_empty(),
+        doubled.is_some(),
     ));
     r.push(completed_check(fin.as_ref()));
     if let Some(o) = &fin {

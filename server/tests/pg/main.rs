@@ -20,6 +20,8 @@ mod events;
 mod orders;
 #[path = "../it/piles.rs"]
 mod piles;
+#[path = "../it/readmodel.rs"]
+mod readmodel;
 
 pub use helpers::*;
 

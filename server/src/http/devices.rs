@@ -207,13 +207,22 @@ pub(super) async fn devices(
     };
     // From the read model unless a device is being written at this moment.
     let (items, total) = match state.service.read.page(online, page, size) {
-        Some((parts, total)) => (
-            parts
-                .into_iter()
-                .map(|(d, ports, active)| build_view(&state.service, d, ports, active))
-                .collect(),
-            total,
-        ),
+        Some((page_items, total)) => {
+            let mut items = Vec::with_capacity(page_items.len());
+            for item in page_items {
+                let (d, ports, active) = match item {
+                    crate::service::PageItem::Memory(parts) => parts,
+                    crate::service::PageItem::Store(id) => {
+                        match state.service.store.device_with_ports(&id).await? {
+                            Some(parts) => parts,
+                            None => continue,
+                        }
+                    }
+                };
+                items.push(build_view(&state.service, d, ports, active));
+            }
+            (items, total)
+        }
         None => {
             let (rows, total) = state.service.store.devices(online, page, size).await?;
             let mut items = Vec::with_capacity(rows.len());

@@ -30,6 +30,13 @@ use crate::store::{DeviceRow, DeviceSnapshot, OrderRow, PortRow, Store, StoreErr
 /// three parts [`Store::device_with_ports`] returns.
 pub type DeviceParts = (DeviceRow, Vec<PortRow>, Vec<(i64, String)>);
 
+/// One device of a list page: from memory, or (being written right now) to read from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageItem {
+    Memory(DeviceParts),
+    Store(String),
+}
+
 /// An answer from memory, or `Unknown` when the store must answer (not loaded yet, the device
 /// is being written, or its entry is stale).
 #[derive(Debug, Clone, PartialEq)]
@@ -286,31 +293,44 @@ impl ReadModel {
     }
 
     /// A page of devices ordered by ID (optionally only those the store holds online) and the
-    /// count of all matches, as [`Store::devices`] answers; `None` while any device is being
-    /// written or stale.
-    pub fn page(
-        &self,
-        online: Option<bool>,
-        page: u32,
-        size: u32,
-    ) -> Option<(Vec<DeviceParts>, i64)> {
+    /// count of all matches, as [`Store::devices`] answers. A device on the page that is being
+    /// written is [`PageItem::Store`]: read it from the store. `None` (read the whole page from
+    /// the store) while the model is not loaded or has stale entries, while a device it does
+    /// not hold yet is being written (it may join the list), and, with an `online` filter, while
+    /// any device is being written (its `online` may change).
+    pub fn page(&self, online: Option<bool>, page: u32, size: u32) -> Option<(Vec<PageItem>, i64)> {
         let inner = self.read();
-        if !inner.loaded || !inner.writing.is_empty() || !inner.stale.is_empty() {
+        if !inner.loaded || !inner.stale.is_empty() {
+            return None;
+        }
+        if !inner.writing.is_empty()
+            && (online.is_some()
+                || inner
+                    .writing
+                    .keys()
+                    .any(|id| !inner.devices.contains_key(id)))
+        {
             return None;
         }
         let offset = (page.saturating_sub(1) as usize).saturating_mul(size as usize);
-        let matches = |e: &&Entry| online.is_none_or(|on| e.snap.device.online == on);
+        let matches = |e: &(&String, &Entry)| online.is_none_or(|on| e.1.snap.device.online == on);
         let total = match online {
             None => inner.devices.len(),
-            Some(_) => inner.devices.values().filter(matches).count(),
+            Some(_) => inner.devices.iter().filter(matches).count(),
         };
         let items = inner
             .devices
-            .values()
+            .iter()
             .filter(matches)
             .skip(offset)
             .take(size as usize)
-            .map(parts)
+            .map(|(id, e)| {
+                if inner.writing.contains_key(id) {
+                    PageItem::Store(id.clone())
+                } else {
+                    PageItem::Memory(parts(e))
+                }
+            })
             .collect();
         Some((items, total as i64))
     }

@@ -6,8 +6,16 @@ use crate::*;
 use pile_api::OrderStatus;
 use pile_server::core::PortObs;
 use pile_server::domain::EndReason;
-use pile_server::service::{Lookup, ReadModel};
+use pile_server::service::read::DeviceParts;
+use pile_server::service::{Lookup, PageItem, ReadModel};
 use serde_json::json;
+
+fn memory(item: &PageItem) -> DeviceParts {
+    match item {
+        PageItem::Memory(parts) => parts.clone(),
+        PageItem::Store(id) => panic!("{id} is being written"),
+    }
+}
 
 /// The read model, quiescent (the writer flushed), answers exactly what the store holds for
 /// the device, its list page and `order_no`.
@@ -31,7 +39,7 @@ async fn same_as_store(app: &TestApp, device_id: &str, order_no: Option<&str>) {
         .expect("the list is answered from memory");
     assert_eq!(mem_total, total, "list total");
     assert_eq!(
-        page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+        page.iter().map(|p| memory(p).0).collect::<Vec<_>>(),
         rows,
         "list rows"
     );
@@ -39,7 +47,7 @@ async fn same_as_store(app: &TestApp, device_id: &str, order_no: Option<&str>) {
         let (rows, total) = store.devices(Some(online), 1, 50).await.unwrap();
         let (page, mem_total) = service.read.page(Some(online), 1, 50).unwrap();
         assert_eq!(mem_total, total, "online={online} total");
-        assert_eq!(page.into_iter().map(|p| p.0).collect::<Vec<_>>(), rows);
+        assert_eq!(page.iter().map(|p| memory(p).0).collect::<Vec<_>>(), rows);
     }
     if let Some(no) = order_no {
         let stored = store.order(no).await.unwrap().expect("order stored");
@@ -288,13 +296,24 @@ both!(
     a_write_in_flight_or_unfinished_sends_reads_to_the_store,
     |app: TestApp| async move {
         let _pile = app.connect_fake("RM0300", "ap3000", 2).await;
+        let _other = app.connect_fake("RM0301", "ap3000", 2).await;
         app.service.writer.flush().await;
         let read = &app.service.read;
         assert!(matches!(read.device("RM0300"), Lookup::Found(_)));
         // Between a write's start and its refresh nothing is answered from memory.
         let guard = read.begin(["RM0300"]);
         assert_eq!(read.device("RM0300"), Lookup::Unknown);
+        // The list: that device from the store, the others from memory; with a filter (its
+        // `online` may be changing) all from the store.
+        let (page, total) = read.page(None, 1, 50).unwrap();
+        assert_eq!(total, 2);
+        assert_eq!(page[0], PageItem::Store("RM0300".into()));
+        assert!(matches!(page[1], PageItem::Memory(_)));
+        assert_eq!(read.page(Some(true), 1, 50), None);
+        // A device the model does not hold yet, being written, may join the list.
+        let new = read.begin(["RM0000"]);
         assert_eq!(read.page(None, 1, 50), None);
+        new.finish();
         // A guard dropped without its refresh (a cancelled request) leaves the device stale
         // until the sweeper reloads it.
         drop(guard);

@@ -111,6 +111,9 @@ pub async fn start_with_clock(
     // Devices a previous run left online stay so for their offline threshold: a pile back
     // within it after this restart produces no offline/online pair.
     let restored = service.restore_online().await?;
+    // Issue 14: device, port and active-order reads are answered from memory.
+    let devices = service.rebuild_read_model().await?;
+    tracing::debug!(devices, "read model loaded");
     if restored > 0 {
         tracing::info!(
             restored,

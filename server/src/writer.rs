@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
+use crate::service::read::ReadModel;
 use crate::store::{BatchOp, Store, StoreError};
 
 enum WriterMsg {
@@ -50,6 +51,8 @@ enum Mode {
 #[derive(Clone)]
 pub struct Writer {
     mode: Mode,
+    /// Refreshed after each committed batch (issue 14, the read model).
+    read: Arc<ReadModel>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -70,10 +73,12 @@ impl Writer {
         shutdown: CancellationToken,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        let task = tokio::spawn(writer_loop(store, rx, interval, shutdown));
+        let read = Arc::new(ReadModel::new());
+        let task = tokio::spawn(writer_loop(store, rx, interval, shutdown, read.clone()));
         (
             Writer {
                 mode: Mode::Task(tx),
+                read,
             },
             task,
         )
@@ -86,7 +91,13 @@ impl Writer {
                 store,
                 ops: Arc::new(Mutex::new(Vec::new())),
             },
+            read: Arc::new(ReadModel::new()),
         }
+    }
+
+    /// The read model this writer refreshes after each commit.
+    pub fn read_model(&self) -> &Arc<ReadModel> {
+        &self.read
     }
 
     /// Liveness is best-effort: dropped (and counted) when the queue is full.
@@ -133,7 +144,7 @@ impl Writer {
             Mode::Manual { store, ops } => {
                 let mut batch = std::mem::take(&mut *ops.lock().unwrap_or_else(|p| p.into_inner()));
                 // The simulation's store fails on purpose: do not spin on it.
-                write_batch(store, &mut batch, Some(0)).await;
+                write_batch(store, &self.read, &mut batch, Some(0)).await;
             }
         }
     }
@@ -152,6 +163,7 @@ async fn writer_loop(
     mut rx: mpsc::Receiver<WriterMsg>,
     interval: Duration,
     shutdown: CancellationToken,
+    read: Arc<ReadModel>,
 ) {
     let mut batch: Vec<BatchOp> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
@@ -185,7 +197,7 @@ async fn writer_loop(
                 break;
             }
         }
-        write_batch(&store, &mut batch, None).await;
+        write_batch(&store, &read, &mut batch, None).await;
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
@@ -198,7 +210,7 @@ async fn writer_loop(
             WriterMsg::Flush(w) => waiters.push(w),
         }
     }
-    write_batch(&store, &mut batch, Some(SHUTDOWN_RETRIES)).await;
+    write_batch(&store, &read, &mut batch, Some(SHUTDOWN_RETRIES)).await;
     for w in waiters.drain(..) {
         let _ = w.send(());
     }
@@ -231,7 +243,12 @@ fn coalesce_liveness(batch: &mut Vec<BatchOp>) {
 
 /// Writes `batch` (and empties it). `retries`: how often a transient failure is retried;
 /// `None` is "until it commits".
-async fn write_batch(store: &Store, batch: &mut Vec<BatchOp>, retries: Option<u32>) {
+async fn write_batch(
+    store: &Store,
+    read: &ReadModel,
+    batch: &mut Vec<BatchOp>,
+    retries: Option<u32>,
+) {
     if batch.is_empty() {
         return;
     }
@@ -243,8 +260,13 @@ async fn write_batch(store: &Store, batch: &mut Vec<BatchOp>, retries: Option<u3
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0u32;
         loop {
+            // The read model shows the part's devices from the store while it is written and
+            // reloads them once it is committed (a dropped guard marks them stale).
+            let guard = read.begin(part.iter().map(BatchOp::device_id));
             match store.apply_batch(&part).await {
                 Ok(()) => {
+                    read.refresh(store, guard.ids()).await;
+                    guard.finish();
                     metrics::counter!(m::BATCH_OPS).increment(part.len() as u64);
                     break;
                 }

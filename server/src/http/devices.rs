@@ -161,8 +161,16 @@ pub(super) async fn device(
 ) -> ApiResult {
     valid_device_id(&device_id)?;
     let service = &state.service;
+    // From the read model; the store only while the device is being written (or stale).
+    let lookup = || async {
+        match service.read.device(&device_id) {
+            crate::service::Lookup::Found(parts) => Ok(Some(parts)),
+            crate::service::Lookup::Absent => Ok(None),
+            crate::service::Lookup::Unknown => service.store.device_with_ports(&device_id).await,
+        }
+    };
     let (d, ports, active) = service
-        .lookup_device(&device_id, || service.store.device_with_ports(&device_id))
+        .lookup_device(&device_id, lookup)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {device_id} not found")))?;
     Ok(ok(build_view(&state.service, d, ports, active)))
@@ -170,9 +178,10 @@ pub(super) async fn device(
 
 /// Paged device list.
 ///
-/// The device list reads the store only: a device that just connected for the first time
-/// appears once the batched writer commits it (one batch, 200 ms by default). Single-device
-/// lookups (GET, charge, stop) flush the writer instead and never miss a connected device.
+/// The device list shows what the store has committed (answered from the in-memory read
+/// model): a device that just connected for the first time appears once the batched writer
+/// commits it (one batch, 200 ms by default). Single-device lookups (GET, charge, stop) flush
+/// the writer instead and never miss a connected device.
 #[utoipa::path(
     get,
     path = "/api/v1/third/devices",
@@ -196,11 +205,33 @@ pub(super) async fn devices(
         Some("false" | "0") => Some(false),
         Some(_) => return Err(ApiError::bad("online", "must be true or false")),
     };
-    let (rows, total) = state.service.store.devices(online, page, size).await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for d in rows {
-        items.push(device_view(&state.service, d).await?);
-    }
+    // From the read model unless a device is being written at this moment.
+    let (items, total) = match state.service.read.page(online, page, size) {
+        Some((page_items, total)) => {
+            let mut items = Vec::with_capacity(page_items.len());
+            for item in page_items {
+                let (d, ports, active) = match item {
+                    crate::service::PageItem::Memory(parts) => parts,
+                    crate::service::PageItem::Store(id) => {
+                        match state.service.store.device_with_ports(&id).await? {
+                            Some(parts) => parts,
+                            None => continue,
+                        }
+                    }
+                };
+                items.push(build_view(&state.service, d, ports, active));
+            }
+            (items, total)
+        }
+        None => {
+            let (rows, total) = state.service.store.devices(online, page, size).await?;
+            let mut items = Vec::with_capacity(rows.len());
+            for d in rows {
+                items.push(device_view(&state.service, d).await?);
+            }
+            (items, total)
+        }
+    };
     Ok(ok(Page {
         items,
         total,

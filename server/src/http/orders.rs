@@ -21,6 +21,10 @@ pub(super) async fn order(
     Path(order_no): Path<String>,
 ) -> ApiResult {
     valid_order_no(&order_no)?;
+    // Pending and charging orders from the read model; settled or unknown ones from the store.
+    if let Some(o) = state.service.read.active_order(&order_no) {
+        return Ok(ok(order_view(&o)));
+    }
     let o = state
         .service
         .store

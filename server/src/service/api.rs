@@ -76,7 +76,8 @@ impl Service {
             command_payload: serde_json::to_string(&command)
                 .map_err(|e| ServiceError::Conflict(e.to_string()))?,
         };
-        match self.store.create_order(&new).await? {
+        let created = self.writing(device_id, self.store.create_order(&new)).await;
+        match created? {
             CreateOutcome::Existing(order) => same_order(order, device_id, spec.port_no),
             CreateOutcome::Created { order, command_id } => {
                 metrics::counter!(m::ORDERS_CREATED).increment(1);
@@ -135,16 +136,18 @@ impl Service {
             if !start_written {
                 let t = domain::transition(active.status, OrderEvent::Cancelled)
                     .map_err(|e| ServiceError::Conflict(e.to_string()))?;
-                self.store
-                    .close_order(
+                self.writing(
+                    device_id,
+                    self.store.close_order(
                         &active.order_no,
                         device_id,
                         t,
                         EndReason::RemoteStop.code(),
                         now_ms,
                         None::<&CommandAnswer>,
-                    )
-                    .await?;
+                    ),
+                )
+                .await?;
                 tracing::info!(%device_id, order_no = %active.order_no, "pending order stopped before its start went out: cancelled");
                 return self.order_now(&active.order_no).await;
             }
@@ -167,8 +170,11 @@ impl Service {
             expires_at_ms: None,
         };
         if let Some(id) = self
-            .store
-            .request_stop(&active.order_no, StopCause::Api, &stop)
+            .writing(
+                device_id,
+                self.store
+                    .request_stop(&active.order_no, StopCause::Api, &stop),
+            )
             .await?
         {
             let how = self.gateway.submit(

@@ -41,6 +41,31 @@ impl Service {
         device_id: Option<&str>,
         intent: Intent,
     ) -> Option<(Token, IntentResult)> {
+        // Intents that write the device's rows directly go through the read model's bracket;
+        // batched ones (info, ports, liveness) are refreshed by the writer when they commit.
+        let writes = match &intent {
+            Intent::Identify { hello, .. } => Some(hello.device_id.clone()),
+            Intent::DeviceInfo { .. }
+            | Intent::Ports(_)
+            | Intent::Unanswered { .. }
+            | Intent::Alarm(_) => None,
+            _ => device_id.map(str::to_string),
+        };
+        match writes {
+            Some(id) => {
+                self.writing(&id, self.apply_intent(link, device_id, intent))
+                    .await
+            }
+            None => self.apply_intent(link, device_id, intent).await,
+        }
+    }
+
+    async fn apply_intent(
+        &self,
+        link: &SessionLink,
+        device_id: Option<&str>,
+        intent: Intent,
+    ) -> Option<(Token, IntentResult)> {
         let failed = |token: Token, what: &str, e: StoreError| {
             tracing::warn!(error = %e, what, "store failed; the session will retry or not acknowledge");
             Some((token, IntentResult::Failed))

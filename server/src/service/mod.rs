@@ -7,8 +7,10 @@
 
 mod api;
 mod device;
+pub mod read;
 mod sweep;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -20,6 +22,7 @@ use crate::writer::Writer;
 
 pub use api::new_order_no;
 pub use device::SessionLink;
+pub use read::{Lookup, PageItem, ReadModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -86,6 +89,8 @@ pub struct Service {
     pub timings: Timings,
     /// #13: who may connect (allowlist, new-ID rate, flapping).
     pub admission: crate::device::admission::Admission,
+    /// Committed device, port and active-order state in memory (issue 14); the writer's.
+    pub read: Arc<ReadModel>,
 }
 
 impl Service {
@@ -93,6 +98,7 @@ impl Service {
         Service {
             store,
             gateway: Gateway::new(),
+            read: writer.read_model().clone(),
             writer,
             clock,
             timings,
@@ -148,6 +154,23 @@ impl Service {
     pub async fn known_device(&self, device_id: &str) -> Result<Option<DeviceRow>> {
         self.lookup_device(device_id, || self.store.device(device_id))
             .await
+    }
+
+    /// Runs `write` (which writes `device_id`'s rows) so that the read model never answers
+    /// from before its commit and reloads the device once it is done.
+    pub(crate) async fn writing<T>(
+        &self,
+        device_id: &str,
+        write: impl std::future::Future<Output = T>,
+    ) -> T {
+        self.read
+            .around(&self.store, &[device_id.to_string()], write)
+            .await
+    }
+
+    /// Loads the read model from the store (start-up).
+    pub async fn rebuild_read_model(&self) -> Result<usize> {
+        Ok(self.read.rebuild(&self.store).await?)
     }
 
     /// Restores the live entries of devices a previous run left online: they stay online for

@@ -26,14 +26,16 @@ impl Service {
                 continue;
             };
             if self
-                .store
-                .close_order(
-                    &o.order_no,
+                .writing(
                     &o.device_id,
-                    t,
-                    EndReason::CommunicationLost.code(),
-                    now_ms,
-                    None,
+                    self.store.close_order(
+                        &o.order_no,
+                        &o.device_id,
+                        t,
+                        EndReason::CommunicationLost.code(),
+                        now_ms,
+                        None,
+                    ),
                 )
                 .await?
             {
@@ -69,10 +71,13 @@ impl Service {
                 continue;
             }
             if self
-                .settle_without_report(
-                    &o,
-                    EndReason::CommunicationLost,
-                    "settled by the gateway: the device stayed away past the grace",
+                .writing(
+                    &o.device_id,
+                    self.settle_without_report(
+                        &o,
+                        EndReason::CommunicationLost,
+                        "settled by the gateway: the device stayed away past the grace",
+                    ),
                 )
                 .await?
             {
@@ -80,6 +85,8 @@ impl Service {
                 out.settled += 1;
             }
         }
+        // Devices whose read-model entry could not be refreshed are reloaded (issue 14).
+        self.read.repair(&self.store).await;
         Ok(out)
     }
 }

@@ -55,6 +55,20 @@ pub enum BatchOp {
     },
 }
 
+impl BatchOp {
+    /// The device the operation writes.
+    pub fn device_id(&self) -> &str {
+        match self {
+            BatchOp::Online(d) => &d.device_id,
+            BatchOp::Info { device_id, .. }
+            | BatchOp::Offline { device_id, .. }
+            | BatchOp::Liveness { device_id, .. }
+            | BatchOp::Port { device_id, .. }
+            | BatchOp::Progress { device_id, .. } => device_id,
+        }
+    }
+}
+
 impl Store {
     /// Applies a batch in one transaction. Progress samples also update their order's live
     /// figures and write `charging.progress` events.

@@ -20,6 +20,7 @@ mod devices;
 mod keys;
 mod orders;
 pub mod outbox;
+mod read;
 mod stats;
 
 pub use batch::BatchOp;
@@ -29,6 +30,7 @@ pub use orders::{
     CommandAnswer, CreateOutcome, EndReportRow, NewOrder, OrderRow, ProgressRow, Settlement,
 };
 pub use outbox::Event;
+pub use read::DeviceSnapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

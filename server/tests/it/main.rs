@@ -13,5 +13,6 @@ mod limits;
 mod measure;
 mod orders;
 mod piles;
+mod readmodel;
 
 pub use helpers::*;

@@ -22,6 +22,8 @@ mod limits;
 mod orders;
 #[path = "../it/piles.rs"]
 mod piles;
+#[path = "../it/readmodel.rs"]
+mod readmodel;
 
 pub use helpers::*;
 

@@ -76,6 +76,15 @@ pub struct Cli {
     /// …spanning at least this many seconds [default: 60].
     #[arg(long, env = "PILE_RECONCILE_AFTER")]
     pub reconcile_after: Option<u64>,
+    // -- issue #17: several instances on one PostgreSQL ------------------------------------
+    /// This instance's ID among the gateways sharing a PostgreSQL database [default: host
+    /// name and a random suffix]. Refused with SQLite, which is single-instance.
+    #[arg(long, env = "PILE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Seconds between an instance's beats (lease renewals); a lease expires after 3× this
+    /// [default: 5].
+    #[arg(long, env = "PILE_LEASE_RENEW")]
+    pub lease_renew: Option<u64>,
 }
 
 /// `+08:00`, `-05:30`, `+8`, `0` → seconds east of UTC.
@@ -121,6 +130,9 @@ pub struct FileConfig {
     pub device_utc_offset: Option<String>,
     pub reconcile_reports: Option<u32>,
     pub reconcile_after: Option<u64>,
+    // issue #17
+    pub instance_id: Option<String>,
+    pub lease_renew: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +177,8 @@ pub struct Config {
     /// Seconds east of UTC of the devices' local clock.
     pub device_utc_offset_sec: i64,
     pub reconcile: crate::domain::ReconcileRule,
+    /// Several instances on one PostgreSQL (issue #17).
+    pub cluster: crate::cluster::Settings,
 }
 
 impl Default for Config {
@@ -189,6 +203,7 @@ impl Default for Config {
             command_resend_after: Duration::from_secs(15),
             device_utc_offset_sec: 8 * 3600,
             reconcile: crate::domain::ReconcileRule::default(),
+            cluster: crate::cluster::Settings::default(),
         }
     }
 }
@@ -285,6 +300,15 @@ impl Config {
                     .reconcile_after
                     .or(file.reconcile_after)
                     .map_or(d.reconcile.after_ms, |s| s as i64 * 1000),
+            },
+            cluster: crate::cluster::Settings {
+                instance_id: cli.instance_id.or(file.instance_id),
+                renew: cli
+                    .lease_renew
+                    .or(file.lease_renew)
+                    .map(secs)
+                    .unwrap_or(d.cluster.renew),
+                ..d.cluster.clone()
             },
             ..d
         }

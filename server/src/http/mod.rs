@@ -256,6 +256,7 @@ fn routes(
         .routes(routes!(orders))
         .routes(routes!(stats))
         .routes(routes!(consistency))
+        .routes(routes!(instances))
         .routes(routes!(frames))
         .merge(crate::events::router());
     openapi::document_keyed(keyed.get_openapi_mut());

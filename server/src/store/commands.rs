@@ -36,7 +36,7 @@ pub struct CmdRow {
 const CMD_COLS: &str = "id, device_id, order_no, command, payload, status, attempts, \
     created_at_ms, expires_at_ms, sent_at_ms, result";
 
-fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
+pub(super) fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
     Ok(CmdRow {
         id: r.try_get("id")?,
         device_id: r.try_get("device_id")?,

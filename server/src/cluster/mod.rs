@@ -187,7 +187,7 @@ impl Cluster {
 
     /// A command row for a device not connected here: wake its owner, if another live
     /// instance holds it.
-    pub async fn route(
+    pub async fn wake_owner(
         &self,
         device_id: &str,
         command_id: i64,

@@ -114,7 +114,7 @@ impl Service {
             return how;
         }
         match self.cluster() {
-            Some(c) => match c.route(device_id, id).await {
+            Some(c) => match c.wake_owner(device_id, id).await {
                 Ok(Some(_)) => crate::gateway::Submitted::Routed,
                 Ok(None) => how,
                 Err(e) => {

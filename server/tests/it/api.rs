@@ -611,8 +611,8 @@ async fn every_route_is_in_the_openapi_document_with_the_statuses_it_answers() {
         }
     }
     assert_eq!(
-        operations, 18,
-        "every route of API.md and the events routes"
+        operations, 19,
+        "every route of API.md, the events routes and /admin/instances (issue #17)"
     );
     for (path, method, params) in [
         (

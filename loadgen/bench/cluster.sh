@@ -7,12 +7,12 @@
 # the simulator's reconnect delay plus the gateway's takeover.
 # Usage: cluster.sh [DEVICES] [RAMP]   (CARGO_TARGET_DIR must hold the release build of
 #        pile-server and pile-sim; PostgreSQL at PG_URL, default postgres://postgres@127.0.0.1:5432)
-# Env: RECONNECT (s, default 1), RENEW (lease renew, s, default 2), TIMEOUT (s, default 90).
+# Env: BUILD (release, or debug for a smoke run), RECONNECT (s, default 1), RENEW (lease renew, s, default 2), TIMEOUT (s, default 90).
 # Every wait is bounded; every process started here is killed on exit and the database dropped.
 set -euo pipefail
 devices=${1:-3000}
 ramp=${2:-1000}
-bin=${CARGO_TARGET_DIR:-target}/release
+bin=${CARGO_TARGET_DIR:-target}/${BUILD:-release}
 pg=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 reconnect=${RECONNECT:-1}
 renew=${RENEW:-2}
@@ -82,6 +82,16 @@ until [[ $(total 2 3) -ge $want ]]; do
 done
 printf 'gw1 (%s piles) killed with SIGKILL: survivors hold all %d piles after %.1f s (reconnect delay %s s): gw2 %s, gw3 %s\n' \
   "$held" "$want" "$(echo "$(now) - $killed" | bc)" "$reconnect" "$(stat_of 2)" "$(stat_of 3)"
+gw1_alive() {
+  curl -fsS -m 2 -H 'X-Api-Key: k' http://127.0.0.1:17252/api/v1/admin/instances |
+    jq -r '.data[] | select(.instance_id == "gw1") | .alive' 2>/dev/null || echo true
+}
+until [[ $(gw1_alive) == false ]]; do
+  (( $(echo "$(now) - $killed > $timeout" | bc) )) && { echo "gw1 still reported alive" >&2; exit 1; }
+  sleep 0.2
+done
+printf 'gw1 reported dead (its leases expired: 3 x %s s after its last beat) %.1f s after the kill\n' \
+  "$renew" "$(echo "$(now) - $killed" | bc)"
 curl -fsS -m 2 -H 'X-Api-Key: k' http://127.0.0.1:17252/api/v1/admin/instances |
   jq -r '.data[] | "\(.instance_id) alive=\(.alive) sessions=\(.sessions) rss=\(.rss_bytes)"'
 echo "== $(uptime)"

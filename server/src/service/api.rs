@@ -203,7 +203,7 @@ impl Service {
         if self.known_device(device_id).await?.is_none() {
             return Err(ServiceError::DeviceNotFound(device_id.to_string()));
         }
-        if !self.gateway.is_connected(device_id) {
+        if !self.is_connected_anywhere(device_id).await? {
             return Err(ServiceError::Offline(device_id.to_string()));
         }
         let now_ms = self.clock.now_ms();

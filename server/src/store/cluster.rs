@@ -276,7 +276,8 @@ impl Store {
     pub async fn queued_for_owner(&self, owner: &str, now_ms: i64) -> Result<Vec<CmdRow>> {
         let rows = sqlx::query(
             "SELECT c.id, c.device_id, c.order_no, c.command, c.payload, c.status, c.attempts, \
-             c.created_at_ms, c.expires_at_ms, c.sent_at_ms, c.result FROM cmd_logs c \
+             c.created_at_ms, c.expires_at_ms, c.sent_at_ms, c.result, c.port_no, c.last_sent_at_ms \
+             FROM cmd_logs c \
              WHERE c.status = 'queued' AND (c.expires_at_ms IS NULL OR c.expires_at_ms >= $2) \
              AND EXISTS (SELECT 1 FROM cluster_leases l WHERE l.device_id = c.device_id \
                AND l.owner = $1) ORDER BY c.id LIMIT 1000",

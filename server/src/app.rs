@@ -80,7 +80,23 @@ pub async fn start_with_clock(
     check_webhook_secret(&config)?;
     let admission = crate::device::admission::AdmissionConfig::from_config(&config)?;
     let prometheus = crate::metrics::install();
-    let store = Store::connect(&config.database_url, config.db_pool)
+    // Issue #17: on PostgreSQL the gateway is one instance among any that share the database;
+    // SQLite is single-instance and refuses to be shared.
+    crate::cluster::check(&config.database_url, &config.cluster)?;
+    let postgres = config.database_url.starts_with("postgres:")
+        || config.database_url.starts_with("postgresql:");
+    let instance_id = postgres.then(|| {
+        config
+            .cluster
+            .instance_id
+            .clone()
+            .unwrap_or_else(crate::cluster::generated_id)
+    });
+    let db_url = match &instance_id {
+        Some(id) => crate::cluster::with_application_name(&config.database_url, id),
+        None => config.database_url.clone(),
+    };
+    let store = Store::connect(&db_url, config.db_pool)
         .await
         .with_context(|| format!("connecting to {}", redact(&config.database_url)))?;
 
@@ -108,6 +124,23 @@ pub async fn start_with_clock(
         )
         .with_admission(crate::device::admission::Admission::new(admission)),
     );
+    let http_addr = http_listener.local_addr()?;
+    let device_addr = device_listener.local_addr()?;
+    // Issue #17: register this instance before anything takes a lease.
+    if let Some(id) = &instance_id {
+        let cluster = Arc::new(crate::cluster::Cluster::new(
+            id.clone(),
+            store.clone(),
+            db_url.clone(),
+            config.cluster.clone(),
+            service.clock.clone(),
+        ));
+        cluster
+            .register(&http_addr.to_string(), &device_addr.to_string())
+            .await?;
+        let _ = service.cluster.set(cluster);
+        tracing::info!(instance_id = %id, "instance registered on the shared PostgreSQL");
+    }
     // Devices a previous run left online stay so for their offline threshold: a pile back
     // within it after this restart produces no offline/online pair.
     let restored = service.restore_online().await?;
@@ -123,8 +156,14 @@ pub async fn start_with_clock(
 
     let tracker = TaskTracker::new();
     let listener_up = Arc::new(AtomicBool::new(false));
-    let http_addr = http_listener.local_addr()?;
-    let device_addr = device_listener.local_addr()?;
+    // Issue #17: beats, lease renewals, orphans, the LISTEN connection and the command poll.
+    if let Some(cluster) = service.cluster.get().cloned() {
+        tracker.spawn(crate::cluster::run(
+            service.clone(),
+            cluster,
+            shutdown.clone(),
+        ));
+    }
 
     // Device side.
     // #13: the HTTP and device caps stay under the open-file limit minus the reserve.
@@ -224,6 +263,12 @@ pub async fn start_with_clock(
             }
             writer_stop.cancel();
             writer_task.await.context("writer task")?;
+            if let Some(c) = service.cluster() {
+                // Issue #17: the leases expire now; other instances take the piles.
+                if let Err(e) = c.stopped().await {
+                    tracing::warn!(error = %e, "instance not marked stopped; its leases expire");
+                }
+            }
             service.store.close().await;
             tracing::info!("gateway stopped");
             Ok(())

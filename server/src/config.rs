@@ -131,6 +131,15 @@ pub struct Cli {
     /// Seconds the frame ring of a device that is no longer online is kept [default: 86400].
     #[arg(long, env = "PILE_FRAME_RING_TTL")]
     pub frame_ring_ttl: Option<u64>,
+    // -- issue #17: several instances on one PostgreSQL ------------------------------------
+    /// This instance's ID among the gateways sharing a PostgreSQL database [default: host
+    /// name and a random suffix]. Refused with SQLite, which is single-instance.
+    #[arg(long, env = "PILE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Seconds between an instance's beats (lease renewals); a lease expires after 3× this
+    /// [default: 5].
+    #[arg(long, env = "PILE_LEASE_RENEW")]
+    pub lease_renew: Option<u64>,
 }
 
 /// `+08:00`, `-05:30`, `+8`, `0` → seconds east of UTC.
@@ -189,6 +198,9 @@ pub struct FileConfig {
     pub device_flap_max: Option<u32>,
     pub device_flap_hold: Option<u64>,
     pub frame_ring_ttl: Option<u64>,
+    // issue #17
+    pub instance_id: Option<String>,
+    pub lease_renew: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +260,8 @@ pub struct Config {
     pub device_flap_max: u32,
     pub device_flap_hold: Duration,
     pub frame_ring_ttl: Duration,
+    /// Several instances on one PostgreSQL (issue #17).
+    pub cluster: crate::cluster::Settings,
 }
 
 impl Default for Config {
@@ -284,6 +298,7 @@ impl Default for Config {
             device_flap_max: 15,
             device_flap_hold: Duration::from_secs(300),
             frame_ring_ttl: Duration::from_secs(24 * 3600),
+            cluster: crate::cluster::Settings::default(),
         }
     }
 }
@@ -427,6 +442,15 @@ impl Config {
                 .or(file.frame_ring_ttl)
                 .map(secs)
                 .unwrap_or(d.frame_ring_ttl),
+            cluster: crate::cluster::Settings {
+                instance_id: cli.instance_id.or(file.instance_id),
+                renew: cli
+                    .lease_renew
+                    .or(file.lease_renew)
+                    .map(secs)
+                    .unwrap_or(d.cluster.renew),
+                ..d.cluster.clone()
+            },
             ..d
         }
     }

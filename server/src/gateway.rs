@@ -38,6 +38,8 @@ pub enum Submitted {
     Dispatched,
     /// No session holds the device; the command waits in `cmd_logs` for its reconnect.
     Queued,
+    /// Another instance holds the device's lease and was woken to send it (issue #17).
+    Routed,
 }
 
 /// A snapshot of a device's live entry (the API's view).
@@ -275,6 +277,36 @@ impl Gateway {
             },
             None => Submitted::Queued,
         }
+    }
+
+    /// Another instance took the device (issue #17, cluster): forget it here without marking
+    /// it offline and close its session — unless the session here is a newer one than the
+    /// `conn_id` the other instance replaced. Returns whether it was forgotten.
+    pub fn evict(&self, device_id: &str, conn_id: u64) -> bool {
+        let mut devices = self.devices();
+        match devices
+            .get(device_id)
+            .map(|e| e.session.as_ref().map(|h| h.conn_id))
+        {
+            None => return false,
+            Some(Some(current)) if current != conn_id => return false,
+            Some(_) => {}
+        }
+        if let Some(e) = devices.remove(device_id) {
+            if let Some(h) = e.session {
+                h.close.cancel();
+                self.sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Every device held here and its connection, if any (issue #17, cluster).
+    pub fn held(&self) -> Vec<(String, Option<u64>)> {
+        self.devices()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.session.as_ref().map(|h| h.conn_id)))
+            .collect()
     }
 
     /// Closes every session (tests; a shutdown closes them through its own token).

@@ -14,6 +14,8 @@
 
 pub mod app;
 pub mod clock;
+// Several instances on one PostgreSQL (issue #17).
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod device;

@@ -37,8 +37,46 @@ pub(super) async fn stats(State(state): State<AppState>) -> ApiResult {
         orders_by_status: store.orders_by_status().await?.into_iter().collect(),
         uptime_sec: state.started.elapsed().as_secs(),
         webhook: None,
-        instance_id: None,
+        instance_id: state.service.cluster().map(|c| c.id.clone()),
     }))
+}
+
+/// The gateway instances sharing this PostgreSQL database (issue #17), newest start first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/instances",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Every instance that started on this database, with its liveness",
+         body = Envelope<Vec<InstanceView>>),
+        (status = 404, description = "A single-instance gateway (SQLite)", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
+pub(super) async fn instances(State(state): State<AppState>) -> ApiResult {
+    let Some(cluster) = state.service.cluster() else {
+        return Err(ApiError::NotFound(
+            "this gateway runs as a single instance (SQLite)".into(),
+        ));
+    };
+    let (rows, holder) = state.service.store.instances().await?;
+    let now_ms = state.service.clock.now_ms();
+    let ttl = cluster.lease_ttl_ms();
+    Ok(ok(rows
+        .into_iter()
+        .map(|r| InstanceView {
+            alive: r.stopped_at_ms.is_none() && r.heartbeat_at_ms >= now_ms - ttl,
+            dispatcher: holder.as_deref() == Some(format!("pile-{}", r.instance_id).as_str()),
+            instance_id: r.instance_id,
+            http_addr: r.http_addr,
+            device_addr: r.device_addr,
+            started_at: r.started_at_ms.div_euclid(1000),
+            last_beat_at: r.heartbeat_at_ms.div_euclid(1000),
+            sessions: r.sessions,
+            cpu_percent: None,
+            rss_bytes: r.rss_bytes.map(|b| b.max(0) as u64),
+        })
+        .collect::<Vec<_>>()))
 }
 
 /// Consistency checks: orphan and stale orders, command match rate, port mismatches.

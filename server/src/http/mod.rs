@@ -279,6 +279,7 @@ fn routes(
         .routes(routes!(orders))
         .routes(routes!(stats))
         .routes(routes!(consistency))
+        .routes(routes!(instances))
         .routes(routes!(frames))
         .routes(routes!(locate))
         .routes(routes!(query_ports))

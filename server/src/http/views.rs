@@ -62,7 +62,10 @@ pub(super) fn build_view(
     ports: Vec<PortRow>,
     active: Vec<(i64, String)>,
 ) -> DeviceView {
-    let online = service.gateway.is_online(&d.device_id);
+    // Several instances (issue #17): a device held by another instance is online as its owner
+    // wrote it.
+    let online =
+        service.gateway.is_online(&d.device_id) || (service.cluster().is_some() && d.online);
     let live = service.live(&d.device_id);
     let order_of = |port_no: i64| {
         active

@@ -40,7 +40,7 @@ impl Service {
             )
             .into());
         }
-        if !queue_if_offline && !self.gateway.is_connected(device_id) {
+        if !queue_if_offline && !self.is_connected_anywhere(device_id).await? {
             return Err(ServiceError::Offline(device_id.to_string()));
         }
         let now_ms = self.clock.now_ms();
@@ -81,15 +81,17 @@ impl Service {
             CreateOutcome::Existing(order) => same_order(order, device_id, spec.port_no),
             CreateOutcome::Created { order, command_id } => {
                 metrics::counter!(m::ORDERS_CREATED).increment(1);
-                let how = self.gateway.submit(
-                    device_id,
-                    Command {
-                        id: command_id,
-                        spec: command,
-                        sent_before: false,
-                        first_sent_at_ms: None,
-                    },
-                );
+                let how = self
+                    .deliver(
+                        device_id,
+                        Command {
+                            id: command_id,
+                            spec: command,
+                            sent_before: false,
+                            first_sent_at_ms: None,
+                        },
+                    )
+                    .await;
                 tracing::info!(%device_id, order_no = %order.order_no, port_no = spec.port_no, ?how, "order created");
                 Ok(order)
             }
@@ -177,15 +179,17 @@ impl Service {
             )
             .await?
         {
-            let how = self.gateway.submit(
-                device_id,
-                Command {
-                    id,
-                    spec,
-                    sent_before: false,
-                    first_sent_at_ms: None,
-                },
-            );
+            let how = self
+                .deliver(
+                    device_id,
+                    Command {
+                        id,
+                        spec,
+                        sent_before: false,
+                        first_sent_at_ms: None,
+                    },
+                )
+                .await;
             tracing::info!(%device_id, order_no = %active.order_no, ?how, "stop requested");
         }
         self.order_now(&active.order_no).await
@@ -205,7 +209,7 @@ impl Service {
         if self.known_device(device_id).await?.is_none() {
             return Err(ServiceError::DeviceNotFound(device_id.to_string()));
         }
-        if !self.gateway.is_connected(device_id) {
+        if !self.is_connected_anywhere(device_id).await? {
             return Err(ServiceError::Offline(device_id.to_string()));
         }
         let now_ms = self.clock.now_ms();
@@ -224,7 +228,7 @@ impl Service {
             .await?;
         if let Some(row) = self.store.command(id).await? {
             if let Some(cmd) = command_of(&row) {
-                self.gateway.submit(device_id, cmd);
+                self.deliver(device_id, cmd).await;
             }
         }
         Ok(id)

@@ -207,6 +207,20 @@ impl Service {
 
     /// The device is offline: forget its live entry and write it (batched).
     pub(super) async fn mark_offline(&self, device_id: &str) {
+        if let Some(c) = self.cluster() {
+            // Another live instance holds the device (issue #17): it is not offline, only
+            // no longer here.
+            match c.release(device_id).await {
+                Ok(Some(owner)) => {
+                    self.gateway.set_unflushed(device_id, false);
+                    self.gateway.remove(device_id);
+                    tracing::info!(%device_id, %owner, "device held by another instance; forgotten here");
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, %device_id, "lease not released; it expires"),
+            }
+        }
         let unflushed = self.gateway.set_unflushed(device_id, false);
         let Some(last_seen_ms) = self.gateway.remove(device_id) else {
             return;
@@ -256,6 +270,11 @@ impl Service {
         );
         metrics::gauge!(m::ACTIVE_SESSIONS).set(self.gateway.session_count() as f64);
         tracing::info!(device_id = %hello.device_id, replaced, "device identified");
+        if let Some(c) = self.cluster() {
+            // Before the open commands are loaded: a command queued from now on wakes this
+            // instance (issue #17).
+            c.acquire(&hello.device_id, link.conn_id).await?;
+        }
         if !known {
             self.gateway.set_unflushed(&hello.device_id, true);
         }

@@ -91,6 +91,8 @@ pub struct Service {
     pub admission: crate::device::admission::Admission,
     /// Committed device, port and active-order state in memory (issue 14); the writer's.
     pub read: Arc<ReadModel>,
+    /// Set when the gateway shares its PostgreSQL with other instances (issue #17).
+    pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl Service {
@@ -103,6 +105,45 @@ impl Service {
             clock,
             timings,
             admission: Default::default(),
+            cluster: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This instance's part of the cluster (PostgreSQL), if any (issue #17).
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.get().map(|c| &**c)
+    }
+
+    /// Hands a committed command to the device's session here, or wakes the instance that
+    /// holds the device (issue #17); otherwise it waits in `cmd_logs` for the reconnect.
+    pub async fn deliver(&self, device_id: &str, cmd: Command) -> crate::gateway::Submitted {
+        let id = cmd.id;
+        let how = self.gateway.submit(device_id, cmd);
+        if how != crate::gateway::Submitted::Queued {
+            return how;
+        }
+        match self.cluster() {
+            Some(c) => match c.wake_owner(device_id, id).await {
+                Ok(Some(_)) => crate::gateway::Submitted::Routed,
+                Ok(None) => how,
+                Err(e) => {
+                    // The row is committed: the owner's poll finds it.
+                    tracing::warn!(error = %e, "command not announced to its owner; its poll finds it");
+                    how
+                }
+            },
+            None => how,
+        }
+    }
+
+    /// A connection holds the device, here or on another live instance.
+    pub async fn is_connected_anywhere(&self, device_id: &str) -> Result<bool> {
+        if self.gateway.is_connected(device_id) {
+            return Ok(true);
+        }
+        match self.cluster() {
+            Some(c) => Ok(c.owner_elsewhere(device_id).await?.is_some()),
+            None => Ok(false),
         }
     }
 
@@ -178,7 +219,12 @@ impl Service {
     /// restart within it produces no offline/online pair.
     pub async fn restore_online(&self) -> Result<usize> {
         let now_ms = self.clock.now_ms();
-        let rows = self.store.devices_marked_online().await?;
+        let rows = match self.cluster() {
+            // Only devices whose lease expired (or that never had one): never a device
+            // another live instance holds (issue #17).
+            Some(c) => c.claim_orphans(true).await?,
+            None => self.store.devices_marked_online().await?,
+        };
         for (id, protocol, last_seen) in &rows {
             let seen = last_seen.map_or(now_ms, |s| (s * 1000).max(now_ms));
             self.gateway.restore(id, protocol, seen);

@@ -39,7 +39,7 @@ pub struct CmdRow {
 const CMD_COLS: &str = "id, device_id, order_no, command, payload, status, attempts, \
     created_at_ms, expires_at_ms, sent_at_ms, result, port_no, last_sent_at_ms";
 
-fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
+pub(super) fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
     Ok(CmdRow {
         id: r.try_get("id")?,
         device_id: r.try_get("device_id")?,

@@ -15,6 +15,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 mod batch;
+// Several instances on one PostgreSQL (issue #17).
+pub mod cluster;
 mod commands;
 mod devices;
 mod keys;

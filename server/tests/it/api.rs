@@ -612,8 +612,8 @@ async fn every_route_is_in_the_openapi_document_with_the_statuses_it_answers() {
         }
     }
     assert_eq!(
-        operations, 21,
-        "every route of API.md, the device commands and the events routes"
+        operations, 22,
+        "every route of API.md, the device commands, the events routes and /admin/instances (issue #17)"
     );
     for (path, method, params) in [
         (

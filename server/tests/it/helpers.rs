@@ -248,7 +248,8 @@ impl FakeSession {
     }
 }
 
-async fn postgres_url() -> Option<String> {
+/// A fresh database on the local PostgreSQL (dropped by [`drop_postgres_database`]).
+pub async fn postgres_url() -> Option<String> {
     let base = std::env::var("PILE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let conn =
@@ -465,7 +466,7 @@ impl Drop for TestApp {
 
 /// Drops a per-test PostgreSQL database (connections are closed by force), on a thread of its
 /// own because `Drop` cannot await.
-fn drop_postgres_database(url: &str) {
+pub fn drop_postgres_database(url: &str) {
     let Some((base, name)) = url.rsplit_once('/') else {
         return;
     };

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod api;
+mod cluster;
 mod devices;
 mod events;
 mod limits;

@@ -12,6 +12,8 @@ mod helpers;
 
 #[path = "../it/api.rs"]
 mod api;
+#[path = "../it/cluster.rs"]
+mod cluster;
 #[path = "../it/devices.rs"]
 mod devices;
 #[path = "../it/events.rs"]

@@ -12,5 +12,6 @@ mod events;
 mod measure;
 mod orders;
 mod piles;
+mod retention;
 
 pub use helpers::*;

@@ -20,6 +20,8 @@ mod events;
 mod orders;
 #[path = "../it/piles.rs"]
 mod piles;
+#[path = "../it/retention.rs"]
+mod retention;
 
 pub use helpers::*;
 

@@ -14,8 +14,9 @@ DROP INDEX IF EXISTS outbox_open_by_device;
 CREATE INDEX outbox_pending_by_order ON outbox (order_no, id) WHERE status = 'pending';
 CREATE INDEX outbox_pending_by_device ON outbox (device_id, id)
     WHERE status = 'pending' AND order_no IS NULL;
--- Retries pulled forward when the endpoint's circuit breaker closes; the next due time.
-CREATE INDEX outbox_pending_next ON outbox (next_attempt_at_ms) WHERE status = 'pending';
+-- The report-candidates lookup (every device report) reads the port's newest orders through
+-- orders_by_port and the device reference through orders_by_device_ref (0020), no longer
+-- every order the device ever had.
 
 -- Delivery figures for /api/v1/admin/stats as counters (delivered rows are pruned, and
 -- counting the whole outbox on every stats call does not scale).

@@ -91,7 +91,7 @@ impl Store {
         Ok(sqlx::query(&format!(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < $1 \
              AND status IN ({statuses}) AND COALESCE(delivered_at_ms, created_at_ms) < $2 \
-             ORDER BY id LIMIT $3)"
+             LIMIT $3)"
         ))
         .bind(bound)
         .bind(cutoff_ms)

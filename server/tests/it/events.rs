@@ -568,7 +568,7 @@ both_db!(
         clock.advance(Duration::from_secs(30));
         d.drain().await.unwrap();
         let accepted: Vec<String> = rx.accepted().into_iter().map(|m| m.event_id).collect();
-        assert_eq!(accepted, [second.clone()]);
+        assert_eq!(accepted, std::slice::from_ref(second));
         let seq = rx.sequenced().last().unwrap().1;
         assert_eq!(seq, 2, "the receiver sees sequence 2 without 1: a gap");
     }

@@ -223,7 +223,21 @@ pub async fn start_with_clock(
     }
 
     // Events: webhook dispatcher and live stream.
-    let events = crate::events::Events::start(&config, store.clone(), shutdown.clone(), &tracker)?;
+    let events = crate::events::Events::start(
+        &config,
+        store.clone(),
+        service.clock.clone(),
+        shutdown.clone(),
+        &tracker,
+    )?;
+    // #13 retention: prunes delivered events, old command logs and progress samples.
+    tracker.spawn(crate::retention::run(
+        store.clone(),
+        service.clock.clone(),
+        config.retention.clone(),
+        events.dispatcher.is_none(),
+        shutdown.clone(),
+    ));
 
     // HTTP.
     let mut state = AppState::new(

@@ -140,6 +140,9 @@ pub struct Cli {
     /// [default: 5].
     #[arg(long, env = "PILE_LEASE_RENEW")]
     pub lease_renew: Option<u64>,
+    // #13 delivery/retention: flags in `DeliveryFlags` below.
+    #[command(flatten)]
+    pub delivery: DeliveryFlags,
 }
 
 /// `+08:00`, `-05:30`, `+8`, `0` → seconds east of UTC.
@@ -201,6 +204,15 @@ pub struct FileConfig {
     // issue #17
     pub instance_id: Option<String>,
     pub lease_renew: Option<u64>,
+    // #13 delivery/retention (durations as in the flags: `30s`, `5m`, `2h`, `7d`, `off`).
+    pub webhook_retry_schedule: Option<String>,
+    pub webhook_breaker_failures: Option<u32>,
+    pub webhook_probe_interval: Option<String>,
+    pub retain_events: Option<String>,
+    pub retain_command_logs: Option<String>,
+    pub retain_progress: Option<String>,
+    pub retention_interval: Option<String>,
+    pub retention_batch: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +229,12 @@ pub enum ConfigError {
     },
     #[error("{path}: device_utc_offset: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("{path}: {field}: {reason}")]
+    InvalidField {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 /// The resolved settings the gateway runs with.
@@ -262,6 +280,10 @@ pub struct Config {
     pub frame_ring_ttl: Duration,
     /// Several instances on one PostgreSQL (issue #17).
     pub cluster: crate::cluster::Settings,
+    /// #13 delivery/retention: webhook retry schedule and breaker.
+    pub delivery: DeliverySettings,
+    /// #13 delivery/retention: what the maintenance task prunes, and when.
+    pub retention: crate::retention::RetentionPolicy,
 }
 
 impl Default for Config {
@@ -299,6 +321,8 @@ impl Default for Config {
             device_flap_hold: Duration::from_secs(300),
             frame_ring_ttl: Duration::from_secs(24 * 3600),
             cluster: crate::cluster::Settings::default(),
+            delivery: DeliverySettings::default(),
+            retention: crate::retention::RetentionPolicy::default(),
         }
     }
 }
@@ -325,12 +349,24 @@ impl Config {
                 reason,
             })?;
         }
+        if let Some(path) = &cli.config {
+            check_delivery_file(&file).map_err(|(field, reason)| ConfigError::InvalidField {
+                path: path.clone(),
+                field,
+                reason,
+            })?;
+        }
         Ok(Self::merge(cli, file))
     }
 
     pub fn merge(cli: Cli, file: FileConfig) -> Config {
         let d = Config::default();
         let secs = Duration::from_secs;
+        // #13 delivery/retention
+        let (delivery, retention) = (
+            DeliverySettings::merge(&cli.delivery, &file),
+            crate::retention::RetentionPolicy::merge(&cli.delivery, &file),
+        );
         Config {
             http_listen: cli
                 .http_listen
@@ -451,10 +487,176 @@ impl Config {
                     .unwrap_or(d.cluster.renew),
                 ..d.cluster.clone()
             },
+            delivery,
+            retention,
             ..d
         }
     }
 }
+
+// ---- #13 delivery/retention -------------------------------------------------------------
+// Webhook retry schedule and circuit breaker, and the retention of delivered events, command
+// logs and progress samples. Durations read `500ms`, `30s`, `5m`, `2h`, `7d` (a bare number
+// is seconds); retention ages also `off` (keep forever).
+
+/// The #13 flags (flattened into [`Cli`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DeliveryFlags {
+    /// Waits between webhook attempts, comma-separated; the failure after the last is final
+    /// (dead letter) [default: 5s,5m,30m,2h,5h,10h,10h, about 27.6 h in all].
+    #[arg(long, env = "PILE_WEBHOOK_RETRY_SCHEDULE", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: Option<Schedule>,
+    /// Failed webhook attempts in a row that open the endpoint's circuit breaker; while open,
+    /// events wait without spending attempts [default: 5].
+    #[arg(long, env = "PILE_WEBHOOK_BREAKER_FAILURES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_breaker_failures: Option<u32>,
+    /// While the breaker is open, one probe at most this often [default: 30s].
+    #[arg(long, env = "PILE_WEBHOOK_PROBE_INTERVAL", value_parser = parse_duration)]
+    pub webhook_probe_interval: Option<Duration>,
+    /// Delivered (and switched-off) outbox events are deleted this long after delivery;
+    /// without --webhook-url, undelivered ones this long after they were written [default: 7d].
+    #[arg(long, env = "PILE_RETAIN_EVENTS", value_parser = parse_retention)]
+    pub retain_events: Option<Retain>,
+    /// Finished command-log rows (acked, refused, expired, superseded) of devices and settled
+    /// orders are deleted at this age [default: 30d].
+    #[arg(long, env = "PILE_RETAIN_COMMAND_LOGS", value_parser = parse_retention)]
+    pub retain_command_logs: Option<Retain>,
+    /// Progress samples of settled orders are deleted at this age (orders, settlements and end
+    /// reports are kept) [default: 30d].
+    #[arg(long, env = "PILE_RETAIN_PROGRESS", value_parser = parse_retention)]
+    pub retain_progress: Option<Retain>,
+    /// How often the retention task runs [default: 5m].
+    #[arg(long, env = "PILE_RETENTION_INTERVAL", value_parser = parse_duration)]
+    pub retention_interval: Option<Duration>,
+    /// Rows deleted per statement (each its own short transaction) [default: 500].
+    #[arg(long, env = "PILE_RETENTION_BATCH", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_batch: Option<u32>,
+}
+
+/// A retry schedule (a newtype so clap takes the whole list as one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+/// A retention age; `None` keeps forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retain(pub Option<Duration>);
+
+/// The webhook dispatcher's retry schedule and breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySettings {
+    pub retry_schedule: Vec<Duration>,
+    pub breaker_failures: u32,
+    pub probe_interval: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        use crate::events::dispatcher as d;
+        DeliverySettings {
+            retry_schedule: d::DEFAULT_RETRY_SCHEDULE.to_vec(),
+            breaker_failures: d::DEFAULT_BREAKER_FAILURES,
+            probe_interval: d::DEFAULT_PROBE_INTERVAL,
+        }
+    }
+}
+
+impl DeliverySettings {
+    fn merge(cli: &DeliveryFlags, file: &FileConfig) -> Self {
+        let d = DeliverySettings::default();
+        DeliverySettings {
+            retry_schedule: cli
+                .webhook_retry_schedule
+                .clone()
+                .or_else(|| {
+                    file.webhook_retry_schedule
+                        .as_deref()
+                        .and_then(|s| parse_schedule(s).ok())
+                })
+                .map_or(d.retry_schedule, |s| s.0),
+            breaker_failures: cli
+                .webhook_breaker_failures
+                .or(file.webhook_breaker_failures)
+                .unwrap_or(d.breaker_failures)
+                .max(1),
+            probe_interval: cli
+                .webhook_probe_interval
+                .or_else(|| file_duration(&file.webhook_probe_interval))
+                .unwrap_or(d.probe_interval),
+        }
+    }
+}
+
+pub(crate) fn file_duration(v: &Option<String>) -> Option<Duration> {
+    v.as_deref().and_then(|s| parse_duration(s).ok())
+}
+
+pub(crate) fn file_retain(v: &Option<String>) -> Option<Retain> {
+    v.as_deref().and_then(|s| parse_retention(s).ok())
+}
+
+/// The file's #13 values parse (the flags are checked by clap).
+fn check_delivery_file(f: &FileConfig) -> Result<(), (&'static str, String)> {
+    if let Some(s) = &f.webhook_retry_schedule {
+        parse_schedule(s).map_err(|e| ("webhook_retry_schedule", e))?;
+    }
+    for (field, v) in [
+        ("webhook_probe_interval", &f.webhook_probe_interval),
+        ("retention_interval", &f.retention_interval),
+    ] {
+        if let Some(s) = v {
+            parse_duration(s).map_err(|e| (field, e))?;
+        }
+    }
+    for (field, v) in [
+        ("retain_events", &f.retain_events),
+        ("retain_command_logs", &f.retain_command_logs),
+        ("retain_progress", &f.retain_progress),
+    ] {
+        if let Some(s) = v {
+            parse_retention(s).map_err(|e| (field, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("`{s}` is not a duration like 30s, 5m, 2h or 7d");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
+}
+
+/// A comma-separated list of durations, at least one.
+pub fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    let waits = s
+        .split(',')
+        .map(parse_duration)
+        .collect::<Result<Vec<_>, _>>()?;
+    if waits.is_empty() || waits.len() > 50 {
+        return Err(format!("`{s}` must list 1 to 50 waits"));
+    }
+    Ok(Schedule(waits))
+}
+
+/// A duration, or `off` (keep forever).
+pub fn parse_retention(s: &str) -> Result<Retain, String> {
+    match s.trim() {
+        "off" | "never" => Ok(Retain(None)),
+        t => parse_duration(t).map(|d| Retain(Some(d))),
+    }
+}
+// ---- end #13 delivery/retention ----------------------------------------------------------
 
 #[cfg(test)]
 mod tests {
@@ -504,6 +706,49 @@ mod tests {
         let file: FileConfig =
             toml::from_str("api_keys = [\"f-very-secret\"]\nwebhook_secret = \"x\"\n").unwrap();
         assert!(!format!("{file:?}").contains("very-secret"));
+        // #13 delivery/retention
+        let h = 3600;
+        assert_eq!(
+            c.delivery.retry_schedule,
+            [5, 300, 1800, 2 * h, 5 * h, 10 * h, 10 * h].map(Duration::from_secs)
+        );
+        assert_eq!(c.delivery.breaker_failures, 5);
+        assert_eq!(c.delivery.probe_interval, Duration::from_secs(30));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(c.retention.events, Some(7 * day));
+        assert_eq!(c.retention.command_logs, Some(30 * day));
+        assert_eq!(c.retention.progress, Some(30 * day));
+        assert_eq!(c.retention.interval, Duration::from_secs(300));
+        assert_eq!(c.retention.batch, 500);
+    }
+
+    #[test]
+    fn delivery_and_retention_flags_read_durations() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_schedule("5s,,1h").is_err());
+        let cli = Cli::parse_from([
+            "pile-server",
+            "--webhook-retry-schedule",
+            "1s,1m",
+            "--retain-events",
+            "off",
+            "--retain-progress",
+            "2d",
+        ]);
+        let file: FileConfig =
+            toml::from_str("retain_progress = \"1d\"\nwebhook_probe_interval = \"10s\"\n").unwrap();
+        let c = Config::merge(cli, file);
+        assert_eq!(
+            c.delivery.retry_schedule,
+            [Duration::from_secs(1), Duration::from_secs(60)]
+        );
+        assert_eq!(c.delivery.probe_interval, Duration::from_secs(10));
+        assert_eq!(c.retention.events, None, "off keeps forever");
+        assert_eq!(c.retention.progress, Some(Duration::from_secs(2 * 86_400)));
+        assert!(Cli::try_parse_from(["pile-server", "--retain-events", "soon"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! * [`http`] — axum routes, auth, envelope, errors.
 //! * [`events`] — webhook dispatcher (signed, retried, dead letters) and the live event stream.
 //! * [`metrics`] — Prometheus series and log-level counters.
+//! * [`retention`] — the maintenance task that prunes delivered events, command logs and
+//!   progress samples (#13).
 //! * [`app`] — wiring and graceful shutdown.
 
 pub mod app;
@@ -24,6 +26,7 @@ pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod retention;
 pub mod service;
 pub mod store;
 pub mod writer;

@@ -2,8 +2,10 @@
 //! in their own transaction (`store::outbox`); from there
 //!
 //! * the [`Dispatcher`] delivers them as signed webhooks — at-least-once, in order per order,
-//!   different orders in parallel, retried at 1, 2, 4, 8, 16 s, then dead-lettered — one
-//!   round per [`Dispatcher::deliver_next`] call, so tests drive it without sleeping;
+//!   different orders in parallel, retried over about 27.6 h (5 s … 10 h) behind a per-endpoint
+//!   circuit breaker, then dead-lettered (a dead event does not hold its order's later ones;
+//!   the per-order `sequence` shows the gap) — one round per [`Dispatcher::deliver_next`]
+//!   call, so tests drive it without sleeping;
 //! * the [`Hub`] tails the table and fans events out to live-stream (SSE) clients through a
 //!   bounded broadcast channel: a client that falls behind is dropped, delivery never waits;
 //! * [`routes`] serves dead letters, replay, the webhook connectivity test and the stream.
@@ -22,7 +24,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use dispatcher::{Dispatcher, Step, WebhookSettings};
+pub use dispatcher::{Breaker, Dispatcher, Step, WebhookSettings};
 pub use routes::router;
 pub use stream::{Filter, Hub};
 
@@ -34,6 +36,8 @@ pub const DELIVERIES: &str = "webhook_deliveries_total";
 pub use crate::metrics::DELIVERY_DURATION;
 pub const BACKLOG: &str = "webhook_backlog";
 pub const DEAD_LETTERS: &str = "webhook_dead_letters";
+pub const OLDEST_PENDING: &str = "webhook_oldest_pending_age_seconds";
+pub const BREAKER_STATE: &str = "webhook_breaker_state";
 pub const STREAM_CLIENTS: &str = "event_stream_clients";
 pub const STREAM_DROPPED: &str = "event_stream_dropped_total";
 
@@ -50,12 +54,21 @@ fn describe() {
     );
     describe_gauge!(BACKLOG, "Outbox events not delivered yet");
     describe_gauge!(DEAD_LETTERS, "Dead-lettered webhook events");
+    describe_gauge!(
+        OLDEST_PENDING,
+        Unit::Seconds,
+        "Age of the oldest webhook event not delivered yet"
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Webhook endpoint circuit breaker: 0 closed, 1 open, 2 half-open (a probe is out)"
+    );
     describe_gauge!(STREAM_CLIENTS, "Live event stream clients");
     describe_counter!(
         STREAM_DROPPED,
         "Live-stream clients dropped because they fell behind"
     );
-    for result in ["delivered", "retry", "dead"] {
+    for result in ["delivered", "retry", "dead", "deferred"] {
         metrics::counter!(DELIVERIES, "result" => result).increment(0);
     }
 }
@@ -109,14 +122,16 @@ impl std::fmt::Debug for Events {
 impl Events {
     /// Starts the stream's tail and, with a webhook URL, the dispatcher; both stop when
     /// `shutdown` fires and are tracked by `tracker` (so they end before the store closes).
+    /// Delivery times read `clock`, the gateway's (a manual one in tests).
     pub fn start(
         config: &Config,
         store: Store,
+        clock: Clock,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Events> {
         describe();
-        let clock = EventClock::System(Clock::new());
+        let clock = EventClock::System(clock);
         let hub = Hub::new(stream::CAPACITY, shutdown.clone());
         tracker.spawn(stream::tail(
             store.clone(),
@@ -131,13 +146,15 @@ impl Events {
                         "--webhook-url without --webhook-secret: signing with an empty key"
                     );
                 }
-                let settings = WebhookSettings::new(
-                    url,
-                    config
-                        .webhook_secret
-                        .as_ref()
-                        .map_or("", secrecy::ExposeSecret::expose_secret),
-                );
+                let settings = WebhookSettings {
+                    retry_schedule: config.delivery.retry_schedule.clone(),
+                    breaker_failures: config.delivery.breaker_failures,
+                    probe_interval: config.delivery.probe_interval,
+                    ..WebhookSettings::new(url, config
+                            .webhook_secret
+                            .as_ref()
+                            .map_or("", secrecy::ExposeSecret::expose_secret))
+                };
                 let d = Arc::new(Dispatcher::new(store.clone(), settings, clock.clone())?);
                 tracker.spawn(d.clone().run(shutdown));
                 tracing::info!(%url, "webhook dispatcher started");

@@ -17,6 +17,10 @@ pub(super) async fn stats(State(state): State<AppState>) -> ApiResult {
     let (devices, orders, cmd_logs) = store.table_counts().await?;
     let (in_use, idle, max) = store.pool_usage();
     let push = store.push_figures().await?;
+    let webhook = match state.events.as_ref().and_then(|e| e.dispatcher.as_ref()) {
+        Some(d) => Some(d.endpoint_status().await?),
+        None => None,
+    };
     let qs = store.query_stats();
     Ok(ok(Stats {
         tables: TableCounts {
@@ -36,7 +40,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> ApiResult {
         online_devices: store.online_count().await?,
         orders_by_status: store.orders_by_status().await?.into_iter().collect(),
         uptime_sec: state.started.elapsed().as_secs(),
-        webhook: None,
+        webhook,
         instance_id: state.service.cluster().map(|c| c.id.clone()),
     }))
 }

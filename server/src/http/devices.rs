@@ -224,11 +224,16 @@ pub(super) async fn devices(
             (items, total)
         }
         None => {
-            let (rows, total) = state.service.store.devices(online, page, size).await?;
-            let mut items = Vec::with_capacity(rows.len());
-            for d in rows {
-                items.push(device_view(&state.service, d).await?);
-            }
+            // One query for the page: devices, their ports and active orders (#13).
+            let (rows, total) = state
+                .service
+                .store
+                .devices_with_ports(online, page, size)
+                .await?;
+            let items = rows
+                .into_iter()
+                .map(|(d, ports, active)| build_view(&state.service, d, ports, active))
+                .collect();
             (items, total)
         }
     };

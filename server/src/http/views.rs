@@ -43,18 +43,6 @@ pub(super) fn order_ref(o: &OrderRow) -> OrderRef {
     }
 }
 
-pub(super) async fn device_view(service: &Service, d: DeviceRow) -> Result<DeviceView, ApiError> {
-    let ports: Vec<PortRow> = service.store.ports(&d.device_id).await?;
-    let active: Vec<(i64, String)> = service
-        .store
-        .active_orders_of(&d.device_id)
-        .await?
-        .into_iter()
-        .map(|o| (o.port_no, o.order_no))
-        .collect();
-    Ok(build_view(service, d, ports, active))
-}
-
 /// A device's view: stored ports and orders, live fields from memory.
 pub(super) fn build_view(
     service: &Service,

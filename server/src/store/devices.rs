@@ -22,6 +22,9 @@ pub struct DeviceRow {
     pub port_count: i64,
 }
 
+/// Devices with their ports and `(port_no, order_no)` of their active orders.
+pub type DevicePage = Vec<(DeviceRow, Vec<PortRow>, Vec<(i64, String)>)>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortRow {
     pub device_id: String,
@@ -306,6 +309,80 @@ impl Store {
         self.observe(started);
         let rows = rows.iter().map(device_from_row).collect::<Result<_>>()?;
         Ok((rows, total))
+    }
+
+    /// A page of devices, each with its ports and active orders, and the count of all
+    /// matches — in one query (#13; it was two per device): the page's ports and the page's
+    /// active orders come as rows of one `UNION ALL`, the total in a column.
+    pub async fn devices_with_ports(
+        &self,
+        online: Option<bool>,
+        page: u32,
+        size: u32,
+    ) -> Result<(DevicePage, i64)> {
+        let started = Instant::now();
+        let filter = match online {
+            Some(true) => "WHERE online = 1",
+            Some(false) => "WHERE online = 0",
+            None => "",
+        };
+        let offset = i64::from(page.saturating_sub(1)) * i64::from(size);
+        let cols = "pg.device_id, pg.protocol, pg.online, pg.last_seen_at, pg.connected_at, \
+            pg.remote_addr, pg.firmware, pg.signal, pg.port_count, pg.total";
+        let rows = sqlx::query(&format!(
+            "WITH pg AS (SELECT {DEVICE_COLS}, (SELECT COUNT(*) FROM devices {filter}) AS total \
+                 FROM devices {filter} ORDER BY device_id LIMIT $1 OFFSET $2) \
+             SELECT {cols}, CAST(0 AS BIGINT) AS kind, p.port_no AS p_port_no, p.socket_no AS p_socket_no, \
+                 p.hole AS p_hole, p.status AS p_status, p.power_dw AS p_power_dw, \
+                 p.reported_status AS p_reported, CAST(NULL AS TEXT) AS o_order_no \
+                 FROM pg LEFT JOIN ports p ON p.device_id = pg.device_id \
+             UNION ALL \
+             SELECT {cols}, CAST(1 AS BIGINT) AS kind, o.port_no AS p_port_no, CAST(NULL AS BIGINT), \
+                 CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS BIGINT), \
+                 CAST(NULL AS TEXT), o.order_no AS o_order_no \
+                 FROM pg JOIN orders o ON o.device_id = pg.device_id \
+                 AND o.status IN ('pending', 'charging') \
+             ORDER BY 1, 11, 12"
+        ))
+        .bind(i64::from(size))
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        self.observe(started);
+        let total = match rows.first() {
+            Some(r) => r.try_get("total")?,
+            None => sqlx::query(&format!("SELECT COUNT(*) AS n FROM devices {filter}"))
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?,
+        };
+        let mut out: DevicePage = Vec::new();
+        for r in &rows {
+            let device_id: String = r.try_get("device_id")?;
+            if out.last().is_none_or(|(d, _, _)| d.device_id != device_id) {
+                out.push((device_from_row(r)?, Vec::new(), Vec::new()));
+            }
+            let (_, ports, active) = out.last_mut().expect("pushed above");
+            let Some(port_no) = r.try_get::<Option<i64>, _>("p_port_no")? else {
+                continue;
+            };
+            if r.try_get::<i64, _>("kind")? == 1 {
+                active.push((port_no, r.try_get("o_order_no")?));
+                continue;
+            }
+            ports.push(PortRow {
+                device_id,
+                port_no,
+                socket_no: r.try_get("p_socket_no")?,
+                hole: r.try_get("p_hole")?,
+                status: r
+                    .try_get::<Option<String>, _>("p_status")?
+                    .unwrap_or_default(),
+                power_dw: r.try_get::<Option<i64>, _>("p_power_dw")?.unwrap_or(0),
+                reported_status: r.try_get("p_reported")?,
+            });
+        }
+        Ok((out, total))
     }
 
     /// A device with its ports and each port's active order, in one round trip (the API's

@@ -23,16 +23,18 @@ mod keys;
 mod orders;
 pub mod outbox;
 mod read;
+mod retention;
 mod stats;
 
 pub use batch::BatchOp;
 pub use commands::{status as command_status, CmdRow, NewCommand};
-pub use devices::{DeviceOnline, DeviceRow, PortRow};
+pub use devices::{DeviceOnline, DevicePage, DeviceRow, PortRow};
 pub use orders::{
     CommandAnswer, CreateOutcome, EndReportRow, NewOrder, OrderRow, ProgressRow, Settlement,
 };
 pub use outbox::Event;
 pub use read::DeviceSnapshot;
+pub use retention::{RetainedCounts, RetainedTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

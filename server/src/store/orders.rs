@@ -379,7 +379,9 @@ impl Store {
     }
 
     /// The orders a report about this port may concern: the newest orders on the port and
-    /// the order holding `device_ref`, with how far each one's start command got.
+    /// the order holding `device_ref`, with how far each one's start command got. Two indexed
+    /// lookups (`orders_by_port`, `orders_by_device_ref`), so the cost of a report does not
+    /// grow with the device's order history (#13).
     pub async fn report_candidates(
         &self,
         device_id: &str,
@@ -390,8 +392,11 @@ impl Store {
              WHEN c.attempts > 0 THEN 1 ELSE 0 END) FROM cmd_logs c \
              WHERE c.order_no = o.order_no AND c.command = 'start') AS start_state";
         let rows = sqlx::query(&format!(
-            "SELECT {ORDER_COLS_O}, {start_state} FROM orders o WHERE o.device_id = $1 \
-             AND (o.port_no = $2 OR o.device_ref = $3) ORDER BY o.id DESC LIMIT 20"
+            "SELECT {ORDER_COLS_O}, {start_state} FROM orders o WHERE o.id IN \
+             (SELECT id FROM (SELECT id FROM orders WHERE device_id = $1 AND port_no = $2 \
+                 ORDER BY id DESC LIMIT 20) newest \
+              UNION SELECT id FROM orders WHERE device_id = $1 AND device_ref = $3) \
+             ORDER BY o.id DESC LIMIT 20"
         ))
         .bind(device_id)
         .bind(port_no)

@@ -4,9 +4,11 @@
 //! the figures `/api/v1/admin/stats` reports, and the tail the live stream follows.
 //!
 //! Ordering rule: an event is due only when no earlier event of the same order (or, for
-//! events without an order, of the same device) is still pending or dead. So a later event of
-//! an order is never delivered before an earlier one, a dead event holds the rest of its
-//! order until it is replayed, and different orders are independent.
+//! events without an order, of the same device) is still pending — delivered, retrying or
+//! waiting for the endpoint's circuit breaker. So a later event of an order is never
+//! delivered before an earlier one that may still arrive; a dead event does not hold the rest
+//! of its order (each event carries its per-order `sequence`, so the receiver sees the gap,
+//! and the dead letter stays listed and replayable); different orders are independent.
 
 use serde_json::{json, Map, Value};
 use sqlx::any::AnyRow;
@@ -42,10 +44,14 @@ pub struct OutboxRow {
     pub dead_at_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_status: Option<i64>,
+    /// Position among the events of its order (or, without an order, of its device), from 1;
+    /// `None` for events written before the column existed.
+    pub sequence: Option<i64>,
 }
 
 const OUTBOX_COLS: &str = "id, event_id, event_type, device_id, order_no, payload, created_at_ms, \
-    status, attempts, next_attempt_at_ms, delivered_at_ms, dead_at_ms, last_error, last_status";
+    status, attempts, next_attempt_at_ms, delivered_at_ms, dead_at_ms, last_error, last_status, \
+    sequence";
 
 fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
     Ok(OutboxRow {
@@ -63,6 +69,7 @@ fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
         dead_at_ms: r.try_get("dead_at_ms")?,
         last_error: r.try_get("last_error")?,
         last_status: r.try_get("last_status")?,
+        sequence: r.try_get("sequence")?,
     })
 }
 
@@ -91,6 +98,16 @@ pub enum DeliveryResult {
     },
     /// A switched-off event type (e.g. `device.heartbeat`): never sent.
     Skipped { id: i64 },
+    /// Not sent: the endpoint's circuit breaker opened before its turn. Nothing is written;
+    /// the event stays due and spends no attempt.
+    Deferred { id: i64 },
+    /// A breaker probe sent ahead of the event's own retry time failed: the error is kept,
+    /// the event's schedule and attempt budget are not touched.
+    Probed {
+        id: i64,
+        error: String,
+        status: Option<i64>,
+    },
 }
 
 impl DeliveryResult {
@@ -100,7 +117,9 @@ impl DeliveryResult {
             DeliveryResult::Delivered { id, .. }
             | DeliveryResult::Retry { id, .. }
             | DeliveryResult::Dead { id, .. }
-            | DeliveryResult::Skipped { id } => *id,
+            | DeliveryResult::Skipped { id }
+            | DeliveryResult::Deferred { id }
+            | DeliveryResult::Probed { id, .. } => *id,
         }
     }
 }
@@ -118,6 +137,7 @@ pub enum Replay {
 pub struct PushFigures {
     /// Events not delivered yet (pending).
     pub backlog: i64,
+    /// Delivered since the counters started (they outlive retention).
     pub delivered: i64,
     pub dead: i64,
     /// Successful attempts / all attempts; 1.0 when nothing was attempted.
@@ -234,9 +254,11 @@ async fn enrich(tx: &mut Tx, ev: &Event) -> Result<Value> {
 pub(super) async fn insert_event(tx: &mut Tx, ev: &Event, now_ms: i64) -> Result<()> {
     let event_id = uuid::Uuid::new_v4().to_string();
     let data = enrich(tx, ev).await?;
+    let sequence = next_sequence(tx, ev).await?;
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, device_id, order_no, payload, created_at_ms, \
-         status, attempts, next_attempt_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $6)",
+         status, attempts, next_attempt_at_ms, sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $6, $7)",
     )
     .bind(event_id)
     .bind(ev.event_type)
@@ -244,9 +266,58 @@ pub(super) async fn insert_event(tx: &mut Tx, ev: &Event, now_ms: i64) -> Result
     .bind(ev.order_no.clone())
     .bind(data.to_string())
     .bind(now_ms)
+    .bind(sequence)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The event's position among its order's events (or its device's, without an order): a
+/// counter on the order (device) row, bumped in the event's own transaction — which also
+/// serialises two writers of one order on PostgreSQL. An event of an order or device that has
+/// no row (imports, tests) continues from the outbox's highest number.
+async fn next_sequence(tx: &mut Tx, ev: &Event) -> Result<i64> {
+    let bumped = match &ev.order_no {
+        Some(order_no) => sqlx::query(
+            "UPDATE orders SET event_seq = event_seq + 1 WHERE order_no = $1 RETURNING event_seq",
+        )
+        .bind(order_no)
+        .fetch_optional(&mut **tx)
+        .await?,
+        None => {
+            sqlx::query(
+                "UPDATE devices SET event_seq = event_seq + 1 WHERE device_id = $1 \
+             RETURNING event_seq",
+            )
+            .bind(&ev.device_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    if let Some(r) = bumped {
+        return Ok(r.try_get("event_seq")?);
+    }
+    let r = match &ev.order_no {
+        Some(order_no) => {
+            sqlx::query(
+                "SELECT CAST(COALESCE(MAX(sequence), 0) + 1 AS BIGINT) AS n FROM outbox \
+             WHERE order_no = $1",
+            )
+            .bind(order_no)
+            .fetch_one(&mut **tx)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "SELECT CAST(COALESCE(MAX(sequence), 0) + 1 AS BIGINT) AS n FROM outbox \
+             WHERE device_id = $1 AND order_no IS NULL",
+            )
+            .bind(&ev.device_id)
+            .fetch_one(&mut **tx)
+            .await?
+        }
+    };
+    Ok(r.try_get("n")?)
 }
 
 /// Who may run the webhook dispatcher (one per database).
@@ -303,17 +374,18 @@ impl Store {
     }
 
     /// Pending events due at `now_ms` whose order (or device, for order-less events) has no
-    /// earlier event still pending or dead; oldest first, at most `limit`. Each order appears
-    /// at most once, so the caller may deliver all of them at the same time.
+    /// earlier event still pending (a dead one does not hold them); oldest first, at most
+    /// `limit`. Each order appears at most once, so the caller may deliver all of them at the
+    /// same time.
     pub async fn due_events(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {OUTBOX_COLS} FROM outbox o \
              WHERE o.status = 'pending' AND o.next_attempt_at_ms <= $1 \
              AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.order_no = o.order_no \
-                 AND p.id < o.id AND p.status IN ('pending', 'dead')) \
+                 AND p.id < o.id AND p.status = 'pending') \
              AND NOT EXISTS (SELECT 1 FROM outbox p WHERE o.order_no IS NULL \
                  AND p.device_id = o.device_id AND p.id < o.id \
-                 AND p.status IN ('pending', 'dead') AND p.order_no IS NULL) \
+                 AND p.status = 'pending' AND p.order_no IS NULL) \
              ORDER BY o.id LIMIT $2"
         ))
         .bind(now_ms)
@@ -336,12 +408,39 @@ impl Store {
     /// Writes a round's results in one transaction. Only pending rows change (a row replayed
     /// or delivered meanwhile keeps its state).
     pub async fn record_deliveries(&self, results: &[DeliveryResult]) -> Result<()> {
-        if results.is_empty() {
+        let (mut delivered, mut attempts) = (0i64, 0i64);
+        for r in results {
+            match r {
+                DeliveryResult::Delivered { .. } => {
+                    delivered += 1;
+                    attempts += 1;
+                }
+                DeliveryResult::Retry { .. }
+                | DeliveryResult::Dead { .. }
+                | DeliveryResult::Probed { .. } => attempts += 1,
+                DeliveryResult::Skipped { .. } | DeliveryResult::Deferred { .. } => {}
+            }
+        }
+        if results
+            .iter()
+            .all(|r| matches!(r, DeliveryResult::Deferred { .. }))
+        {
             return Ok(());
         }
         let mut tx = self.begin().await?;
+        if attempts > 0 {
+            sqlx::query(
+                "UPDATE webhook_counters SET delivered = delivered + $1, attempts = attempts + $2 \
+                 WHERE id = 1",
+            )
+            .bind(delivered)
+            .bind(attempts)
+            .execute(&mut *tx)
+            .await?;
+        }
         for r in results {
             let q = match r {
+                DeliveryResult::Deferred { .. } => continue,
                 DeliveryResult::Delivered {
                     id,
                     at_ms,
@@ -380,6 +479,13 @@ impl Store {
                 )
                 .bind(*id)
                 .bind(*at_ms)
+                .bind(error.clone())
+                .bind(*status),
+                DeliveryResult::Probed { id, error, status } => sqlx::query(
+                    "UPDATE outbox SET last_error = $2, last_status = $3 \
+                     WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(*id)
                 .bind(error.clone())
                 .bind(*status),
                 DeliveryResult::Skipped { id } => sqlx::query(
@@ -475,33 +581,56 @@ impl Store {
         Ok(id.unwrap_or(0))
     }
 
-    /// (pending, dead) counts, for the gauges.
-    pub async fn backlog_and_dead(&self) -> Result<(i64, i64)> {
-        let r = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS b, \
-             (SELECT COUNT(*) FROM outbox WHERE status = 'dead') AS f",
+    /// Pulls every waiting retry forward to `now_ms`: the endpoint's circuit breaker just
+    /// closed, so retries scheduled while it failed need not wait out their backoff (the
+    /// backlog drains at full speed). Returns how many rows moved.
+    pub async fn retry_now(&self, now_ms: i64) -> Result<u64> {
+        self.check_write()?;
+        Ok(sqlx::query(
+            "UPDATE outbox SET next_attempt_at_ms = $1 \
+             WHERE status = 'pending' AND next_attempt_at_ms > $1",
         )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((r.try_get("b")?, r.try_get("f")?))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
-    /// Backlog, delivered and dead counts, success rate per attempt and mean push latency.
-    pub async fn push_figures(&self) -> Result<PushFigures> {
+    /// (pending, dead) counts, for the gauges.
+    pub async fn backlog_and_dead(&self) -> Result<(i64, i64)> {
+        let q = self.webhook_queue().await?;
+        Ok((q.backlog, q.dead))
+    }
+
+    /// The webhook queue from indexed reads only (the pending and dead rows, never the
+    /// delivered ones): backlog, dead letters, the oldest pending event's time.
+    pub async fn webhook_queue(&self) -> Result<WebhookQueue> {
         let r = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS b, \
-             (SELECT COUNT(*) FROM outbox WHERE status = 'delivered') AS d, \
              (SELECT COUNT(*) FROM outbox WHERE status = 'dead') AS f, \
-             (SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM outbox) AS a",
+             (SELECT created_at_ms FROM outbox WHERE status = 'pending' ORDER BY id LIMIT 1) AS o",
         )
         .fetch_one(&self.pool)
         .await?;
-        let (backlog, delivered, dead, attempts): (i64, i64, i64, i64) = (
-            r.try_get("b")?,
-            r.try_get("d")?,
-            r.try_get("f")?,
-            r.try_get("a")?,
-        );
+        Ok(WebhookQueue {
+            backlog: r.try_get("b")?,
+            dead: r.try_get("f")?,
+            oldest_pending_ms: r.try_get("o")?,
+        })
+    }
+
+    /// Backlog and dead counts, success rate per attempt (from the delivery counters, which
+    /// survive retention) and mean push latency over the last 1,000 deliveries.
+    pub async fn push_figures(&self) -> Result<PushFigures> {
+        let q = self.webhook_queue().await?;
+        let r =
+            sqlx::query("SELECT delivered AS d, attempts AS a FROM webhook_counters WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        let (delivered, attempts): (i64, i64) = match r {
+            Some(r) => (r.try_get("d")?, r.try_get("a")?),
+            None => (0, 0),
+        };
         let latencies: Vec<i64> = sqlx::query(
             "SELECT delivered_at_ms - created_at_ms AS l FROM outbox WHERE status = 'delivered' \
              ORDER BY id DESC LIMIT 1000",
@@ -517,9 +646,9 @@ impl Store {
             latencies.iter().map(|l| (*l).max(0) as f64).sum::<f64>() / latencies.len() as f64
         };
         Ok(PushFigures {
-            backlog,
+            backlog: q.backlog,
             delivered,
-            dead,
+            dead: q.dead,
             success_rate: if attempts == 0 {
                 1.0
             } else {
@@ -528,4 +657,13 @@ impl Store {
             mean_latency_ms,
         })
     }
+}
+
+/// The webhook queue (`Store::webhook_queue`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookQueue {
+    pub backlog: i64,
+    pub dead: i64,
+    /// `created_at_ms` of the oldest pending event.
+    pub oldest_pending_ms: Option<i64>,
 }

@@ -37,6 +37,8 @@ struct Hit {
     signature_ok: bool,
     /// `X-Event-Id` and `X-Nonce` agree with the body; `X-Timestamp` is a number.
     headers_ok: bool,
+    /// The body's `sequence` (the `X-Event-Sequence` header agrees, or the test fails).
+    sequence: Option<i64>,
 }
 
 type Answer = Box<dyn Fn(&EventMessage) -> u16 + Send + Sync>;
@@ -84,6 +86,13 @@ async fn hook(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
         h("x-signature"),
     );
     let msg: EventMessage = serde_json::from_slice(&body).expect("body is an event");
+    let raw: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+    let sequence = raw["sequence"].as_i64();
+    assert_eq!(
+        h("x-event-sequence").parse::<i64>().ok(),
+        sequence,
+        "X-Event-Sequence agrees with the body"
+    );
     let slow = st.slow_id.lock().unwrap().as_deref() == Some(msg.event_id.as_str());
     let delay = if slow {
         Duration::from_millis(1500)
@@ -101,6 +110,7 @@ async fn hook(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
         answered,
         signature_ok,
         headers_ok,
+        sequence,
     });
     st.in_flight.fetch_sub(1, Ordering::SeqCst);
     StatusCode::from_u16(answered).unwrap()
@@ -151,6 +161,15 @@ impl Receiver {
             .collect()
     }
 
+    /// Accepted events with their sequence numbers, in arrival order.
+    fn sequenced(&self) -> Vec<(EventMessage, i64)> {
+        self.hits()
+            .into_iter()
+            .filter(|h| (200..300).contains(&h.answered))
+            .map(|h| (h.msg, h.sequence.expect("every event carries a sequence")))
+            .collect()
+    }
+
     /// Accepted more than once, per event ID (what a receiver's dedupe would absorb).
     fn duplicates(&self) -> usize {
         let accepted = self.accepted();
@@ -166,6 +185,20 @@ fn dispatcher(store: &Store, url: &str, clock: &EventClock) -> Dispatcher {
         clock.clone(),
     )
     .expect("dispatcher")
+}
+
+/// The schedule these tests used before #13 (1, 2, 4, 8, 16 s) and a breaker that never
+/// opens: for tests of the retry rule itself, not of outages.
+fn short_retries(url: &str) -> WebhookSettings {
+    WebhookSettings {
+        retry_schedule: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
+        breaker_failures: u32::MAX,
+        ..WebhookSettings::new(url, SECRET)
+    }
+}
+
+fn dispatcher_with(store: &Store, settings: WebhookSettings, clock: &EventClock) -> Dispatcher {
+    Dispatcher::new(store.clone(), settings, clock.clone()).expect("dispatcher")
 }
 
 fn start_clock() -> EventClock {
@@ -318,7 +351,7 @@ both_db!(
         })
         .await;
         let clock = start_clock();
-        let d = dispatcher(&store, &rx.url, &clock);
+        let d = dispatcher_with(&store, short_retries(&rx.url), &clock);
 
         // First round: each order's first event fails and waits 1 s; nothing else is due.
         assert_eq!(
@@ -383,7 +416,7 @@ both_db!(
 );
 
 both_db!(
-    a_400_goes_dead_holds_the_rest_of_its_order_and_replay_delivers_it,
+    a_dead_event_does_not_hold_its_successors_and_replay_delivers_it,
     |db| async move {
         let Some(app) = app_on(db).await else { return };
         let store = app.service.store.clone();
@@ -405,7 +438,7 @@ both_db!(
         let d = dispatcher(&store, &rx.url, &clock);
         d.drain().await.unwrap();
 
-        // ord-0's first event is dead after one attempt; its later events wait; ord-1 is done.
+        // ord-0's first event is dead after one attempt; its later events went on without it.
         let dead = app
             .client
             .dead_letters(&DeadLetterQuery::default())
@@ -417,11 +450,23 @@ both_db!(
         assert_eq!(letter.attempts, 1);
         assert_eq!(letter.last_status, Some(400));
         assert_eq!(letter.order_no.as_deref(), Some("ord-0"));
-        let accepted_ids: Vec<String> = rx.accepted().into_iter().map(|m| m.event_id).collect();
-        assert_eq!(accepted_ids, expected["ord-1"]);
-        assert_eq!(app.client.stats().await.unwrap().event_backlog, 2);
+        let of = |order: &str| -> Vec<(String, i64)> {
+            rx.sequenced()
+                .into_iter()
+                .filter(|(m, _)| m.order_no.as_deref() == Some(order))
+                .map(|(m, seq)| (m.event_id, seq))
+                .collect()
+        };
+        let ids = |order: &str| expected[order].clone();
+        assert_eq!(
+            of("ord-0"),
+            vec![(ids("ord-0")[1].clone(), 2), (ids("ord-0")[2].clone(), 3)],
+            "the successors arrived, in order, and their sequence shows the gap at 1"
+        );
+        assert_eq!(of("ord-1").len(), 3);
+        assert_eq!(app.client.stats().await.unwrap().event_backlog, 0);
 
-        // Replay: the dead event goes first, then the rest of its order.
+        // Replay: the dead event is delivered, with its own sequence number.
         let r = app.client.replay_dead_letter(&poison).await.unwrap();
         assert_eq!(r.status, "pending");
         let again = app.client.replay_dead_letter(&poison).await.unwrap_err();
@@ -433,13 +478,13 @@ both_db!(
             .unwrap_err();
         assert_eq!(missing.status(), Some(404));
         d.drain().await.unwrap();
-        let ord0: Vec<String> = rx
-            .accepted()
-            .into_iter()
-            .filter(|m| m.order_no.as_deref() == Some("ord-0"))
-            .map(|m| m.event_id)
-            .collect();
-        assert_eq!(ord0, expected["ord-0"]);
+        let got: HashSet<String> = of("ord-0").into_iter().map(|(id, _)| id).collect();
+        assert_eq!(got, ids("ord-0").into_iter().collect::<HashSet<_>>());
+        assert_eq!(
+            of("ord-0").last().unwrap().1,
+            1,
+            "the replayed one, sequence 1"
+        );
         assert_eq!(rx.duplicates(), 0);
         let dead = app
             .client
@@ -450,30 +495,84 @@ both_db!(
     }
 );
 
-both_db!(retries_exhausted_after_five_go_dead, |db| async move {
-    let Some(app) = app_on(db).await else { return };
-    let store = app.service.store.clone();
-    let expected = fill(&store, 1, 1).await;
-    let rx = Receiver::start(|_| 503).await;
-    let clock = start_clock();
-    let d = dispatcher(&store, &rx.url, &clock);
-    for _ in 0..6 {
+both_db!(
+    retries_follow_the_schedule_over_27_hours_then_go_dead_and_free_the_order,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        let expected = fill(&store, 1, 2).await;
+        let (first, second) = (&expected["ord-0"][0], &expected["ord-0"][1]);
+        let failing = Arc::new(AtomicBool::new(true));
+        let rx = Receiver::start({
+            let failing = failing.clone();
+            move |_| {
+                if failing.load(Ordering::SeqCst) {
+                    503
+                } else {
+                    200
+                }
+            }
+        })
+        .await;
+        let clock = start_clock();
+        // The default schedule; the breaker (whose probes would go in between) is off here.
+        let settings = WebhookSettings {
+            breaker_failures: u32::MAX,
+            ..WebhookSettings::new(&rx.url, SECRET)
+        };
+        let d = dispatcher_with(&store, settings, &clock);
         assert!(matches!(
             d.deliver_next().await.unwrap(),
-            Step::Worked { .. }
+            Step::Worked { retried: 1, .. }
         ));
-        clock.advance(Duration::from_secs(16));
+        // 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: each wait to the millisecond.
+        let (m, h) = (60, 3600);
+        for (i, wait) in [5, 5 * m, 30 * m, 2 * h, 5 * h, 10 * h, 10 * h]
+            .into_iter()
+            .enumerate()
+        {
+            clock.advance(Duration::from_millis(wait * 1000 - 1));
+            assert_eq!(
+                d.deliver_next().await.unwrap(),
+                Step::Idle,
+                "wait {i} not over"
+            );
+            clock.advance(Duration::from_millis(1));
+            let step = d.deliver_next().await.unwrap();
+            let want = if i == 6 {
+                Step::Worked {
+                    delivered: 0,
+                    retried: 0,
+                    dead: 1,
+                }
+            } else {
+                Step::Worked {
+                    delivered: 0,
+                    retried: 1,
+                    dead: 0,
+                }
+            };
+            assert_eq!(step, want, "attempt {}", i + 2);
+            assert_eq!(rx.hits().len(), i + 2);
+            assert!(
+                rx.hits().iter().all(|h| h.msg.event_id == *first),
+                "the later event waits while the first one is retrying"
+            );
+        }
+        let row = store.outbox_event(first).await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("dead", 8));
+        assert!(row.last_error.unwrap().contains("503"));
+
+        // Dead, it no longer holds its order: the next one goes once the endpoint answers.
+        failing.store(false, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(30));
+        d.drain().await.unwrap();
+        let accepted: Vec<String> = rx.accepted().into_iter().map(|m| m.event_id).collect();
+        assert_eq!(accepted, std::slice::from_ref(second));
+        let seq = rx.sequenced().last().unwrap().1;
+        assert_eq!(seq, 2, "the receiver sees sequence 2 without 1: a gap");
     }
-    assert_eq!(d.deliver_next().await.unwrap(), Step::Idle);
-    let row = store
-        .outbox_event(&expected["ord-0"][0])
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((row.status.as_str(), row.attempts), ("dead", 6));
-    assert!(row.last_error.unwrap().contains("503"));
-    assert_eq!(rx.hits().len(), 6, "the first attempt and five retries");
-});
+);
 
 both_db!(
     events_of_one_order_arrive_in_order_while_orders_deliver_in_parallel,
@@ -495,7 +594,7 @@ both_db!(
         })
         .await;
         let clock = start_clock();
-        let d = dispatcher(&store, &rx.url, &clock);
+        let d = dispatcher_with(&store, short_retries(&rx.url), &clock);
         for _ in 0..40 {
             d.drain().await.unwrap();
             clock.advance(Duration::from_secs(16));
@@ -909,6 +1008,8 @@ async fn webhook_metrics_are_exposed() {
     for name in [
         "webhook_deliveries_total{result=\"delivered\"}",
         "webhook_dead_letters",
+        "webhook_breaker_state",
+        "webhook_oldest_pending_age_seconds",
     ] {
         assert!(text.contains(name), "{name} in /metrics");
     }
@@ -1013,7 +1114,7 @@ both_db!(
         let down = format!("http://{}{HOOK_PATH}", closed.local_addr().unwrap());
         drop(closed);
         let d = dispatcher(&store, &down, &clock);
-        clock.advance(Duration::from_secs(1));
+        clock.advance(Duration::from_secs(5));
         assert!(matches!(
             d.deliver_next().await.unwrap(),
             Step::Worked { retried: 1, .. }
@@ -1022,10 +1123,10 @@ both_db!(
         assert_eq!(row.attempts, 2);
         assert!(row.last_error.unwrap().contains("network"));
 
-        // The receiver is back (and fast): delivered on the 2 s retry.
+        // The receiver is back (and fast): delivered on the 5 min retry.
         *rx.state.slow_id.lock().unwrap() = None;
         let d = dispatcher(&store, &rx.url, &clock);
-        clock.advance(Duration::from_secs(2));
+        clock.advance(Duration::from_secs(300));
         assert_eq!(d.drain().await.unwrap(), 1);
         let row = store.outbox_event(&id).await.unwrap().unwrap();
         assert_eq!((row.status.as_str(), row.attempts), ("delivered", 3));
@@ -1142,3 +1243,319 @@ async fn on_a_shared_postgresql_only_one_gateway_delivers_webhooks_run() {
     stop_b.cancel();
     b_task.await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Outages (#13): retry schedule over hours, circuit breaker, per-order order, sequences
+
+async fn write_round(store: &Store, clock: &EventClock, orders: usize, n: usize) {
+    for o in 0..orders {
+        store
+            .insert_event_now(
+                &Event {
+                    event_type: "charging.progress",
+                    device_id: format!("dev{o}"),
+                    order_no: Some(format!("ord-{o}")),
+                    data: json!({"n": n, "energy_wh": n * 10, "duration_sec": n}),
+                },
+                clock.now_ms(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A receiver down (503) for `outage` of simulated time while events keep arriving (each of
+/// 4 orders gets one every `write_every`), then up. The dispatcher runs its rounds every
+/// `step`, on a hand-moved clock. Whatever the length of the outage: everything arrives once,
+/// in per-order order with contiguous sequences, nothing is dead, no one replays anything,
+/// no attempt is spent without a request, and while the breaker is open the requests are
+/// probes at least 30 s apart.
+async fn ride_out(db: Db, outage: Duration, step: Duration, write_every: Duration) {
+    let Some(app) = app_on(db).await else { return };
+    let store = app.service.store.clone();
+    let down = Arc::new(AtomicBool::new(true));
+    let rx = Receiver::start({
+        let down = down.clone();
+        move |_| {
+            if down.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            }
+        }
+    })
+    .await;
+    let clock = start_clock();
+    let d = dispatcher(&store, &rx.url, &clock);
+    let orders = 4;
+    let start = clock.now_ms();
+    let (mut written, mut next_write) = (0, start);
+    let mut hits_at: Vec<i64> = Vec::new();
+    while clock.now_ms() - start < outage.as_millis() as i64 {
+        if clock.now_ms() >= next_write {
+            write_round(&store, &clock, orders, written).await;
+            written += 1;
+            next_write += write_every.as_millis() as i64;
+        }
+        let before = rx.hits().len();
+        d.drain().await.unwrap();
+        hits_at.extend(std::iter::repeat_n(
+            clock.now_ms(),
+            rx.hits().len() - before,
+        ));
+        clock.advance(step);
+    }
+    assert!(rx.accepted().is_empty());
+    assert_eq!(d.breaker().state(), pile_api::BreakerState::Open);
+    // A few failures open the breaker (the first attempts, sent together); after that, probes
+    // only: one at a time, at least 30 s apart, every 30 s while anything waits.
+    let mut groups: Vec<(i64, usize)> = Vec::new();
+    for t in &hits_at {
+        match groups.last_mut() {
+            Some((at, n)) if at == t => *n += 1,
+            _ => groups.push((*t, 1)),
+        }
+    }
+    let mut opening = 0;
+    let mut probes: Vec<i64> = Vec::new();
+    for (t, n) in groups {
+        if opening < 5 {
+            opening += n;
+        } else {
+            assert_eq!(n, 1, "one probe at a time");
+            probes.push(t);
+        }
+    }
+    assert!(
+        opening <= 2 * orders,
+        "the breaker opened at once: {opening} requests"
+    );
+    for w in probes.windows(2) {
+        assert!(w[1] - w[0] >= 30_000, "probes {} ms apart", w[1] - w[0]);
+    }
+    let outage_ms = outage.as_millis() as i64;
+    let every = (step.as_millis() as i64).max(30_000);
+    let expected = (outage_ms - 60_000) / every - 2;
+    assert!(
+        probes.len() as i64 >= expected && probes.len() as i64 <= outage_ms / 30_000 + 1,
+        "{} probes in {} s",
+        probes.len(),
+        outage_ms / 1000
+    );
+    // No event spent attempts faster than its schedule, and none died.
+    let schedule = WebhookSettings::new("http://x", "").retry_schedule;
+    let allowed = 1 + schedule
+        .iter()
+        .scan(Duration::ZERO, |sum, w| {
+            *sum += *w;
+            Some(*sum)
+        })
+        .filter(|sum| *sum <= outage)
+        .count() as i64;
+    let rows = store.outbox_after(0, 100_000).await.unwrap();
+    assert!(rows.iter().all(|r| r.status == "pending"), "nothing died");
+    let most = rows.iter().map(|r| r.attempts).max().unwrap();
+    assert!(
+        most <= allowed,
+        "{most} attempts, schedule allows {allowed}"
+    );
+    let spent: i64 = rows.iter().map(|r| r.attempts).sum();
+    assert!(spent as usize <= hits_at.len());
+
+    // The receiver is back: the next probe closes the breaker and the backlog drains at once,
+    // retries scheduled hours ahead included.
+    down.store(false, Ordering::SeqCst);
+    let back = clock.now_ms();
+    loop {
+        d.drain().await.unwrap();
+        if store.webhook_queue().await.unwrap().backlog == 0 {
+            break;
+        }
+        assert!(
+            clock.now_ms() - back <= 30_000 + step.as_millis() as i64,
+            "drained within one probe interval of the recovery"
+        );
+        clock.advance(step.min(Duration::from_secs(5)));
+    }
+    assert_eq!(d.breaker().state(), pile_api::BreakerState::Closed);
+
+    assert_eq!(rx.duplicates(), 0, "each event accepted exactly once");
+    let mut got: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    for (m, seq) in rx.sequenced() {
+        got.entry(m.order_no.unwrap())
+            .or_default()
+            .push((m.event_id, seq));
+    }
+    let mut want: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    for r in store.outbox_after(0, 100_000).await.unwrap() {
+        let n = want.entry(r.order_no.unwrap()).or_default();
+        n.push((r.event_id, n.len() as i64 + 1));
+    }
+    assert_eq!(want.values().map(Vec::len).sum::<usize>(), orders * written);
+    assert_eq!(
+        got, want,
+        "per order: every event, in the order written, sequence 1, 2, 3 …"
+    );
+    let stats = app.client.stats().await.unwrap();
+    assert_eq!(stats.event_backlog, 0);
+    assert_eq!(
+        app.client
+            .dead_letters(&DeadLetterQuery::default())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+}
+
+both_db!(
+    a_ten_minute_outage_delivers_everything_once_in_order_with_no_manual_step,
+    |db| async move {
+        ride_out(
+            db,
+            Duration::from_secs(600),
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+);
+
+both_db!(
+    a_simulated_24_hour_outage_delivers_everything_once_in_order_with_no_manual_step,
+    |db| async move {
+        ride_out(
+            db,
+            Duration::from_secs(24 * 3600),
+            Duration::from_secs(300),
+            Duration::from_secs(3600),
+        )
+        .await
+    }
+);
+
+both_db!(
+    a_failing_endpoint_opens_the_breaker_and_waiting_events_spend_no_attempts,
+    |db| async move {
+        let Some(app) = app_on(db).await else { return };
+        let store = app.service.store.clone();
+        fill(&store, 20, 1).await;
+        // Nobody listens: connection refused.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = format!("http://{}{HOOK_PATH}", closed.local_addr().unwrap());
+        drop(closed);
+        let clock = start_clock();
+        let settings = WebhookSettings {
+            concurrency: 1,
+            ..WebhookSettings::new(&down, SECRET)
+        };
+        let d = dispatcher_with(&store, settings, &clock);
+        // One request at a time: the 5th failure opens the breaker, the other 15 wait.
+        d.drain().await.unwrap();
+        assert_eq!(d.breaker().state(), pile_api::BreakerState::Open);
+        let spent = |rows: &[pile_server::store::outbox::OutboxRow]| {
+            rows.iter().map(|r| r.attempts).sum::<i64>()
+        };
+        let rows = store.outbox_after(0, 100).await.unwrap();
+        assert_eq!(spent(&rows), 5);
+        // 29 s later still nothing; at 30 s one probe (the oldest event; its 5 s retry was
+        // due, so it spends an attempt), then nothing.
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(d.deliver_next().await.unwrap(), Step::Idle);
+        clock.advance(Duration::from_secs(1));
+        d.drain().await.unwrap();
+        let rows = store.outbox_after(0, 100).await.unwrap();
+        assert_eq!(spent(&rows), 6, "one probe");
+        let status = d.endpoint_status().await.unwrap();
+        assert_eq!(status.state, pile_api::BreakerState::Open);
+        assert_eq!(status.backlog, 20);
+        assert_eq!(status.oldest_pending_age_sec, Some(30));
+        assert_eq!(status.next_probe_at, Some((clock.now_ms() + 30_000) / 1000));
+        assert!(status.consecutive_failures >= 6);
+        assert_eq!(status.last_success_at, None);
+    }
+);
+
+both_db!(
+    admin_stats_and_metrics_show_the_endpoint_state_and_the_gateway_recovers_by_itself,
+    |db| async move {
+        let down = Arc::new(AtomicBool::new(true));
+        let rx = Receiver::start({
+            let down = down.clone();
+            move |_| {
+                if down.load(Ordering::SeqCst) {
+                    500
+                } else {
+                    200
+                }
+            }
+        })
+        .await;
+        let url = rx.url.clone();
+        let clock = pile_server::clock::Clock::manual(1_764_000_000_000);
+        let Some(app) = crate::spawn_app_on_clock(
+            db,
+            |c| {
+                c.webhook_url = Some(url);
+                c.webhook_secret = Some(SECRET.into());
+                c.delivery.breaker_failures = 1;
+            },
+            clock.clone(),
+        )
+        .await
+        else {
+            return;
+        };
+        // device.registered fails; device.online waits behind it (same device).
+        let _pile = app.connect_fake("82210225000520", "bkv", 4).await;
+        let open = eventually(|| async {
+            let w = app
+                .client
+                .stats()
+                .await
+                .unwrap()
+                .webhook
+                .expect("webhook status");
+            (w.state == pile_api::BreakerState::Open).then_some(w)
+        })
+        .await;
+        assert_eq!(open.backlog, 2);
+        assert_eq!(open.url, rx.url);
+        assert!(open.consecutive_failures >= 1);
+        assert_eq!(open.next_probe_at, Some(clock.now_sec() + 30));
+        clock.advance_ms(20_000);
+        let w = app.client.stats().await.unwrap().webhook.unwrap();
+        assert_eq!(w.oldest_pending_age_sec, Some(20));
+        let metrics = eventually(|| async {
+            let t = app
+                .http
+                .get(format!("{}/metrics", app.address))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            t.lines()
+                .any(|l| l.starts_with("webhook_breaker_state") && l.ends_with(" 1"))
+                .then_some(t)
+        })
+        .await;
+        assert!(metrics.contains("webhook_oldest_pending_age_seconds"));
+        assert_eq!(rx.hits().len(), 1, "no probe before 30 s");
+
+        // Back up; 30 s on, the gateway's own loop probes, closes and drains.
+        down.store(false, Ordering::SeqCst);
+        clock.advance_ms(10_000);
+        let w = eventually(|| async {
+            let w = app.client.stats().await.unwrap().webhook.unwrap();
+            (w.state == pile_api::BreakerState::Closed && w.backlog == 0).then_some(w)
+        })
+        .await;
+        assert_eq!(w.consecutive_failures, 0);
+        assert_eq!(w.last_success_at, Some(clock.now_sec()));
+        assert_eq!(w.next_probe_at, None);
+        let types: Vec<String> = rx.accepted().into_iter().map(|m| m.event_type).collect();
+        assert_eq!(types, ["device.registered", "device.online"]);
+    }
+);

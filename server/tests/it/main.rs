@@ -15,5 +15,6 @@ mod measure;
 mod orders;
 mod piles;
 mod readmodel;
+mod retention;
 
 pub use helpers::*;

@@ -26,6 +26,8 @@ mod orders;
 mod piles;
 #[path = "../it/readmodel.rs"]
 mod readmodel;
+#[path = "../it/retention.rs"]
+mod retention;
 
 pub use helpers::*;
 

@@ -1,6 +1,6 @@
 //! The seeded fault simulation: the real gateway core against simulated piles.
 
-use pile_faultsim::{report, run_blocking, shrink, Entry, Mix, Op, Scenario};
+use pile_faultsim::{report, run_blocking, run_in, shrink, Db, Entry, Mix, Op, Scenario};
 use pile_protocol::Family;
 
 const MIX: Mix = Mix { faults: true };
@@ -15,9 +15,10 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Runs seeds `range`; on the first failure, shrinks it and panics with the report.
 fn seeds(range: std::ops::Range<u64>) {
     let rt = runtime();
+    let db = rt.block_on(Db::new());
     for seed in range {
         let sc = Scenario::generate(seed, MIX);
-        let out = rt.block_on(pile_faultsim::run(&sc));
+        let out = rt.block_on(run_in(&db, &sc));
         if !out.ok() {
             let (keep, shrunk) = shrink(&sc, &rt);
             panic!("{}", report(&sc, &keep, &shrunk));
@@ -56,6 +57,12 @@ fn the_same_seed_gives_the_same_trace() {
     let sc = Scenario::generate(42, MIX);
     let a = run_blocking(&sc);
     let b = run_blocking(&sc);
+    // …and on a reused database after another seed.
+    let rt = runtime();
+    let db = rt.block_on(Db::new());
+    rt.block_on(run_in(&db, &Scenario::generate(41, MIX)));
+    let c = rt.block_on(run_in(&db, &sc));
+    assert_eq!(a.trace, c.trace);
     assert_eq!(a.trace, b.trace);
     assert!(a.events > 0);
 }
@@ -123,9 +130,10 @@ fn timing_probe() {
             .unwrap();
     });
     println!("connect+migrate {:?}", t.elapsed());
-    for seed in 0..5 {
+    let db = rt.block_on(Db::new());
+    for seed in 0..20 {
         let t = std::time::Instant::now();
-        let out = rt.block_on(pile_faultsim::run(&Scenario::generate(seed, MIX)));
+        let out = rt.block_on(run_in(&db, &Scenario::generate(seed, MIX)));
         println!(
             "seed {seed}: {} events {:?} ok={}",
             out.events,

@@ -635,7 +635,11 @@ impl World {
             let mut swept = false;
             if t >= self.next_sweep {
                 // Every 2 s; every 10 s once drained (only TTLs and thresholds are left).
-                self.next_sweep = t + if drained_at.is_some() { 5 * SWEEP_MS } else { SWEEP_MS };
+                self.next_sweep = t + if drained_at.is_some() {
+                    5 * SWEEP_MS
+                } else {
+                    SWEEP_MS
+                };
                 self.sweep().await;
                 if self.crash_now {
                     self.crash();
@@ -646,8 +650,7 @@ impl World {
                     self.step_checks().await;
                 }
             }
-            self.conns
-                .retain(|_, c| c.gw.is_some() || c.pile.is_some());
+            self.conns.retain(|_, c| c.gw.is_some() || c.pile.is_some());
 
             // Drain: after the horizon, once nothing runs and every order is closed, pass
             // the TTLs and thresholds and stop.

@@ -1278,7 +1278,14 @@ impl World {
     async fn final_checks(&mut self) {
         self.step_checks().await;
         // Resolve the command → order mapping.
-        let cmds: Vec<i64> = self.starts.values().copied().collect();
+        // (From the labels: equal bytes on two connections map to the later command.)
+        let mut cmds: Vec<i64> = self
+            .truth
+            .iter()
+            .filter_map(|d| d.order_no.as_ref()?.strip_prefix("cmd")?.parse().ok())
+            .collect();
+        cmds.sort_unstable();
+        cmds.dedup();
         for id in cmds {
             if let Ok(Some(row)) = self.store.command(id).await {
                 if let Some(o) = row.order_no {

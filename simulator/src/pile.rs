@@ -1337,6 +1337,22 @@ impl Pile {
         Ok(())
     }
 
+    /// The pile's controller resets and comes back at once, still online, with every charge
+    /// forgotten: no end record is kept (a pile without EEPROM), its ports report idle from
+    /// now on. What the gateway must settle by reconciliation (pile-scenarios B.3).
+    pub fn lose_charges(&mut self, now: Instant) {
+        let s = &mut self.state;
+        s.advance_charges(now);
+        for i in 0..s.ports.len() {
+            if s.ports[i].charge.take().is_some() {
+                s.ports[i].plug_at = None;
+                s.ports[i].full = false;
+                let no = s.ports[i].no;
+                s.note_change(no);
+            }
+        }
+    }
+
     /// Pulls the network cable, for `secs` or until restored.
     pub fn drop_network(&mut self, now: Instant, secs: Option<u64>) {
         let s = &mut self.state;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::cases::common::*;
 use crate::report::{now_unix, CaseResult, Check, Status};
-use crate::stack::{Ctx, SEED_BKV_A};
+use crate::stack::{Ctx, SEED_A_POWER_W, SEED_BKV_A};
 
 /// Nominal simulated charger power (pile-sim's default).
 pub const NOMINAL_W: f64 = 180.0;
@@ -52,6 +52,43 @@ pub fn progress_checks(samples: &[ProgressSample], period_s: u64, charged_s: i64
             median.map_or("n/a".into(), |m| format!("{m} 秒"))
         ),
         ok,
+    )
+}
+
+/// The progress table's 时长 column means seconds: each sample's duration grows with the
+/// samples' own clock (±2 s per step for whole-second rounding), never stuck at a minute
+/// counter (0, 60, 60, 60 …).
+pub fn progress_seconds_check(samples: &[ProgressSample]) -> Check {
+    let bad: Vec<String> = samples
+        .windows(2)
+        .filter_map(|w| {
+            let (dd, dt) = (w[1].duration_sec - w[0].duration_sec, w[1].at - w[0].at);
+            ((dd - dt).abs() > 2 || dd < 0)
+                .then(|| format!("{}→{} (间隔 {dt} 秒)", w[0].duration_sec, w[1].duration_sec))
+        })
+        .collect();
+    let grows = samples.last().map(|s| s.duration_sec) > samples.first().map(|s| s.duration_sec);
+    Check::new(
+        "progress_seconds",
+        "进度时长(秒)",
+        "逐条随时间增长, 每步与样本间隔相差 ≤2 秒",
+        if samples.len() < 2 {
+            format!("样本 {} 条, 无法判断", samples.len())
+        } else if bad.is_empty() {
+            format!(
+                "{} → {} 秒, {} 条样本逐条增长",
+                samples[0].duration_sec,
+                samples[samples.len() - 1].duration_sec,
+                samples.len()
+            )
+        } else {
+            format!(
+                "{} 处不符: {}",
+                bad.len(),
+                bad.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            )
+        },
+        samples.len() >= 2 && bad.is_empty() && grows,
     )
 }
 
@@ -168,7 +205,17 @@ pub async fn by_time_on(
     let started = Instant::now();
     let limit = Duration::from_secs(target as u64 + 60);
     let mut fin: Option<OrderView> = None;
+    let mut sim_seen: Option<(u64, f64)> = None;
     while started.elapsed() < limit {
+        if let Some(c) = pile
+            .snapshot()
+            .ports
+            .iter()
+            .find(|p| u32::from(p.port_no) == port)
+            .and_then(|p| p.charge.as_ref())
+        {
+            sim_seen = Some((c.elapsed_s, c.energy_wh));
+        }
         match ctx.client.order(&order_no).await {
             Ok(o) if is_final(&o) => {
                 fin = Some(o);
@@ -193,6 +240,12 @@ pub async fn by_time_on(
         ctx.profile.heartbeat.as_secs().max(1),
         fin.as_ref().map_or(target, |o| o.duration_sec),
     ));
+    r.push(progress_seconds_check(&samples));
+    if let Some((el, wh)) = sim_seen {
+        // The pile's own meter, last read while it charged: the truth the bill rests on.
+        r.set("sim_last_elapsed_s", el);
+        r.set("sim_last_energy_wh", wh);
+    }
     if let Some(o) = &fin {
         record_order(&mut r, "", o);
         r.set("duration_sec", o.duration_sec);
@@ -205,14 +258,24 @@ pub async fn by_time_on(
         );
         r.set("peak_power_w", o.peak_power);
     }
+    let nominal = if device == SEED_BKV_A {
+        SEED_A_POWER_W
+    } else {
+        NOMINAL_W
+    };
+    r.set("sim_power_w", nominal);
     for c in settlement_checks(
         fin.as_ref(),
         target,
         &req,
-        NOMINAL_W,
+        nominal,
         energy_resolution_kwh(device),
     ) {
-        r.push(c);
+        // 2.1 is the record's money check: its bill must be non-zero and exact.
+        match (&fin, c.key.as_str()) {
+            (Some(o), "amount_correct") if id == "2.1" => r.push(bill_check(o, &req, true)),
+            _ => r.push(c),
+        }
     }
     webhook_checks(ctx, &mut r, &order_no, fin.is_some()).await;
     r
@@ -399,8 +462,15 @@ pub async fn remote_stop_on(
         r.set("duration_sec", o.duration_sec);
         r.set("end_reason", json!(o.end_reason));
     }
-    // Wait measured from when charging began to the stop call.
-    let waited = wait.as_secs() as i64;
+    // The gateway's clock starts when the pile accepts the start (its confirmation), so the
+    // wait is measured from the port lighting up to the stop call, not from the profile's
+    // nominal figure (on a loaded machine the plug-in and `charging` report come later).
+    let accepted_ms = s.lit_after_ms.map(|l| s.called_at_ms + l);
+    let waited = match accepted_ms {
+        Some(a) => ((stop_at_ms - a) as f64 / 1000.0).round() as i64,
+        None => wait.as_secs() as i64,
+    };
+    r.set("waited_s", waited);
     for c in remote_stop_checks(&stop, stopped, fin.as_ref(), waited) {
         r.push(c);
     }

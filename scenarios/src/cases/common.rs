@@ -306,11 +306,66 @@ pub fn progress_rows(samples: &[pile_api::ProgressSample]) -> Vec<BTreeMap<Strin
         .collect()
 }
 
-/// The record's billing rule: `min(amount, round(kWh × price) + round(kWh × fee))`.
+/// Integer division rounding half up (non-negative numerator, positive divisor).
+pub fn div_half_up(num: i64, den: i64) -> i64 {
+    if den <= 0 {
+        return 0;
+    }
+    (num * 2 + den) / (den * 2)
+}
+
+/// The runner's own bill, in integer fen, from the energy it observed: API.md's rule
+/// `energy_fee = round_half_up(Wh × price / 1000)`, `service = round_half_up(Wh × fee / 1000)`,
+/// `final = min(amount, energy_fee + service)` (an amount of 0 is no cap). Written here from
+/// the rule, not borrowed from the gateway, so a gateway rounding or pricing bug shows.
+pub fn expected_bill(
+    energy_wh: i64,
+    price_per_kwh: i64,
+    service_fee: i64,
+    amount: i64,
+) -> (i64, i64, i64) {
+    let e = energy_wh.max(0);
+    let energy_fee = div_half_up(e * price_per_kwh, 1000);
+    let service = div_half_up(e * service_fee, 1000);
+    let sum = energy_fee + service;
+    (
+        energy_fee,
+        service,
+        if amount > 0 { sum.min(amount) } else { sum },
+    )
+}
+
+/// `min(amount, round(kWh × price) + round(kWh × fee))`, from kWh (kept for callers).
 pub fn expected_amount(kwh: f64, price_per_kwh: i64, service_fee: i64, amount: i64) -> i64 {
-    let r = |x: f64| (x + 0.5).floor() as i64;
-    let fee = r(kwh * price_per_kwh as f64) + r(kwh * service_fee as f64);
-    fee.min(amount)
+    expected_bill(kwh_to_wh(kwh), price_per_kwh, service_fee, amount).2
+}
+
+/// The order's kWh back to the whole Wh the gateway stores.
+pub fn kwh_to_wh(kwh: f64) -> i64 {
+    (kwh * 1000.0).round() as i64
+}
+
+/// The money check: the gateway's fen against the runner's own bill, exactly. With
+/// `nonzero`, a bill of 0 fails too: it proves nothing about the money path (2.1).
+pub fn bill_check(o: &OrderView, req: &ChargeRequest, nonzero: bool) -> Check {
+    let wh = kwh_to_wh(o.total_kwh);
+    let (ef, sf, want) = expected_bill(wh, req.price_per_kwh, req.service_fee, req.amount);
+    let priced = req.price_per_kwh > 0 || req.service_fee > 0;
+    let exact = o.final_amount == want && o.energy_fee == ef && o.service_fee_amount == sf;
+    Check::new(
+        "amount_correct",
+        "金额计算正确",
+        format!(
+            "{want} 分 (本工具按 {wh} Wh × ({}+{}) 分/度 独立计算: 电费 {ef} + 服务费 {sf}, 四舍五入到分, 封顶 {} 分{})",
+            req.price_per_kwh, req.service_fee, req.amount,
+            if nonzero { "; 须非零且逐分相等" } else { "; 逐分相等" }
+        ),
+        format!(
+            "{} 分 (电费 {} + 服务费 {})",
+            o.final_amount, o.energy_fee, o.service_fee_amount
+        ),
+        exact && (!nonzero || (priced && want > 0)),
+    )
 }
 
 /// Checks of a by-time charge's settlement: completed, duration within ±5 s of the target,
@@ -365,18 +420,7 @@ pub fn settlement_checks(
         format!("{:.4} 度", o.total_kwh),
         o.total_kwh >= min_kwh && o.total_kwh <= max_kwh && (o.total_kwh > 0.0 || min_kwh == 0.0),
     ));
-    let want = expected_amount(o.total_kwh, req.price_per_kwh, req.service_fee, req.amount);
-    v.push(Check::new(
-        "amount_correct",
-        "金额计算正确",
-        format!("{want} 分 (±1, 按电量计费规则)"),
-        format!(
-            "{} 分 (电费 {} + 服务费 {})",
-            o.final_amount, o.energy_fee, o.service_fee_amount
-        ),
-        (o.final_amount - want).abs() <= 1
-            && o.final_amount == (o.energy_fee + o.service_fee_amount).min(req.amount),
-    ));
+    v.push(bill_check(o, req, false));
     v
 }
 

@@ -203,7 +203,8 @@ pub async fn restart(ctx: &Ctx) -> CaseResult {
     };
     r.set("order_no", order_no.clone());
     tokio::time::sleep(Duration::from_secs(10)).await;
-    // Stop it.
+    // Stop it; its counters die with it, so 6.1 gets them first.
+    ctx.keep_metrics_before_stop().await;
     let (http, dev) = {
         let mut guard = process.lock().await;
         let Some(p) = guard.take() else {

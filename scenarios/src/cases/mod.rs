@@ -2,6 +2,7 @@
 //! Each returns a [`CaseResult`] with every measured value; the runner decides pass/fail from
 //! its checks.
 
+pub mod beyond;
 pub mod charge;
 pub mod common;
 pub mod extra;
@@ -26,6 +27,9 @@ pub enum Phase {
     Exclusive,
     /// Figures read after all the above (database, consistency, metrics, logs).
     After,
+    /// Beyond the template (B.x): after the record's own figures are read, so their faults
+    /// (a 10-minute receiver outage…) do not colour them.
+    Beyond,
 }
 
 pub type CaseFn = for<'a> fn(&'a Ctx) -> BoxFuture<'a, CaseResult>;
@@ -86,7 +90,41 @@ pub fn all() -> Vec<CaseDef> {
         ),
         case!("X.5", "异常报文与正常充电并存", Main, extra::bad_frames),
         case!("X.6", "AP3000 按时长充电与远程停止", Main, extra::ap3000),
+        case!("B.1", "启动指令丢失后接管重发", Beyond, beyond::lost_start),
+        case!("B.2", "结束报告重复上报", Beyond, beyond::resent_end),
+        case!("B.3", "在线时充电丢失", Beyond, beyond::charge_lost),
+        case!("B.4", "BKV 重连后结束", Beyond, beyond::end_after_reconnect),
+        case!(
+            "B.5",
+            "Webhook接收端10分钟故障",
+            Beyond,
+            beyond::long_outage
+        ),
+        case!(
+            "B.6",
+            "网关实例中途被杀, 设备迁移",
+            Beyond,
+            beyond::instance_killed
+        ),
     ]
+}
+
+/// Why a case does not apply to this run (it is left out, and the record says why), or
+/// `None` when it runs.
+pub fn omitted(id: &str, profile: &str, database_url: Option<&str>) -> Option<&'static str> {
+    match id {
+        "B.5" if profile != "seed" => Some("仅 seed profile 运行 (10 分钟接收端故障)"),
+        "B.6" if !database_url.is_some_and(|u| u.starts_with("postgres")) => {
+            Some("仅在提供 PostgreSQL URL (--database-url postgres://…) 时运行")
+        }
+        _ => None,
+    }
+}
+
+/// The cases whose failure or absence keeps the record from being accepted: the template's
+/// (1.x–6.x), X.1–X.6, and B.1–B.5. B.6 counts only when it ran.
+pub fn required(id: &str) -> bool {
+    id != "B.6"
 }
 
 /// The case IDs, in order.

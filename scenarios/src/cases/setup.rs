@@ -296,7 +296,14 @@ pub async fn auth(ctx: &Ctx) -> CaseResult {
         format!("{good_code} / {bad_code}"),
         good_code == 200 && bad_code == 401,
     ));
-    // The typed client too: a real call end to end.
+    // The typed client too: a real call end to end, once the record's two piles are online
+    // (1.2 runs at the same time), so the list's total agrees with what 1.2 shows.
+    let wait = (ctx.profile.heartbeat * 3).max(Duration::from_secs(10));
+    let (a, b) = tokio::join!(
+        wait_device(ctx, SEED_BKV_A, true, wait),
+        wait_device(ctx, SEED_BKV_B, true, wait)
+    );
+    let seed_online = usize::from(a.is_some()) + usize::from(b.is_some());
     let typed = ctx
         .client
         .devices(&DeviceListQuery {
@@ -305,15 +312,44 @@ pub async fn auth(ctx: &Ctx) -> CaseResult {
             ..DeviceListQuery::default()
         })
         .await;
+    let online_total = ctx
+        .client
+        .devices(&DeviceListQuery {
+            online: Some(true),
+            page: Some(1),
+            size: Some(1),
+        })
+        .await
+        .ok()
+        .map(|p| p.total);
+    r.set(
+        "device_list_total",
+        json!(typed.as_ref().ok().map(|p| p.total)),
+    );
+    r.set("device_list_online_total", json!(online_total));
+    r.set("seed_devices_online", seed_online);
+    let want_piles = ctx.fleets.is_ok();
     r.push(Check::new(
         "api_call",
         "API调用正常",
-        "设备列表可读",
+        if want_piles {
+            "设备列表可读, total ≥ 在线设备数 ≥ 2 (与 1.2 一致)"
+        } else {
+            "设备列表可读"
+        },
         match &typed {
-            Ok(p) => format!("设备列表 total={}", p.total),
+            Ok(p) => format!(
+                "设备列表 total={} (其中在线 {}; 1.2 的两台记录设备在线 {seed_online}/2; 含本工具的其他模拟桩)",
+                p.total,
+                online_total.map_or("n/a".into(), |n| n.to_string())
+            ),
             Err(e) => e.to_string(),
         },
-        typed.is_ok(),
+        typed.as_ref().is_ok_and(|p| {
+            !want_piles
+                || (seed_online == 2
+                    && online_total.is_some_and(|o| o >= 2 && p.total >= o))
+        }),
     ));
     let env: Option<Value> = serde_json::from_str(&good_body).ok();
     let missing: Vec<&str> = ["code", "message", "data", "request_id", "timestamp"]

@@ -1,4 +1,6 @@
 //! Hand-written SVG charts: 2.1's power and energy over time, 4.1's latency percentiles.
+//! Text uses a CJK font stack ([`FONT_STACK`]); axis ticks are round values (1, 2, 5 × 10ⁿ)
+//! and no label is drawn over a bar.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,9 +20,41 @@ fn num(row: &BTreeMap<String, Value>, k: &str) -> f64 {
     row.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0)
 }
 
+/// The charts' font stack: the CJK faces of Linux, macOS and Windows, then any sans-serif.
+pub const FONT_STACK: &str = "'Noto Sans CJK SC', 'PingFang SC', 'Microsoft YaHei', sans-serif";
+
+/// Round axis ticks from 0 covering `max`: a step of 1, 2 or 5 × 10ⁿ giving at most 6
+/// intervals; returns (step, top).
+pub fn nice_ticks(max: f64) -> (f64, f64) {
+    let max = if max > 0.0 && max.is_finite() {
+        max
+    } else {
+        1.0
+    };
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|st| max / st <= 6.0 + 1e-9)
+        .unwrap_or(10.0 * mag);
+    let top = (max / step - 1e-9).ceil().max(1.0) * step;
+    (step, top)
+}
+
+/// A tick label with exactly the decimals its step needs (0.5 → 1 decimal, 20 → none).
+pub fn tick_label(v: f64, step: f64) -> String {
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10().floor()) as usize
+    };
+    format!("{v:.decimals$}")
+}
+
 fn header(title: &str) -> String {
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"{FONT_STACK}\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
         W / 2.0,
@@ -54,50 +88,49 @@ fn axes(s: &mut String, x_label: &str, left: &str, right: Option<&str>) {
     }
 }
 
-fn nice_max(v: f64) -> f64 {
-    if v <= 0.0 || !v.is_finite() {
-        return 1.0;
-    }
-    let mag = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
-        if v <= m * mag {
-            return m * mag;
-        }
-    }
-    10.0 * mag
-}
-
 /// Power (W, left axis) and energy (Wh, right axis) against charge time, from 2.1's progress
 /// samples.
 pub fn power_energy(rows: &[BTreeMap<String, Value>]) -> String {
     let mut s = header("2.1 按时长充电: 功率与电量");
-    let t_max = nice_max(
-        rows.iter()
-            .map(|r| num(r, "duration_sec"))
-            .fold(0.0, f64::max),
-    );
-    let p_max = nice_max(rows.iter().map(|r| num(r, "power_w")).fold(0.0, f64::max));
-    let e_max = nice_max(rows.iter().map(|r| num(r, "energy_wh")).fold(0.0, f64::max));
+    let fold = |k: &str| rows.iter().map(|r| num(r, k)).fold(0.0, f64::max);
+    let (t_step, t_max) = nice_ticks(fold("duration_sec"));
+    let (p_step, p_max) = nice_ticks(fold("power_w"));
+    let (e_step, e_max) = nice_ticks(fold("energy_wh"));
     axes(&mut s, "时长 (秒)", "功率 (W)", Some("电量 (Wh)"));
     let x = |t: f64| L + (t / t_max) * (W - L - R);
     let y = |v: f64, max: f64| (H - B) - (v / max) * (H - B - T);
-    for i in 0..=4 {
-        let f = i as f64 / 4.0;
+    let mut t = 0.0;
+    while t <= t_max + 1e-9 {
         let _ = writeln!(
             s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0}</text>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#c0392b\">{:.0}</text>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#2471a3\">{:.1}</text>",
-            x(f * t_max),
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            x(t),
             H - B + 16.0,
-            f * t_max,
-            L - 6.0,
-            y(f * p_max, p_max) + 4.0,
-            f * p_max,
-            W - R + 6.0,
-            y(f * e_max, e_max) + 4.0,
-            f * e_max
+            tick_label(t, t_step)
         );
+        t += t_step;
+    }
+    let mut v = 0.0;
+    while v <= p_max + 1e-9 {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#c0392b\">{}</text>",
+            L - 6.0,
+            y(v, p_max) + 4.0,
+            tick_label(v, p_step)
+        );
+        v += p_step;
+    }
+    let mut v = 0.0;
+    while v <= e_max + 1e-9 {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#2471a3\">{}</text>",
+            W - R + 6.0,
+            y(v, e_max) + 4.0,
+            tick_label(v, e_step)
+        );
+        v += e_step;
     }
     if rows.is_empty() {
         let _ = writeln!(
@@ -144,7 +177,9 @@ pub fn latency(c: &CaseResult) -> String {
     ];
     let mean = get("mean_ms");
     let mut s = header("4.1 API并发测试: 响应时间分布 (1000 请求, 并发 10)");
-    let max = nice_max(points.iter().map(|p| p.1).fold(mean, f64::max));
+    // Room above the tallest bar for its value label.
+    let tallest = points.iter().map(|p| p.1).fold(mean, f64::max);
+    let (step, max) = nice_ticks(tallest * 1.08);
     axes(&mut s, "百分位", "响应时间 (ms)", None);
     let bw = (W - L - R) / points.len() as f64;
     let y = |v: f64| (H - B) - (v / max) * (H - B - T);
@@ -164,25 +199,32 @@ pub fn latency(c: &CaseResult) -> String {
             y(*v) - 4.0
         );
     }
-    for i in 0..=4 {
-        let f = i as f64 / 4.0;
+    let mut v = 0.0;
+    while v <= max + 1e-9 {
         let _ = writeln!(
             s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.1}</text>",
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             L - 6.0,
-            y(f * max) + 4.0,
-            f * max
+            y(v) + 4.0,
+            tick_label(v, step)
         );
+        v += step;
     }
+    // The mean: a dashed line across, its label in a legend above the plot (never on a bar).
     let _ = writeln!(
         s,
         "<line x1=\"{L}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"4 3\"/>\n\
+         <line x1=\"{}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"4 3\"/>\n\
          <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#c0392b\">平均 {mean:.2} ms</text>",
         y(mean),
         W - R,
         y(mean),
+        W - R - 150.0,
+        T - 8.0,
+        W - R - 124.0,
+        T - 8.0,
         W - R,
-        y(mean) - 4.0
+        T - 4.0
     );
     s.push_str("</svg>\n");
     s
@@ -214,5 +256,30 @@ mod tests {
         let svg = latency(&c);
         assert_eq!(svg.matches("<rect x=").count(), 6);
         assert!(svg.contains("平均 2.00 ms"));
+        assert!(svg.contains("Noto Sans CJK SC"));
+    }
+
+    #[test]
+    fn ticks_are_round() {
+        assert_eq!(nice_ticks(3.8), (1.0, 4.0));
+        assert_eq!(nice_ticks(59.0), (10.0, 60.0));
+        assert_eq!(nice_ticks(846.0), (200.0, 1000.0));
+        let (st, top) = nice_ticks(0.013);
+        assert!((st - 0.005).abs() < 1e-12 && (top - 0.015).abs() < 1e-12);
+        assert_eq!(tick_label(2.5, 0.5), "2.5");
+        assert_eq!(tick_label(20.0, 10.0), "20");
+        // No 1.2 / 2.5 / 3.8 style ticks: every tick is a multiple of 1, 2 or 5 × 10ⁿ.
+        for max in [0.7, 3.8, 12.0, 59.0, 300.0, 846.0, 1234.0] {
+            let (step, top) = nice_ticks(max);
+            let mant = step / 10f64.powf(step.log10().floor());
+            assert!(
+                [1.0, 2.0, 5.0].iter().any(|m| (mant - m).abs() < 1e-9),
+                "{max}: {step}"
+            );
+            assert!(
+                top >= max && top / step <= 6.0 + 1e-9,
+                "{max}: {top}/{step}"
+            );
+        }
     }
 }

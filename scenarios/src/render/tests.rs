@@ -14,6 +14,7 @@ const KEYS: &[&str] = &[
     "order_pending",
     "charging",
     "progress",
+    "progress_seconds",
     "completed",
     "webhooks",
     "duration_error",
@@ -35,7 +36,7 @@ const KEYS: &[&str] = &[
 fn report(cases: Vec<CaseResult>) -> RunReport {
     RunReport {
         schema_version: crate::report::SCHEMA_VERSION,
-        profile: "quick".into(),
+        profile: "seed".into(),
         seed: 7,
         target: "embedded".into(),
         gateway_mode: "child".into(),
@@ -44,6 +45,7 @@ fn report(cases: Vec<CaseResult>) -> RunReport {
         ended_at: 1_764_000_150,
         elapsed_s: 150.0,
         cases,
+        omitted: Default::default(),
     }
 }
 
@@ -122,13 +124,13 @@ fn every_template_section_and_table_is_kept() {
 fn no_blank_or_unmarked_box_is_left() {
     for r in [passing(), not_run()] {
         let md = record::render(&r, &["charge_2_1.svg".into()]);
-        for blank in ["____", "☐", "[ ]", "****", "P0/P1/P2", "待修复/已修复"] {
+        for blank in ["____", "☒", "[ ]", "****", "P0/P1/P2", "待修复/已修复"] {
             assert!(!md.contains(blank), "{blank:?} left in the record");
         }
     }
     let md = record::render(&not_run(), &[]);
     assert!(md.contains("n/a (用例未运行, 原因见测试结果)"));
-    assert!(md.contains("☒ 通过 ☑ 失败 (未运行: no piles)"));
+    assert!(md.contains("☐ 通过 ☑ 失败 (未运行: no piles)"));
 }
 
 #[test]
@@ -153,17 +155,17 @@ fn boxes_follow_the_results() {
     let md = record::render(&report(vec![ok.clone()]), &[]);
     assert!(md.contains("| 第二次充电(同端口) | 409错误 | 409 | ☑ |"));
     let sec = md.split("### 测试用例 3.2").nth(1).unwrap();
-    assert!(sec.contains("**测试结果:** ☑ 通过 ☒ 失败"));
+    assert!(sec.contains("**测试结果:** ☑ 通过 ☐ 失败"));
 
     let mut bad = ok;
     bad.checks[1] = Check::new("second", "第二次充电(同端口)", "409错误", "200", false);
     bad.decide();
     let md = record::render(&report(vec![bad]), &[]);
-    assert!(md.contains("| 第二次充电(同端口) | 409错误 | 200 | ☒ |"));
+    assert!(md.contains("| 第二次充电(同端口) | 409错误 | 200 | ☐ |"));
     let sec = md.split("### 测试用例 3.2").nth(1).unwrap();
-    assert!(sec.contains("**测试结果:** ☒ 通过 ☑ 失败"));
+    assert!(sec.contains("**测试结果:** ☐ 通过 ☑ 失败"));
     assert!(md.contains("| 1 | 3.2 端口占用冲突"));
-    assert!(md.contains("**是否通过验收:** ☒ 是 ☑ 否"));
+    assert!(md.contains("**是否通过验收:** ☐ 是 ☑ 否"));
 }
 
 #[test]
@@ -186,7 +188,7 @@ fn the_score_counts_ticked_items() {
     let md = record::render(&passing(), &[]);
     assert!(md.contains("**总体评分:** 100/100"));
     assert!(md.contains("**完成度:** 8/8 (100%)"));
-    assert!(md.contains("**是否通过验收:** ☑ 是 ☒ 否"));
+    assert!(md.contains("**是否通过验收:** ☑ 是 ☐ 否"));
 
     let s = crate::score::compute(&not_run());
     assert_eq!(s.total, 0);

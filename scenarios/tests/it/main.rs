@@ -7,6 +7,8 @@ use pile_scenarios::runner::{run, RunOptions};
 use pile_scenarios::stack::TargetSpec;
 use pile_scenarios::{Profile, Status};
 
+mod record;
+
 fn out_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pile-scenarios-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -46,7 +48,9 @@ async fn a_subset_runs_against_the_embedded_gateway_and_writes_the_report() {
     }
     let md = std::fs::read_to_string(out.join("test_results.md")).unwrap();
     assert!(md.contains("| healthz接口 | 200 OK | 200 | ☑ |"));
-    assert!(!md.contains("____") && !md.contains('☐'));
+    assert!(!md.contains("____") && !md.contains('☒'));
+    // A subset run is a rehearsal of the quick profile: no acceptance verdict.
+    assert!(md.contains("**是否通过验收:** ☐ 是 ☐ 否"));
     let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
     assert_eq!(junit.matches("<testcase ").count(), 3);
     let json: serde_json::Value =
@@ -103,4 +107,60 @@ async fn a_gateway_that_ignores_the_api_key_fails_1_4() {
     assert!(!report.all_passed());
     let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
     assert!(junit.contains("<failure"));
+}
+
+/// External mode, as an operator would point the runner at staging: a gateway process started
+/// separately (not by the runner), reached only through its HTTP and device addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subset_runs_against_a_separately_started_gateway() {
+    use pile_scenarios::gateway::{GatewayProcess, GatewaySpec};
+    let out = out_dir("external");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = GatewaySpec {
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_pile-scenarios")),
+        database_url: format!("sqlite://{}", out.join("staging.db").display()),
+        api_key: "staging-key-0123456789".into(),
+        offline_after: std::time::Duration::from_secs(3),
+        webhook_url: None,
+        webhook_secret: None,
+        log_path: out.join("staging.log"),
+        reconcile_after: std::time::Duration::from_secs(5),
+    };
+    let gw = GatewayProcess::spawn(&spec, "127.0.0.1:0", "127.0.0.1:0")
+        .await
+        .expect("the staging gateway starts");
+    let (report, _) = run(RunOptions {
+        profile: Profile::quick(),
+        cases: ["1.1", "1.2", "1.3", "1.4", "3.2", "X.2", "X.3"]
+            .map(String::from)
+            .to_vec(),
+        out_dir: Some(out.join("report")),
+        seed: 5,
+        target: TargetSpec::External {
+            http: format!("http://{}", gw.http_addr),
+            device: gw.device_addr.clone(),
+            api_key: spec.api_key.clone(),
+        },
+    })
+    .await
+    .expect("the run itself works");
+    let _ = gw.stop(std::time::Duration::from_secs(10)).await;
+    for id in ["1.1", "1.2", "1.4", "3.2", "X.2"] {
+        let c = report.case(id).unwrap();
+        assert_eq!(c.status, Status::Passed, "{id}: {c:#?}");
+    }
+    // What external mode cannot check is reported as not run, with the reason, never passed.
+    for id in ["1.3", "X.3"] {
+        let c = report.case(id).unwrap();
+        assert!(
+            matches!(c.status, Status::NotRun(_)),
+            "{id}: {:?}",
+            c.status
+        );
+    }
+    assert!(!report.all_passed());
+    let health = report.case("1.1").unwrap();
+    assert!(health
+        .check("running")
+        .is_some_and(|c| c.actual.contains("外部目标")));
 }

@@ -241,6 +241,24 @@ impl Ap3000 {
                     reply,
                 });
             }
+            // The one-byte answer to 0x96 locate (0 = done).
+            Message::Ack {
+                command: 0x96,
+                result,
+                ..
+            } => {
+                events.extend(hello.take());
+                events.push(DeviceEvent::Reply {
+                    key: u32::from(msg_id),
+                    reply: if result == 0 {
+                        Reply::Done { device_ref: None }
+                    } else {
+                        Reply::Refused {
+                            reason: format!("locate refused ({result})"),
+                        }
+                    },
+                });
+            }
             Message::Alarm {
                 kind,
                 port,
@@ -313,7 +331,7 @@ impl Ap3000 {
                 Frame::stop(id, msg_id, port, order_ref(device_ref, order_no))
             }
             CommandSpec::Query { .. } => Frame::query(id, msg_id),
-            CommandSpec::Locate { .. } => return None,
+            CommandSpec::Locate { seconds, .. } => Frame::locate(id, msg_id, *seconds),
         };
         Some((u32::from(msg_id), Bytes::from(frame.to_vec())))
     }

@@ -65,8 +65,17 @@ pub enum CommandSpec {
     /// Ask the device for a port's state (BKV 0x1D for the port's socket; AP3000 0x81, which
     /// makes the device send its registration and a heartbeat).
     Query { port_no: Option<u32> },
-    /// Sound and light on the pile (AP3000 0x96).
-    Locate { port_no: Option<u32> },
+    /// Sound and light on the pile for `seconds` (AP3000 0x96; BKV has no such command and
+    /// the command is refused as not supported).
+    Locate {
+        port_no: Option<u32>,
+        #[serde(default = "default_locate_seconds")]
+        seconds: u8,
+    },
+}
+
+fn default_locate_seconds() -> u8 {
+    10
 }
 
 impl CommandSpec {
@@ -93,7 +102,7 @@ impl CommandSpec {
             CommandSpec::Start { port_no, .. } | CommandSpec::Stop { port_no, .. } => {
                 Some(*port_no)
             }
-            CommandSpec::Query { port_no } | CommandSpec::Locate { port_no } => *port_no,
+            CommandSpec::Query { port_no } | CommandSpec::Locate { port_no, .. } => *port_no,
         }
     }
 

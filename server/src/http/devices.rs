@@ -249,3 +249,168 @@ pub(super) async fn frames(
         None => Err(ApiError::NotFound(format!("device {device_id} not found"))),
     }
 }
+
+/// An optional JSON body: absent or empty is `{}`.
+fn optional_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    match &body {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(Map::new()),
+        _ => json_body(body),
+    }
+}
+
+fn command_view(c: &crate::store::CmdRow) -> CommandView {
+    CommandView {
+        id: c.id,
+        device_id: c.device_id.clone(),
+        command: c.command.clone(),
+        port_no: c.port_no.and_then(|p| u32::try_from(p).ok()),
+        order_no: c.order_no.clone(),
+        status: CommandStatus::parse(&c.status).unwrap_or(CommandStatus::Refused),
+        attempts: c.attempts,
+        created_at: c.created_at_ms / 1000,
+        sent_at: c.last_sent_at_ms.or(c.sent_at_ms).map(|t| t / 1000),
+        result: c.result.clone(),
+    }
+}
+
+async fn sent_command(state: &AppState, id: i64) -> ApiResult {
+    let row = state
+        .service
+        .store
+        .command(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("command {id} not found")))?;
+    Ok(ok(command_view(&row)))
+}
+
+/// Sound and light on the pile, so a technician can find it (AP3000 0x96).
+///
+/// The command goes to the connected device at once; follow it with
+/// `GET /api/v1/third/devices/{device_id}/commands/{id}` (`acked` when the pile answered).
+/// BKV piles have no such command: the command is `refused` with "not supported by this
+/// device". AP3000 firmware older than V8.6 does not answer it; it then `expired`s after
+/// `--command-ttl`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/third/devices/{device_id}/locate",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "The device's ID (letters and digits)",
+            pattern = r"^[A-Za-z0-9]{1,64}$", example = "82210225000520")),
+    request_body(content = Option<LocateRequest>, description = "Optional; `seconds` defaults to 10"),
+    responses(
+        (status = 200, description = "The command as sent (`queued` or `sent`)", body = Envelope<CommandView>),
+        (status = 400, description = "`seconds` is not 1–255 or the body is not a JSON object", body = ErrorEnvelope),
+        (status = 404, description = "Unknown device", body = ErrorEnvelope),
+        (status = 503, description = "The device is offline, or the database is unavailable", body = ErrorEnvelope),
+    )
+)]
+pub(super) async fn locate(
+    State(state): State<AppState>,
+    Path(device_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    valid_device_id(&device_id)?;
+    let b = optional_body(body)?;
+    let seconds = match int_field(&b, "seconds", false)? {
+        None => 10,
+        Some(s) => u8::try_from(s)
+            .ok()
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| ApiError::bad("seconds", "must be between 1 and 255"))?,
+    };
+    let id = state
+        .service
+        .device_command(
+            &device_id,
+            crate::core::CommandSpec::Locate {
+                port_no: None,
+                seconds,
+            },
+        )
+        .await?;
+    sent_command(&state, id).await
+}
+
+/// Ask the pile for a port's state now; its answer refreshes the device view.
+///
+/// BKV answers 0x1D for the port's socket (both holes); AP3000 answers 0x81 with its
+/// registration and a heartbeat (every port). The command is `acked` when the answer arrived;
+/// read `GET /api/v1/third/devices/{device_id}` after that.
+#[utoipa::path(
+    post,
+    path = "/api/v1/third/devices/{device_id}/query",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "The device's ID (letters and digits)",
+            pattern = r"^[A-Za-z0-9]{1,64}$", example = "82210225000520")),
+    request_body(content = Option<PortQueryRequest>, description = "Optional; `port_no` defaults to 1"),
+    responses(
+        (status = 200, description = "The command as sent (`queued` or `sent`)", body = Envelope<CommandView>),
+        (status = 400, description = "`port_no` is outside the device's ports or the body is not a JSON object",
+         body = ErrorEnvelope),
+        (status = 404, description = "Unknown device", body = ErrorEnvelope),
+        (status = 503, description = "The device is offline, or the database is unavailable", body = ErrorEnvelope),
+    )
+)]
+pub(super) async fn query_ports(
+    State(state): State<AppState>,
+    Path(device_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    valid_device_id(&device_id)?;
+    let b = optional_body(body)?;
+    let port_no = match int_field(&b, "port_no", false)? {
+        None => 1,
+        Some(p) => {
+            let device = known_device(&state, &device_id).await?;
+            check_port(p, device.port_count)?;
+            p as u32
+        }
+    };
+    let id = state
+        .service
+        .device_command(
+            &device_id,
+            crate::core::CommandSpec::Query {
+                port_no: Some(port_no),
+            },
+        )
+        .await?;
+    sent_command(&state, id).await
+}
+
+/// A device command: where it is in its life and the device's answer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/third/devices/{device_id}/commands/{command_id}",
+    tag = "devices",
+    params(("device_id" = String, Path, description = "The device's ID (letters and digits)",
+            pattern = r"^[A-Za-z0-9]{1,64}$", example = "82210225000520"),
+           ("command_id" = i64, Path, description = "The command's ID", example = 42)),
+    responses(
+        (status = 200, description = "The command", body = Envelope<CommandView>),
+        (status = 400, description = "`device_id` or `command_id` is invalid", body = ErrorEnvelope),
+        (status = 404, description = "No such command for this device", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    )
+)]
+pub(super) async fn command(
+    State(state): State<AppState>,
+    Path((device_id, command_id)): Path<(String, String)>,
+) -> ApiResult {
+    valid_device_id(&device_id)?;
+    let id: i64 = command_id
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::bad("command_id", "must be a positive integer"))?;
+    let row = state
+        .service
+        .store
+        .command(id)
+        .await?
+        .filter(|c| c.device_id == device_id)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("command {id} not found for device {device_id}"))
+        })?;
+    Ok(ok(command_view(&row)))
+}

@@ -257,6 +257,9 @@ fn routes(
         .routes(routes!(stats))
         .routes(routes!(consistency))
         .routes(routes!(frames))
+        .routes(routes!(locate))
+        .routes(routes!(query_ports))
+        .routes(routes!(command))
         .merge(crate::events::router());
     openapi::document_keyed(keyed.get_openapi_mut());
     let open = OpenApiRouter::new()

@@ -192,10 +192,15 @@ impl Service {
             .ok_or_else(|| ServiceError::OrderNotFound(order_no.to_string()))
     }
 
-    /// Queues a command without an order (a port query, a locate); returns its ID.
+    /// Sends a command without an order (a port query, a locate) to a connected device;
+    /// returns its ID. Such a command is only worth something now: an offline device is a 503,
+    /// not a queue.
     pub async fn device_command(&self, device_id: &str, spec: CommandSpec) -> Result<i64> {
         if self.known_device(device_id).await?.is_none() {
             return Err(ServiceError::DeviceNotFound(device_id.to_string()));
+        }
+        if !self.gateway.is_connected(device_id) {
+            return Err(ServiceError::Offline(device_id.to_string()));
         }
         let now_ms = self.clock.now_ms();
         let id = self

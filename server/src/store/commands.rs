@@ -31,10 +31,13 @@ pub struct CmdRow {
     pub expires_at_ms: Option<i64>,
     pub sent_at_ms: Option<i64>,
     pub result: Option<String>,
+    pub port_no: Option<i64>,
+    /// The last write to the device (`sent_at_ms` is the first).
+    pub last_sent_at_ms: Option<i64>,
 }
 
 const CMD_COLS: &str = "id, device_id, order_no, command, payload, status, attempts, \
-    created_at_ms, expires_at_ms, sent_at_ms, result";
+    created_at_ms, expires_at_ms, sent_at_ms, result, port_no, last_sent_at_ms";
 
 fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
     Ok(CmdRow {
@@ -49,6 +52,8 @@ fn cmd_from_row(r: &AnyRow) -> Result<CmdRow> {
         expires_at_ms: r.try_get("expires_at_ms")?,
         sent_at_ms: r.try_get("sent_at_ms")?,
         result: r.try_get("result")?,
+        port_no: r.try_get("port_no")?,
+        last_sent_at_ms: r.try_get("last_sent_at_ms")?,
     })
 }
 

@@ -523,7 +523,8 @@ async fn every_route_is_in_the_openapi_document_with_the_statuses_it_answers() {
         let concrete = path
             .replace("{device_id}", "82210225000520")
             .replace("{order_no}", "nope")
-            .replace("{event_id}", "nope");
+            .replace("{event_id}", "nope")
+            .replace("{command_id}", "1");
         let url = format!("{}{}", app.address, concrete);
         for method in METHODS {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -611,8 +612,8 @@ async fn every_route_is_in_the_openapi_document_with_the_statuses_it_answers() {
         }
     }
     assert_eq!(
-        operations, 18,
-        "every route of API.md and the events routes"
+        operations, 21,
+        "every route of API.md, the device commands and the events routes"
     );
     for (path, method, params) in [
         (

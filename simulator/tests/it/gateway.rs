@@ -399,3 +399,128 @@ async fn a_refused_start_fails_the_order_and_an_unplug_ends_a_charge() {
         .await;
     assert_eq!(o["end_reason"], 4, "unplugged: {o:#}");
 }
+
+fn command_done(d: &Value) -> bool {
+    matches!(
+        d["status"].as_str(),
+        Some("acked" | "refused" | "expired" | "superseded")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locate_sounds_an_ap3000_pile_and_is_refused_by_a_bkv_one() {
+    let gw = gateway().await;
+    let ap = fleet(&gw, Family::Ap3000, 1).await;
+    let _bkv = fleet(&gw, Family::Bkv, 1).await;
+    let (ap_id, bkv_id) = ("04AB373B", "82210225000520");
+    gw.online(ap_id).await;
+    gw.online(bkv_id).await;
+
+    let r = gw
+        .post(
+            &format!("/api/v1/third/devices/{ap_id}/locate"),
+            json!({"seconds": 30}),
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r:#}");
+    assert_eq!(r["data"]["command"], "locate", "{r:#}");
+    let id = r["data"]["id"].as_i64().unwrap();
+    let c = gw
+        .until(
+            "the locate answered",
+            &format!("/api/v1/third/devices/{ap_id}/commands/{id}"),
+            10,
+            command_done,
+        )
+        .await;
+    assert_eq!(c["status"], "acked", "{c:#}");
+    assert!(
+        ap.pile_snapshot(ap_id).unwrap().locating,
+        "the pile plays the locate prompt"
+    );
+
+    let r = gw
+        .post(&format!("/api/v1/third/devices/{bkv_id}/locate"), json!({}))
+        .await;
+    assert_eq!(r["code"], 0, "{r:#}");
+    let id = r["data"]["id"].as_i64().unwrap();
+    let c = gw
+        .until(
+            "the BKV locate refused",
+            &format!("/api/v1/third/devices/{bkv_id}/commands/{id}"),
+            10,
+            command_done,
+        )
+        .await;
+    assert_eq!(c["status"], "refused", "{c:#}");
+    assert_eq!(c["result"], "not supported by this device", "{c:#}");
+
+    // A command is looked up under its own device only.
+    let other = gw
+        .get(&format!("/api/v1/third/devices/{ap_id}/commands/{id}"))
+        .await;
+    assert_eq!(other["code"], 404, "{other:#}");
+    let bad = gw
+        .post(
+            &format!("/api/v1/third/devices/{ap_id}/locate"),
+            json!({"seconds": 0}),
+        )
+        .await;
+    assert_eq!(bad["code"], 400, "{bad:#}");
+    assert!(
+        bad["message"].as_str().unwrap().contains("seconds"),
+        "{bad:#}"
+    );
+    let unknown = gw
+        .post("/api/v1/third/devices/FFFF0000/locate", json!({}))
+        .await;
+    assert_eq!(unknown["code"], 404, "{unknown:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_query_is_answered_and_refreshes_the_device_view() {
+    let gw = gateway().await;
+    let bkv = fleet(&gw, Family::Bkv, 1).await;
+    let ap = fleet(&gw, Family::Ap3000, 1).await;
+    for (id, port) in [("82210225000520", 2), ("04AB373B", 1)] {
+        gw.online(id).await;
+        let r = gw
+            .post(
+                &format!("/api/v1/third/devices/{id}/query"),
+                json!({"port_no": port}),
+            )
+            .await;
+        assert_eq!(r["code"], 0, "{r:#}");
+        assert_eq!(r["data"]["port_no"], port, "{r:#}");
+        let cid = r["data"]["id"].as_i64().unwrap();
+        let c = gw
+            .until(
+                "the query answered",
+                &format!("/api/v1/third/devices/{id}/commands/{cid}"),
+                10,
+                command_done,
+            )
+            .await;
+        assert_eq!(c["status"], "acked", "{id}: {c:#}");
+        let d = gw.get(&format!("/api/v1/third/devices/{id}")).await;
+        let p = &d["data"]["ports"][port - 1];
+        assert_eq!(p["port_no"], port, "{d:#}");
+        // A simulated AP3000 pile has a cable in every socket after its plug delay.
+        assert!(
+            matches!(p["status"].as_str(), Some("idle" | "plugged")),
+            "{d:#}"
+        );
+        let bad = gw
+            .post(
+                &format!("/api/v1/third/devices/{id}/query"),
+                json!({"port_no": 999}),
+            )
+            .await;
+        assert_eq!(bad["code"], 400, "{bad:#}");
+        assert!(
+            bad["message"].as_str().unwrap().contains("port_no"),
+            "{bad:#}"
+        );
+    }
+    drop((bkv, ap));
+}

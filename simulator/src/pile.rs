@@ -321,6 +321,10 @@ pub struct PileState {
     heartbeats_sent: VecDeque<Instant>,
     /// An AP3000 0x96 locate plays until then.
     pub locate_until: Option<Instant>,
+    /// Ground truth for the seeded fault simulation (`pile-faultsim`): when `Some`, every
+    /// charge that ends is logged here with its end instant. Off (`None`) in fleets.
+    #[doc(hidden)]
+    pub ends_log: Option<Vec<(Instant, EndRecord)>>,
 }
 
 /// A virtual pile: state plus the codec of its family.
@@ -530,6 +534,9 @@ impl PileState {
         };
         let port_no = self.ports[i].no;
         let record = self.end_record(port_no, &ch, at, reason, ch.msg_id);
+        if let Some(log) = &mut self.ends_log {
+            log.push((at, record.clone()));
+        }
         let key = RecordKey {
             kind: RecordKind::End,
             port_no,
@@ -996,6 +1003,7 @@ impl Pile {
                 rbuf: BytesMut::new(),
                 heartbeats_sent: VecDeque::new(),
                 locate_until: None,
+                ends_log: None,
                 cfg,
             },
             codec,

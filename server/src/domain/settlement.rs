@@ -203,8 +203,21 @@ fn is_fault(r: EndReason) -> bool {
 
 /// Settles an order from a device's end report.
 pub fn settle_report(order: &OrderFacts, end: &EndEvidence, seen: Observation) -> Settled {
-    let (duration, source) = match (order.started_at_ms, seen.end_live) {
-        (Some(start), true) => (duration_sec(start, seen.now_ms), DurationSource::Gateway),
+    let gateway = match (order.started_at_ms, seen.end_live) {
+        (Some(start), true) => Some(duration_sec(start, seen.now_ms)),
+        _ => None,
+    };
+    let (duration, source) = match gateway {
+        // A gateway-clock duration that contradicts the device's own counter by more than its
+        // unit did not see both ends as they happened (an end report resent after the first
+        // copy was lost, a start confirmed late): the device's figures win then.
+        Some(g)
+            if end.device_duration_sec.is_none_or(|d| {
+                super::duration_agrees(g, d, end.duration_resolution_sec.max(1))
+            }) =>
+        {
+            (g, DurationSource::Gateway)
+        }
         _ => device_duration(order, end),
     };
     let energy = end.energy_wh.max(0);
@@ -491,6 +504,39 @@ mod tests {
             },
         );
         assert_eq!((s.duration_sec, s.offline_replayed), (15, true));
+    }
+
+    #[test]
+    fn a_live_end_that_contradicts_the_device_counter_uses_the_device_clock() {
+        // Found by the fault simulation (seed 1556): a 100 s AP3000 charge whose end report
+        // was lost and resent 15 s later on the same connection was billed 115 s.
+        let o = order(ChargeMode::ByTime, by_time(100, 100));
+        let end = EndEvidence {
+            energy_wh: 5,
+            device_duration_sec: Some(100),
+            duration_resolution_sec: 1,
+            device_end_at_ms: None,
+            peak_power_dw: None,
+            reason: DeviceReason::Ap3000(0x00),
+        };
+        let late = Observation {
+            now_ms: 1_115_000,
+            end_live: true,
+        };
+        let s = settle_report(&o, &end, late);
+        assert_eq!(
+            (s.duration_sec, s.duration_source),
+            (100, DurationSource::DeviceClock)
+        );
+        // On time, the gateway's clock keeps its sub-unit precision.
+        let on_time = Observation {
+            now_ms: 1_100_400,
+            end_live: true,
+        };
+        assert_eq!(
+            settle_report(&o, &end, on_time).duration_source,
+            DurationSource::Gateway
+        );
     }
 
     #[test]

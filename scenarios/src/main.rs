@@ -30,7 +30,7 @@ enum Command {
     List,
     /// The embedded gateway (started by `run`; not for direct use).
     #[command(name = "__gateway", hide = true)]
-    Gateway(pile_server::config::Cli),
+    Gateway(Box<pile_server::config::Cli>),
 }
 
 #[derive(Debug, clap::Args, Default)]
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Gateway(args)) => {
-            match rt.block_on(pile_scenarios::gateway::child_main(args)) {
+            match rt.block_on(pile_scenarios::gateway::child_main(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gateway: {e:#}");

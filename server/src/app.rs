@@ -139,6 +139,8 @@ pub async fn start_with_clock(
             .register(&http_addr.to_string(), &device_addr.to_string())
             .await?;
         let _ = service.cluster.set(cluster);
+        // Other instances write this database behind the read model's back: read the store.
+        service.read.set_shared();
         tracing::info!(instance_id = %id, "instance registered on the shared PostgreSQL");
     }
     // Devices a previous run left online stay so for their offline threshold: a pile back

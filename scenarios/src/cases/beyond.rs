@@ -298,9 +298,7 @@ pub async fn resent_end(ctx: &Ctx) -> CaseResult {
         .await
         .unwrap_or_default()
         .into_iter()
-        .filter(|f| {
-            matches!(f.direction, pile_api::Direction::Up) && f.at_ms >= end_ms - 1_000
-        })
+        .filter(|f| matches!(f.direction, pile_api::Direction::Up) && f.at_ms >= end_ms - 1_000)
         .filter_map(|f| {
             let b = hex::decode(&f.hex).ok()?;
             let a = pile_protocol::analyze::analyze(&b).ok()?;
@@ -324,7 +322,11 @@ pub async fn resent_end(ctx: &Ctx) -> CaseResult {
             Some(name) => format!("{name} × {} (网关收到)", received.len()),
             None => format!(
                 "网关未收到重复的结束报告 (收到: {}; 桩发出: {})",
-                received.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", "),
+                received
+                    .iter()
+                    .map(|(_, n)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 ends.join(", ")
             ),
         },

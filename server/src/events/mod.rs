@@ -150,10 +150,13 @@ impl Events {
                     retry_schedule: config.delivery.retry_schedule.clone(),
                     breaker_failures: config.delivery.breaker_failures,
                     probe_interval: config.delivery.probe_interval,
-                    ..WebhookSettings::new(url, config
+                    ..WebhookSettings::new(
+                        url,
+                        config
                             .webhook_secret
                             .as_ref()
-                            .map_or("", secrecy::ExposeSecret::expose_secret))
+                            .map_or("", secrecy::ExposeSecret::expose_secret),
+                    )
                 };
                 let d = Arc::new(Dispatcher::new(store.clone(), settings, clock.clone())?);
                 tracker.spawn(d.clone().run(shutdown));

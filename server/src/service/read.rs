@@ -126,6 +126,9 @@ fn pairs_of(s: &DeviceSnapshot) -> Vec<(i64, String)> {
 pub struct ReadModel {
     inner: RwLock<Inner>,
     tickets: AtomicU64,
+    /// The database is shared with other gateway instances (PostgreSQL, issue 17): their
+    /// writes never pass through this model, so every answer comes from the store.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 /// A write in flight for some devices (see the module docs).
@@ -168,6 +171,15 @@ impl Drop for WriteGuard<'_> {
 impl ReadModel {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Serve nothing from memory: other instances write the same database (see `shared`).
+    pub fn set_shared(&self) {
+        self.shared.store(true, Ordering::SeqCst);
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -282,6 +294,9 @@ impl ReadModel {
 
     /// A device's parts as the store holds them.
     pub fn device(&self, device_id: &str) -> Lookup<DeviceParts> {
+        if self.is_shared() {
+            return Lookup::Unknown;
+        }
         let inner = self.read();
         if !inner.trusted(device_id) {
             return Lookup::Unknown;
@@ -299,6 +314,9 @@ impl ReadModel {
     /// not hold yet is being written (it may join the list), and, with an `online` filter, while
     /// any device is being written (its `online` may change).
     pub fn page(&self, online: Option<bool>, page: u32, size: u32) -> Option<(Vec<PageItem>, i64)> {
+        if self.is_shared() {
+            return None;
+        }
         let inner = self.read();
         if !inner.loaded || !inner.stale.is_empty() {
             return None;
@@ -338,6 +356,9 @@ impl ReadModel {
     /// An active (pending or charging) order; `Unknown` for any other order number (settled
     /// or unknown orders are the store's) or while its device is being written.
     pub fn active_order(&self, order_no: &str) -> Option<OrderRow> {
+        if self.is_shared() {
+            return None;
+        }
         let inner = self.read();
         let device_id = inner.orders.get(order_no)?;
         if !inner.trusted(device_id) {

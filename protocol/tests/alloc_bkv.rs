@@ -2,7 +2,7 @@
 //! frame on every connection. Its own test binary, because the counting
 //! allocator is process-wide.
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use bytes::BytesMut;
 use pile_protocol::bkv::{decode_frame, Decoder, Message};
@@ -10,11 +10,24 @@ use pile_protocol::{parse_hex, Item};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // Per thread: the test harness runs tests (and captures their output) on other threads,
+    // whose allocations are not the code under test's.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // `try_with`: the slot may already be gone while a thread shuts down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocated() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count_one();
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
@@ -23,7 +36,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count_one();
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -35,9 +48,9 @@ static GLOBAL: Counting = Counting;
 const HEARTBEAT: &str = "fcfe002e0000000000000182200520004869383938363034363331313230373033313934313763562e31723436001fcafcee";
 
 fn allocations_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocated();
     let out = f();
-    (ALLOCATIONS.load(Ordering::SeqCst) - before, out)
+    (allocated() - before, out)
 }
 
 #[test]

@@ -7,7 +7,11 @@ const MIX: Mix = Mix { faults: true };
 
 /// Seeds that fail on a known, recorded bug (faultsim/README.md "Bugs found"); each has an
 /// ignored regression test. Skipped by the seed ranges so those keep finding new bugs.
-const KNOWN_BUGS: [u64; 2] = [459, 950];
+/// Seeds that find gateway bugs not fixed yet (see faultsim/README.md, "Bugs found"):
+/// 459 and 950 a BKV end report resent on the same connection is timed at its arrival; 2700 an
+/// AP3000 start resent after a reconnect starts the charge again on a pile that had already
+/// run it to its end (the 0x82 answer was lost).
+const KNOWN_BUGS: [u64; 3] = [459, 950, 2700];
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -91,17 +95,39 @@ fn seeds_1500_1999() {
     seeds(1500..2000);
 }
 
-#[test]
-#[ignore = "100,000 seeds; run on demand"]
-fn seeds_100k() {
+/// `range` split over every core.
+fn seeds_parallel(range: std::ops::Range<u64>) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let per = 100_000 / threads;
+    let per = (range.end - range.start).div_ceil(threads);
     let handles: Vec<_> = (0..threads)
-        .map(|t| std::thread::spawn(move || seeds(t * per..(t + 1) * per)))
+        .map(|t| {
+            let from = range.start + t * per;
+            let to = (from + per).min(range.end);
+            std::thread::spawn(move || seeds(from..to))
+        })
         .collect();
     for h in handles {
         h.join().expect("a seed failed (see its report above)");
     }
+}
+
+#[test]
+#[ignore = "100,000 seeds; run on demand"]
+fn seeds_100k() {
+    seeds_parallel(0..100_000);
+}
+
+/// `FAULTSIM_FROM=2000 FAULTSIM_TO=8000 cargo test -p pile-faultsim --test sim -- --ignored seeds_range`
+#[test]
+#[ignore = "a seed range from FAULTSIM_FROM / FAULTSIM_TO; run on demand"]
+fn seeds_range() {
+    let var = |name: &str| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} must be a seed number"))
+    };
+    seeds_parallel(var("FAULTSIM_FROM")..var("FAULTSIM_TO"));
 }
 
 /// `FAULTSIM_SEED=n [FAULTSIM_KEEP=i,j,…|none] cargo test -p pile-faultsim --test sim -- replay --nocapture`
@@ -147,12 +173,12 @@ fn timing_probe() {
     }
 }
 
-/// Known bug (faultsim/README.md): a BKV end report lost and resent on the same connection is
-/// timed by the gateway's clock at its arrival; the device's minute counter is too coarse to
-/// notice (a 68.5 s charge billed 84 s).
+/// Known bugs (faultsim/README.md, `KNOWN_BUGS`): a BKV end report lost and resent on the same
+/// connection is timed by the gateway's clock at its arrival (a 68.5 s charge billed 84 s); an
+/// AP3000 start resent after a reconnect runs again on a pile that had finished it.
 #[test]
-#[ignore = "known bug: BKV resent end report timed at its arrival"]
-fn regression_seed_459_bkv_resent_end_is_timed_at_arrival() {
+#[ignore = "known bugs: BKV resent end timed at arrival; AP3000 finished start resent"]
+fn regression_known_bug_seeds_459_950_2700() {
     for seed in KNOWN_BUGS {
         let sc = Scenario::generate(seed, MIX);
         let out = run_blocking(&sc);

@@ -309,13 +309,17 @@ fn command_view(c: &crate::store::CmdRow) -> CommandView {
     }
 }
 
-async fn sent_command(state: &AppState, id: i64) -> ApiResult {
+/// A device's command as its view; another device's command is not found.
+async fn device_command_view(state: &AppState, device_id: &str, id: i64) -> ApiResult {
     let row = state
         .service
         .store
         .command(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("command {id} not found")))?;
+        .filter(|c| c.device_id == device_id)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("command {id} not found for device {device_id}"))
+        })?;
     Ok(ok(command_view(&row)))
 }
 
@@ -364,7 +368,7 @@ pub(super) async fn locate(
             },
         )
         .await?;
-    sent_command(&state, id).await
+    device_command_view(&state, &device_id, id).await
 }
 
 /// Ask the pile for a port's state now; its answer refreshes the device view.
@@ -411,7 +415,7 @@ pub(super) async fn query_ports(
             },
         )
         .await?;
-    sent_command(&state, id).await
+    device_command_view(&state, &device_id, id).await
 }
 
 /// A device command: where it is in its life and the device's answer.
@@ -439,14 +443,5 @@ pub(super) async fn command(
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| ApiError::bad("command_id", "must be a positive integer"))?;
-    let row = state
-        .service
-        .store
-        .command(id)
-        .await?
-        .filter(|c| c.device_id == device_id)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("command {id} not found for device {device_id}"))
-        })?;
-    Ok(ok(command_view(&row)))
+    device_command_view(&state, &device_id, id).await
 }

@@ -213,7 +213,8 @@ impl ReadModel {
     /// Re-reads `ids` from the store and installs what it holds; call after the commit. On a
     /// failure the devices are marked stale (read from the store until repaired).
     pub async fn refresh(&self, store: &Store, ids: &[String]) {
-        if ids.is_empty() {
+        // Nothing is served from memory on a shared database: no reload either.
+        if ids.is_empty() || self.is_shared() {
             return;
         }
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
@@ -259,6 +260,9 @@ impl ReadModel {
     /// Loads every device from the store (start-up); until it has succeeded every read goes
     /// to the store.
     pub async fn rebuild(&self, store: &Store) -> Result<usize, StoreError> {
+        if self.is_shared() {
+            return Ok(0);
+        }
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let snaps = store.device_snapshots(None).await?;
         let n = snaps.len();

@@ -94,6 +94,7 @@ fn check_framing(frame: &[u8]) -> Result<(), DecodeError> {
 /// ```text
 /// FC FE|FF · len u16 · cmd u16 · seq u32 · dir u8 · gateway[7] · payload · sum · FC EE
 /// ```
+#[inline]
 fn decode_checked(frame: &[u8], shared: Option<&Bytes>) -> Result<Frame, DecodeError> {
     let mut r = super::wire::Reader::new(frame, "frame");
     let [_, head, _, _] = r.array::<4>()?;

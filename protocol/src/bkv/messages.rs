@@ -1178,6 +1178,7 @@ impl Message {
     /// lazily read reports then keep a slice of it instead of a copy.
     /// `gateway` is the frame header's (validated) gateway ID: a TLV packet
     /// header repeating it needs no second BCD check.
+    #[inline]
     pub(crate) fn decode(
         cmd: u16,
         dir: Direction,
@@ -1361,6 +1362,7 @@ fn decode_family(cmd_code: u16, dir: Direction, payload: &[u8]) -> Result<Messag
     Ok(msg)
 }
 
+#[inline]
 fn decode_tlv(
     dir: Direction,
     payload: &[u8],

@@ -94,7 +94,13 @@ fn check_framing(frame: &[u8]) -> Result<(), DecodeError> {
 /// ```text
 /// FC FE|FF · len u16 · cmd u16 · seq u32 · dir u8 · gateway[7] · payload · sum · FC EE
 /// ```
-#[inline]
+///
+/// Always inlined, with [`Message::decode`]: the frame is then built in the
+/// caller's result in place. Returned through two more functions, the
+/// message was copied at each step right after the narrower stores that
+/// wrote it, stalling store forwarding (measured: the streaming 0x1017/0x1004
+/// decode 105 → 85 ns per frame, min of 400 batches).
+#[inline(always)]
 fn decode_checked(frame: &[u8], shared: Option<&Bytes>) -> Result<Frame, DecodeError> {
     let mut r = super::wire::Reader::new(frame, "frame");
     let [_, head, _, _] = r.array::<4>()?;

@@ -119,6 +119,7 @@ impl Heartbeat {
 }
 
 impl Wire for Heartbeat {
+    #[inline]
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Heartbeat {
             iccid: r.array()?,
@@ -1178,7 +1179,7 @@ impl Message {
     /// lazily read reports then keep a slice of it instead of a copy.
     /// `gateway` is the frame header's (validated) gateway ID: a TLV packet
     /// header repeating it needs no second BCD check.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode(
         cmd: u16,
         dir: Direction,

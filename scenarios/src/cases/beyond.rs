@@ -709,12 +709,187 @@ pub const LONG_OUTAGE: Duration = Duration::from_secs(600);
 
 /// B.6 a gateway instance killed mid-charge, its piles moving to another instance on the
 /// same PostgreSQL database. Needs the gateway's cluster mode; run only with a PostgreSQL URL.
+///
+/// A second instance (B) is started on the run's database; one BKV pile of its own dials B
+/// first and the run's gateway (A) as its backup address, as a pile with two server addresses
+/// does. The charge is asked of A (routed to B, which holds the pile); a third of the way in,
+/// B is killed with SIGKILL. The pile dials A, A takes the lease, the charge runs on and its
+/// end report settles the order once on A.
 pub async fn instance_killed(ctx: &Ctx) -> CaseResult {
     let mut r = CaseResult::new("B.6", "网关实例中途被杀, 设备迁移");
-    let reason = match crate::gateway::cluster_support(ctx).await {
-        Ok(()) => "本工具尚未实现多实例编排 (网关已支持 cluster)".to_string(),
-        Err(why) => why,
+    if let Err(why) = crate::gateway::cluster_support(ctx).await {
+        r.status = Status::NotRun(why);
+        return r;
+    }
+    let crate::stack::Target::Embedded { spec, .. } = &ctx.target else {
+        r.status = Status::NotRun("外部目标".into());
+        return r;
     };
-    r.status = Status::NotRun(reason);
+    let mut spec_b = spec.clone();
+    spec_b.log_path = ctx.out_dir.join("gateway-b.log");
+    let b = match crate::gateway::GatewayProcess::spawn(&spec_b, "127.0.0.1:0", "127.0.0.1:0").await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            r.push(Check::new(
+                "instance_b",
+                "第二实例启动",
+                "同一 PostgreSQL 上启动",
+                format!("失败: {e:#}"),
+                false,
+            ));
+            return r;
+        }
+    };
+    r.set("instance_b_device_addr", b.device_addr.clone());
+    let device = beyond_id(crate::stack::BEYOND_PILES + 1);
+    let fleet = crate::stack::start_fleet(pile_sim::config::FleetConfig {
+        server: format!("{},{}", b.device_addr, ctx.device_addr),
+        devices: 1,
+        protocol: pile_sim::config::ProtocolChoice::Bkv,
+        first_bkv_id: device.clone(),
+        heartbeat: ctx.profile.heartbeat,
+        ports: 4,
+        plug_delay: Duration::from_secs(1),
+        reconnect_delay: Duration::from_millis(500),
+        resend_after: (ctx.profile.heartbeat * 3).max(Duration::from_secs(3)),
+        power_w: 1_000.0,
+        seed: ctx.seed,
+        ..pile_sim::config::FleetConfig::default()
+    })
+    .await;
+    let fleet = match fleet {
+        Ok(f) => f,
+        Err(e) => {
+            r.push(Check::new("fleet", "模拟桩", "启动", e, false));
+            let _ = b.stop(Duration::from_secs(2)).await;
+            return r;
+        }
+    };
+    let out = instance_killed_with(ctx, &mut r, b, &fleet, &device).await;
+    fleet.shutdown().await;
+    if let Some(b) = out {
+        let _ = b.stop(Duration::from_secs(2)).await;
+    }
     r
+}
+
+/// The body of B.6; returns instance B when it is still running (a step failed first).
+async fn instance_killed_with(
+    ctx: &Ctx,
+    r: &mut CaseResult,
+    b: crate::gateway::GatewayProcess,
+    fleet: &pile_sim::fleet::FleetHandle,
+    device: &str,
+) -> Option<crate::gateway::GatewayProcess> {
+    let Some(pile) = fleet.pile(device) else {
+        r.push(Check::new(
+            "pile",
+            "模拟桩",
+            device,
+            "无此桩".to_string(),
+            false,
+        ));
+        return Some(b);
+    };
+    r.set("device_id", device.to_string());
+    // Liveness is the owner's (B), read through A.
+    let online = wait_device(ctx, device, true, Duration::from_secs(30)).await;
+    r.push(Check::new(
+        "online_via_a",
+        "经实例 A 查询: 在线 (连接在 B)",
+        "online",
+        if online.is_some() {
+            "online"
+        } else {
+            "30 秒内未上线"
+        },
+        online.is_some(),
+    ));
+    if online.is_none() {
+        return Some(b);
+    }
+    let secs = 60;
+    let req = time_request(1, secs);
+    let start = start_charge(ctx, "B.6", &pile, device, &req).await;
+    let Some(order_no) = start.order_no().map(str::to_string) else {
+        r.push(Check::new(
+            "charge",
+            "经 A 下单, 路由到 B",
+            "200",
+            start.api_status(),
+            false,
+        ));
+        return Some(b);
+    };
+    r.set("order_no", order_no.clone());
+    r.push(Check::new(
+        "routed",
+        "经 A 下单, 指令经 B 到桩",
+        "charging",
+        match start.charging_after_ms {
+            Some(ms) => format!("{ms} ms 后 charging"),
+            None => "未进入 charging".into(),
+        },
+        start.charging_after_ms.is_some(),
+    ));
+    if start.charging_after_ms.is_none() {
+        return Some(b);
+    }
+    tokio::time::sleep(Duration::from_secs(secs as u64 / 3)).await;
+    let connects_before = pile.snapshot().stats.connects;
+    let killed = Instant::now();
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
+    unsafe {
+        libc::kill(b.pid as libc::pid_t, libc::SIGKILL);
+    }
+    drop(b);
+    let moved = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        let pile = pile.clone();
+        async move {
+            if pile.snapshot().stats.connects <= connects_before {
+                return None;
+            }
+            let d = ctx.client.device(device).await.ok()?;
+            d.online.then_some(())
+        }
+    })
+    .await
+    .map(|_| killed.elapsed());
+    r.set("failover_s", json!(moved.map(|d| d.as_secs_f64())));
+    r.push(Check::new(
+        "failover",
+        "B 被 SIGKILL 后桩在 A 上线",
+        "≤ 30 秒",
+        match moved {
+            Some(d) => format!("{:.1} 秒", d.as_secs_f64()),
+            None => "60 秒内未在 A 上线".into(),
+        },
+        moved.is_some_and(|d| d <= Duration::from_secs(30)),
+    ));
+    let charging_on = sim_port_has_charge(&pile, 1);
+    r.push(Check::new(
+        "charge_kept",
+        "充电不中断",
+        "桩上充电继续",
+        if charging_on { "继续" } else { "已结束" },
+        charging_on,
+    ));
+    let fin = wait_settled(ctx, &order_no, Duration::from_secs(secs as u64 + 90)).await;
+    r.push(completed_check(fin.as_ref()));
+    if let Some(o) = &fin {
+        record_fin(r, o);
+        r.push(bill_check(o, &req, false));
+        let err = (o.duration_sec - secs).abs();
+        r.push(Check::new(
+            "duration",
+            "时长",
+            format!("{secs} 秒 ±5"),
+            format!("{} 秒", o.duration_sec),
+            err <= 5,
+        ));
+    }
+    let (started, completed, _) = lifecycle_events(ctx, &order_no, webhook_wait(ctx)).await;
+    r.push(once_check(orders_of(ctx, device).await, started, completed));
+    None
 }

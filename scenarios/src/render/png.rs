@@ -35,12 +35,11 @@ fn fontdb() -> Arc<usvg::fontdb::Database> {
 
 /// usvg options that resolve every font family to the bundled font.
 pub fn options() -> usvg::Options<'static> {
-    let mut opt = usvg::Options {
+    usvg::Options {
         font_family: FONT_FAMILY.to_string(),
+        fontdb: fontdb(),
         ..usvg::Options::default()
-    };
-    opt.fontdb = fontdb();
-    opt
+    }
 }
 
 /// The PNG bytes of an SVG chart, rendered at [`SCALE`] with the bundled font.
@@ -173,8 +172,10 @@ mod tests {
             svg::FONT_STACK
         );
         let with = pixmap(&label, &options()).unwrap();
-        let mut bare = usvg::Options::default();
-        bare.fontdb = Arc::new(usvg::fontdb::Database::new());
+        let bare = usvg::Options {
+            fontdb: Arc::new(usvg::fontdb::Database::new()),
+            ..usvg::Options::default()
+        };
         let without = pixmap(&label, &bare).unwrap();
         assert_eq!(ink(&without, 0, 0, 400, 80), 0);
         // The label spans about 10 characters × 12 px from x = 10, y 13..28 (×2 in pixels).

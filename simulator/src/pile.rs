@@ -284,6 +284,8 @@ pub struct PileStats {
     pub diagnostics: u64,
     pub records_sent: u64,
     pub records_acked: u64,
+    /// AP3000 commands received again with a message ID already run (answered, not re-run).
+    pub repeated_commands: u64,
 }
 
 /// Everything about a pile but its codec (which reads it to encode).
@@ -321,6 +323,11 @@ pub struct PileState {
     heartbeats_sent: VecDeque<Instant>,
     /// An AP3000 0x96 locate plays until then.
     pub locate_until: Option<Instant>,
+    /// AP3000: the last start/stop commands run, by message ID, with the answer given. The
+    /// vendor's rule (§1.03) is that a resent command carries the same message ID "to prevent
+    /// repeated commands": a command seen again is answered as before and not run twice. Kept
+    /// in RAM (a power outage forgets it; a network drop does not).
+    answered: VecDeque<(u32, Up)>,
     /// Ground truth for the seeded fault simulation (`pile-faultsim`): when `Some`, every
     /// charge that ends is logged here with its end instant. Off (`None`) in fleets.
     #[doc(hidden)]
@@ -390,6 +397,37 @@ impl PileState {
 
     fn say(&mut self, up: Up) {
         self.outbox.push((up, false));
+    }
+
+    /// How many AP3000 commands a pile remembers by message ID.
+    const ANSWERED: usize = 8;
+
+    /// An AP3000 command whose message ID was run before: answered again as then.
+    fn answer_again(&mut self, msg_id: u32) -> bool {
+        if self.family != Family::Ap3000 {
+            return false;
+        }
+        let Some(up) = self
+            .answered
+            .iter()
+            .find(|(id, _)| *id == msg_id)
+            .map(|(_, up)| up.clone())
+        else {
+            return false;
+        };
+        self.stats.repeated_commands += 1;
+        self.say(up);
+        true
+    }
+
+    fn say_and_remember(&mut self, msg_id: u32, up: Up) {
+        if self.family == Family::Ap3000 {
+            if self.answered.len() == Self::ANSWERED {
+                self.answered.pop_front();
+            }
+            self.answered.push_back((msg_id, up.clone()));
+        }
+        self.say(up);
     }
 
     /// A port's state changed: BKV reports its socket (after any answer
@@ -792,6 +830,9 @@ impl PileState {
                 });
             }
             Down::Start { ctx, req } => {
+                if self.answer_again(ctx.seq) {
+                    return;
+                }
                 if let Some(obs) = &self.cfg.observer {
                     let port = match req.port {
                         PortSel::Port(n) => Some(n),
@@ -802,13 +843,16 @@ impl PileState {
                 }
                 self.advance_charges(now);
                 let (result, port_no, order) = self.start_charge(now, &req);
-                self.say(Up::StartReply {
-                    ctx,
-                    origin: req.origin,
-                    port_no,
-                    result,
-                    order,
-                });
+                self.say_and_remember(
+                    ctx.seq,
+                    Up::StartReply {
+                        ctx,
+                        origin: req.origin,
+                        port_no,
+                        result,
+                        order,
+                    },
+                );
             }
             Down::Stop {
                 ctx,
@@ -816,6 +860,9 @@ impl PileState {
                 port,
                 order,
             } => {
+                if self.answer_again(ctx.seq) {
+                    return;
+                }
                 if let Some(obs) = &self.cfg.observer {
                     let port_no = match port {
                         PortSel::Port(n) => Some(n),
@@ -825,13 +872,16 @@ impl PileState {
                         .command(self.index, crate::observe::CommandKind::Stop, port_no);
                 }
                 if let Some((result, port_no, order)) = self.stop_charge(now, port, order) {
-                    self.say(Up::StopReply {
-                        ctx,
-                        origin,
-                        port_no,
-                        result,
-                        order,
-                    });
+                    self.say_and_remember(
+                        ctx.seq,
+                        Up::StopReply {
+                            ctx,
+                            origin,
+                            port_no,
+                            result,
+                            order,
+                        },
+                    );
                 }
             }
             Down::QuerySocket { ctx, socket } => {
@@ -1003,6 +1053,7 @@ impl Pile {
                 rbuf: BytesMut::new(),
                 heartbeats_sent: VecDeque::new(),
                 locate_until: None,
+                answered: VecDeque::new(),
                 ends_log: None,
                 cfg,
             },
@@ -1406,6 +1457,7 @@ impl Pile {
             s.actions.push(Action::Abandon);
         }
         s.go_offline();
+        s.answered.clear();
         s.link = Link::PoweredOff {
             until: now + Duration::from_secs(secs),
         };
@@ -1639,8 +1691,51 @@ mod tests {
         }
     }
 
+    /// A fresh message ID per command, as a server gives them (an AP3000 pile answers a
+    /// repeated one as before without running it again).
     fn ctx() -> ReplyCtx {
-        ReplyCtx { seq: 7, tlv_seq: 0 }
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(7);
+        ReplyCtx {
+            seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            tlv_seq: 0,
+        }
+    }
+
+    #[test]
+    fn an_ap3000_command_resent_with_its_message_id_is_answered_again_not_run_again() {
+        // Vendor §1.03: a resent command carries the same message ID, to prevent repeats.
+        let mut r = rig(Family::Ap3000);
+        let o1 = Order::Ap3000([3; 16]);
+        let first = start(
+            1,
+            Target::Time { secs: 30 },
+            Origin::Ap3000 { rate_mode: 0 },
+            Some(o1),
+        );
+        let again = first.clone();
+        r.down(0, first);
+        let answer = r.take();
+        assert!(
+            matches!(
+                answer.as_slice(),
+                [Up::StartReply {
+                    result: CommandResult::Done,
+                    ..
+                }]
+            ),
+            "{answer:?}"
+        );
+        r.poll(40);
+        assert_eq!(r.ends().len(), 1, "the charge ran to its end");
+        r.take();
+        // The same start again (its answer was lost): the same answer, no second charge.
+        r.down(41, again.clone());
+        assert_eq!(r.take(), answer);
+        assert!(r.pile.state.ports[0].charge.is_none(), "not run again");
+        assert_eq!(r.pile.state.stats.repeated_commands, 1);
+        // A power outage forgets it (RAM): after the boot it would run.
+        r.pile.power_outage(r.at(42), 1);
+        assert!(r.pile.state.answered.is_empty());
     }
 
     fn start(port: u16, target: Target, origin: Origin, order: Option<Order>) -> Down {

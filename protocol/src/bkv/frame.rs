@@ -94,6 +94,13 @@ fn check_framing(frame: &[u8]) -> Result<(), DecodeError> {
 /// ```text
 /// FC FE|FF · len u16 · cmd u16 · seq u32 · dir u8 · gateway[7] · payload · sum · FC EE
 /// ```
+///
+/// Always inlined, and for the streaming decoder with [`Message::decode`]:
+/// the frame is then built in the caller's result in place. Returned through
+/// two more functions, the message was copied at each step right after the
+/// narrower stores that wrote it, stalling store forwarding (measured: the
+/// streaming 0x1017/0x1004 decode 105 → 85 ns per frame, min of 400 batches).
+#[inline(always)]
 fn decode_checked(frame: &[u8], shared: Option<&Bytes>) -> Result<Frame, DecodeError> {
     let mut r = super::wire::Reader::new(frame, "frame");
     let [_, head, _, _] = r.array::<4>()?;
@@ -107,13 +114,28 @@ fn decode_checked(frame: &[u8], shared: Option<&Bytes>) -> Result<Frame, DecodeE
     };
     let gateway_id = GatewayId::from_bcd(r.array()?)?;
     let payload = r.take(frame.len().saturating_sub(PREFIX_LEN + 3))?;
-    let message = Message::decode(cmd, direction, payload, shared, gateway_id)?;
+    let message = match shared {
+        Some(_) => Message::decode(cmd, direction, payload, shared, gateway_id)?,
+        // `decode_frame`: measured faster for the heartbeat with the message
+        // decoded out of line (41 vs 55 ns, min of batches).
+        None => decode_message(cmd, direction, payload, gateway_id)?,
+    };
     Ok(Frame {
         direction,
         seq,
         gateway_id,
         message,
     })
+}
+
+#[inline(never)]
+fn decode_message(
+    cmd: u16,
+    direction: Direction,
+    payload: &[u8],
+    gateway_id: GatewayId,
+) -> Result<Message, DecodeError> {
+    Message::decode(cmd, direction, payload, None, gateway_id)
 }
 
 /// Decodes exactly one whole frame. Extra bytes after it are `Trailing`; a

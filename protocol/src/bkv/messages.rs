@@ -119,6 +119,7 @@ impl Heartbeat {
 }
 
 impl Wire for Heartbeat {
+    #[inline]
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Heartbeat {
             iccid: r.array()?,
@@ -1178,6 +1179,7 @@ impl Message {
     /// lazily read reports then keep a slice of it instead of a copy.
     /// `gateway` is the frame header's (validated) gateway ID: a TLV packet
     /// header repeating it needs no second BCD check.
+    #[inline(always)]
     pub(crate) fn decode(
         cmd: u16,
         dir: Direction,
@@ -1361,6 +1363,7 @@ fn decode_family(cmd_code: u16, dir: Direction, payload: &[u8]) -> Result<Messag
     Ok(msg)
 }
 
+#[inline]
 fn decode_tlv(
     dir: Direction,
     payload: &[u8],

@@ -205,6 +205,7 @@ pub struct TlvHeader {
 /// Reads the three TLVs every packet opens with, without allocating: the
 /// BKV command, the header, and the offset where the body TLVs start.
 /// `frame_gateway` (already validated) is reused when tag 0x03 repeats it.
+#[inline]
 pub(crate) fn split_header(
     payload: &[u8],
     frame_gateway: GatewayId,

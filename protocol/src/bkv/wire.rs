@@ -144,15 +144,27 @@ pub(crate) use fixed_layout;
 /// Whether every nibble of `bytes` (at most 8) is a decimal digit: a nibble
 /// `n` is one when `n + 6` does not carry into bit 4, checked for all
 /// nibbles at once.
+///
+/// The word is read straight from `bytes` (two overlapping 4-byte loads for
+/// 4–8 bytes): copying a 7-byte slice into a stack word and loading it back
+/// whole stalls store forwarding.
 pub(crate) fn all_bcd(bytes: &[u8]) -> bool {
-    if bytes.len() > 8 {
-        return bytes.iter().all(|b| bcd_byte(*b).is_some());
-    }
-    let mut word = [0u8; 8];
-    if let Some(dst) = word.get_mut(..bytes.len()) {
-        dst.copy_from_slice(bytes);
-    }
-    let x = u64::from_le_bytes(word);
+    let x = match bytes {
+        [a, b, c, d, ..] if bytes.len() <= 8 => {
+            let lo = u64::from(u32::from_le_bytes([*a, *b, *c, *d]));
+            let hi = match bytes.get(bytes.len() - 4..) {
+                Some(&[e, f, g, h]) => u64::from(u32::from_le_bytes([e, f, g, h])),
+                _ => 0,
+            };
+            // The overlapping bytes are the same in both halves.
+            lo | hi << (8 * (bytes.len() - 4))
+        }
+        [_, _, _, _, ..] => return bytes.iter().all(|b| bcd_byte(*b).is_some()),
+        short => short
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| acc << 8 | u64::from(*b)),
+    };
     const LOW: u64 = 0x0F0F_0F0F_0F0F_0F0F;
     const SIX: u64 = 0x0606_0606_0606_0606;
     const CARRY: u64 = 0x1010_1010_1010_1010;

@@ -51,12 +51,19 @@ impl Ap3000 {
         }
     }
 
+    /// A message ID for something this connection says of its own accord: the upper half of
+    /// the space (`0x8000..=0xFFFF`), so it never equals a durable command's ID.
     fn msg_id(&mut self) -> u16 {
-        self.next_msg = self.next_msg.wrapping_add(1);
-        if self.next_msg == 0 {
-            self.next_msg = 1;
-        }
-        self.next_msg
+        self.next_msg = self.next_msg.wrapping_add(1) & 0x7FFF;
+        0x8000 | self.next_msg
+    }
+
+    /// The message ID of a durable command: derived from its ID (`1..=0x7FFF`), so every write
+    /// of it — on this connection or a later one, by this gateway process or another — carries
+    /// the same ID. The vendor's rule (§1.03: "重发的命令的消息ID必须相同") is what lets a pile
+    /// that already ran the command recognise a resend and not run it again.
+    pub fn command_msg_id(command_id: i64) -> u16 {
+        (command_id.rem_euclid(0x7FFF) + 1) as u16
     }
 
     pub fn decode(
@@ -215,6 +222,7 @@ impl Ap3000 {
                         peak_power_dw: Some(i64::from(st.max_power_dw)),
                         reason: DeviceReason::Ap3000(st.stop_reason.0),
                         seen_live: false,
+                        stop_written_at_ms: None,
                         raw_hex: hex::encode(raw),
                     };
                     events.extend(hello.take());
@@ -278,14 +286,18 @@ impl Ap3000 {
         events.extend(hello);
     }
 
-    /// Encodes a command; the key is the message ID.
-    pub fn encode(&mut self, cmd: &CommandSpec) -> Option<(u32, Bytes)> {
+    /// Encodes a command; the key is the message ID. `command_id`: the durable command this
+    /// is (its message ID follows from it); `None` for what the session asks of its own accord.
+    pub fn encode(&mut self, command_id: Option<i64>, cmd: &CommandSpec) -> Option<(u32, Bytes)> {
         let id = self.id?;
         let order_ref = |device_ref: &str, order_no: &str| {
             OrderNo::from_str(device_ref)
                 .unwrap_or_else(|_| OrderNo::from_bytes(device_order_ref(order_no)))
         };
-        let msg_id = self.msg_id();
+        let msg_id = match command_id {
+            Some(c) => Self::command_msg_id(c),
+            None => self.msg_id(),
+        };
         let frame = match cmd {
             CommandSpec::Start {
                 order_no,

@@ -268,6 +268,7 @@ impl Bkv {
                         status: e.status.0,
                     },
                     seen_live: false,
+                    stop_written_at_ms: None,
                     raw_hex: hex::encode(raw),
                 };
                 let ack = Frame::charge_end_ack(gw, frame.seq, e.socket, e.hole, true).to_bytes();
@@ -298,6 +299,7 @@ impl Bkv {
                         status: e.status().0,
                     },
                     seen_live: false,
+                    stop_written_at_ms: None,
                     raw_hex: hex::encode(raw),
                 };
                 let ack =
@@ -329,6 +331,7 @@ impl Bkv {
                         status: e.status.0,
                     },
                     seen_live: false,
+                    stop_written_at_ms: None,
                     raw_hex: hex::encode(raw),
                 };
                 // 0x18 is acknowledged with 0x18 (our rule, like 0x02), not with a 0x02 ack.

@@ -145,6 +145,8 @@ struct PortView {
     /// charge the device names by no handle).
     live: Option<Option<String>>,
     idle: IdleWatch,
+    /// When this connection last wrote a stop for the port (first write or resend).
+    stop_written_ms: Option<i64>,
 }
 
 /// One device connection. See the module documentation of [`crate::core`].
@@ -159,6 +161,7 @@ pub struct SessionCore {
     device_id: Option<Arc<str>>,
     /// Identification committed (commands and open orders loaded).
     identified: bool,
+    identified_ms: i64,
     live: Option<Arc<LiveCell>>,
     last_frame_ms: i64,
     transmits: VecDeque<Transmit>,
@@ -192,6 +195,7 @@ impl SessionCore {
             iccid: None,
             device_id: None,
             identified: false,
+            identified_ms: 0,
             live: None,
             last_frame_ms: now_ms,
             transmits: VecDeque::new(),
@@ -286,13 +290,13 @@ impl SessionCore {
             .slots
             .iter()
             .any(|s| matches!(s.phase, Phase::Marking { .. } | Phase::Resolving));
-        if !busy
-            && self
-                .slots
-                .iter()
-                .any(|s| matches!(s.phase, Phase::Ready | Phase::Verify))
-        {
-            t = t.min(self.pacing_ready_at());
+        if !busy {
+            if self.slots.iter().any(|s| matches!(s.phase, Phase::Ready)) {
+                t = t.min(self.pacing_ready_at());
+            }
+            if self.slots.iter().any(|s| matches!(s.phase, Phase::Verify)) {
+                t = t.min(self.pacing_ready_at().max(self.verify_hold_until()));
+            }
         }
         for s in &self.slots {
             match s.phase {
@@ -310,6 +314,19 @@ impl SessionCore {
             }
         }
         Some(t)
+    }
+
+    /// An AP3000 pile sends what it kept (settlements of charges that ended while it could not
+    /// tell) as soon as it has registered; a start that may have reached it waits this long
+    /// after identification before the port is asked, so its own record comes first.
+    pub const AP3000_VERIFY_HOLD_MS: i64 = 3_000;
+
+    fn verify_hold_until(&self) -> i64 {
+        if self.family() == Some(Family::Ap3000) {
+            self.identified_ms + Self::AP3000_VERIFY_HOLD_MS
+        } else {
+            i64::MIN
+        }
     }
 
     fn pacing_ready_at(&self) -> i64 {
@@ -330,6 +347,13 @@ impl SessionCore {
             .position(|e| *e == kind)
             .unwrap_or(3);
         super::meters().frame_errors[super::family_index(self.family())][k].increment(1);
+    }
+
+    /// A stop written to the device: its port's charge ends now if it still runs.
+    fn note_stop_write(&mut self, slot: usize, now_ms: i64) {
+        if let CommandSpec::Stop { port_no, .. } = self.slots[slot].cmd.spec {
+            self.ports.entry(port_no).or_default().stop_written_ms = Some(now_ms);
+        }
     }
 
     fn transmit(&mut self, now_ms: i64, bytes: Bytes, kind: &'static str) {
@@ -455,7 +479,9 @@ impl SessionCore {
         if self.closed.is_some() || !self.known.insert(cmd.id) {
             return;
         }
-        let verify = cmd.sent_before && cmd.spec.is_start() && self.family() == Some(Family::Bkv);
+        // A start that may have reached the device is decided from what the device says of
+        // the port, never resent blindly (it may have run, and even ended, meanwhile).
+        let verify = cmd.sent_before && cmd.spec.is_start();
         self.slots.push(Slot {
             cmd,
             phase: if verify { Phase::Verify } else { Phase::Ready },
@@ -514,6 +540,7 @@ impl SessionCore {
                             attempts: attempts + 1,
                         };
                         self.last_command_ms = Some(now_ms);
+                        self.note_stop_write(i, now_ms);
                         self.transmit(now_ms, bytes, "resend");
                     }
                 }
@@ -591,11 +618,12 @@ impl SessionCore {
         if now_ms < self.pacing_ready_at() {
             return;
         }
-        let Some(i) = self
-            .slots
-            .iter()
-            .position(|s| matches!(s.phase, Phase::Ready | Phase::Verify))
-        else {
+        let hold_over = now_ms >= self.verify_hold_until();
+        let Some(i) = self.slots.iter().position(|s| match s.phase {
+            Phase::Ready => true,
+            Phase::Verify => hold_over,
+            _ => false,
+        }) else {
             return;
         };
         let verify = matches!(self.slots[i].phase, Phase::Verify);
@@ -606,7 +634,15 @@ impl SessionCore {
                 Some(Strategy::Bkv(b)) => b.encode(&CommandSpec::Query {
                     port_no: Some(port),
                 }),
-                _ => None,
+                // 0x81: the pile answers with a register and a heartbeat (its port states);
+                // the next heartbeat after it decides.
+                Some(Strategy::Ap3000(a)) => a.encode(
+                    None,
+                    &CommandSpec::Query {
+                        port_no: Some(port),
+                    },
+                ),
+                None => None,
             };
             match encoded {
                 Some((key, bytes)) => {
@@ -627,7 +663,7 @@ impl SessionCore {
         }
         let encoded = match &mut self.strategy {
             Some(Strategy::Bkv(b)) => b.encode(&spec),
-            Some(Strategy::Ap3000(a)) => a.encode(&spec),
+            Some(Strategy::Ap3000(a)) => a.encode(Some(self.slots[i].cmd.id), &spec),
             None => None,
         };
         match encoded {
@@ -715,7 +751,22 @@ impl SessionCore {
                     });
                 }
             }
-            DeviceEvent::Ports(obs) => self.on_ports(now_ms, obs),
+            DeviceEvent::Ports(obs) => {
+                // AP3000 answers 0x81 with a heartbeat under its own message ID: the first
+                // heartbeat after the query was written is its answer.
+                let asked = (self.family() == Some(Family::Ap3000))
+                    .then(|| {
+                        self.slots.iter().find_map(|s| match s.phase {
+                            Phase::Verifying { key, sent_at, .. } if sent_at < now_ms => Some(key),
+                            _ => None,
+                        })
+                    })
+                    .flatten();
+                match asked {
+                    Some(key) => self.on_query_answer(now_ms, key, obs),
+                    None => self.on_ports(now_ms, obs),
+                }
+            }
             DeviceEvent::Progress(p) => {
                 // A sample the device took before this connection existed is replayed from its
                 // memory: it says nothing about what runs now.
@@ -741,6 +792,10 @@ impl SessionCore {
             DeviceEvent::End(mut obs, ack) => {
                 obs.seen_live =
                     self.seen_live(&obs) && !self.before_this_connection(obs.device_end_at_ms);
+                if obs.seen_live {
+                    obs.stop_written_at_ms =
+                        self.ports.get(&obs.port_no).and_then(|v| v.stop_written_ms);
+                }
                 let token = self.token(Waiting::End {
                     ack,
                     port_no: obs.port_no,
@@ -915,6 +970,7 @@ impl SessionCore {
                 live.seen(now_ms);
                 self.live = Some(live);
                 self.identified = true;
+                self.identified_ms = now_ms;
                 for o in active {
                     self.track(o);
                 }
@@ -971,6 +1027,7 @@ impl SessionCore {
                             attempts: 1,
                         };
                         self.last_command_ms = Some(now_ms);
+                        self.note_stop_write(i, now_ms);
                         self.transmit(now_ms, bytes, "command");
                     }
                     (false, _) => {

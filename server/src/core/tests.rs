@@ -242,6 +242,88 @@ fn an_unanswered_ap3000_command_is_resent_once_with_the_same_id_then_left_unknow
     assert!(c.open_commands().is_empty());
 }
 
+/// Writes an AP3000 start on a fresh connection and returns its bytes.
+fn ap_start_bytes(cmd: Command) -> Vec<u8> {
+    let mut c = core();
+    c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
+    identify(&mut c, T0, vec![cmd], vec![]);
+    drain_tx(&mut c);
+    let (token, _) = mark_sent_token(&drain_intents(&mut c)).unwrap();
+    c.handle_result(T0, token, IntentResult::MarkSent { proceed: true });
+    drain_tx(&mut c).remove(0).bytes.to_vec()
+}
+
+#[test]
+fn an_ap3000_start_that_may_have_been_delivered_waits_for_the_piles_records_then_asks() {
+    // Seeds 2700 and 3109 of the fault simulation: a start whose 0x82 answer was lost was
+    // written again at once after a reconnect (after a network drop, and after a reboot) and
+    // the pile — which had run the charge to its end meanwhile — ran it again before its kept
+    // settlement reached the gateway.
+    let first = ap_start_bytes(start(41, "a", 1, false));
+    let mut c = core();
+    c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
+    identify(&mut c, T0, vec![start(41, "a", 1, true)], vec![]);
+    drain_tx(&mut c);
+    assert!(
+        mark_sent_token(&drain_intents(&mut c)).is_none(),
+        "no blind resend"
+    );
+    c.handle_timeout(T0 + 2_999);
+    assert!(
+        drain_tx(&mut c).is_empty(),
+        "the pile's own records come first"
+    );
+    assert_eq!(c.poll_timeout(), Some(T0 + 3_000));
+    c.handle_timeout(T0 + 3_000);
+    let tx = drain_tx(&mut c);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(tx[0].kind, "query");
+    let q = ap3000::decode_frame(&tx[0].bytes, ap3000::Direction::FromServer).unwrap();
+    assert_eq!(q.command(), 0x81);
+    assert!(
+        q.message_id >= 0x8000,
+        "a session's own ID, never a command's"
+    );
+    // The heartbeat that answers it: the port is idle; the service decides.
+    c.handle_bytes(T0 + 3_100, &ap_heartbeat(2, &[0, 0]));
+    drain_tx(&mut c);
+    let token = drain_intents(&mut c)
+        .into_iter()
+        .find_map(|i| match i {
+            Intent::Resolve { token, seen, .. } => {
+                assert_eq!(seen, PortSeen::Idle);
+                Some(token)
+            }
+            _ => None,
+        })
+        .expect("a resolution asked of the service");
+    c.handle_result(
+        T0 + 3_100,
+        token,
+        IntentResult::Resolved(Resolution::Resend),
+    );
+    c.handle_timeout(T0 + 3_600);
+    let (token, _) = mark_sent_token(&drain_intents(&mut c)).expect("resent after the answer");
+    c.handle_result(T0 + 3_600, token, IntentResult::MarkSent { proceed: true });
+    let resent = drain_tx(&mut c).remove(0).bytes.to_vec();
+    // Same bytes as the first write, the same message ID: the vendor's rule (§1.03) that lets a
+    // pile that ran it answer it again rather than run it twice.
+    assert_eq!(resent, first);
+    let frame = ap3000::decode_frame(&first, ap3000::Direction::FromServer).unwrap();
+    assert_eq!(frame.message_id, 42, "derived from the command ID");
+    let other = ap3000::decode_frame(
+        &ap_start_bytes(start(42, "b", 1, false)),
+        ap3000::Direction::FromServer,
+    )
+    .unwrap();
+    assert_eq!(other.message_id, 43);
+    assert_eq!(
+        super::ap3000::Ap3000::command_msg_id(0x7FFF),
+        1,
+        "wraps in 1..=0x7FFF"
+    );
+}
+
 fn charging_hole(hole: u8, business_no: u16, energy_wh: u16, minutes: u16) -> bkv::HoleState {
     bkv::HoleState {
         hole,

@@ -141,6 +141,10 @@ pub struct Observation {
     /// (its start confirmation, a progress or status report naming it, a query answer) — so
     /// the end happened while it watched, not during an offline spell.
     pub end_live: bool,
+    /// The gateway's last write of a stop for this order (its own or the API's), if any: a
+    /// device stops at once and reports at once, so an end report that arrives well after it
+    /// is a copy resent after the first was lost, and the charge ended at the stop.
+    pub stop_sent_at_ms: Option<i64>,
 }
 
 /// The figures a settlement writes.
@@ -204,7 +208,13 @@ fn is_fault(r: EndReason) -> bool {
 /// Settles an order from a device's end report.
 pub fn settle_report(order: &OrderFacts, end: &EndEvidence, seen: Observation) -> Settled {
     let gateway = match (order.started_at_ms, seen.end_live) {
-        (Some(start), true) => Some(duration_sec(start, seen.now_ms)),
+        (Some(start), true) if !arrived_late(order, end, seen.now_ms) => {
+            let end_at = match seen.stop_sent_at_ms {
+                Some(stop) if stop >= start && seen.now_ms - stop > LATE_END_MS => stop,
+                _ => seen.now_ms,
+            };
+            Some(duration_sec(start, end_at))
+        }
         _ => None,
     };
     let (duration, source) = match gateway {
@@ -243,6 +253,25 @@ pub fn settle_report(order: &OrderFacts, end: &EndEvidence, seen: Observation) -
         bill: bill(&order.tariff, energy, duration),
         reason,
         offline_replayed: !seen.end_live || order.was_offline,
+    }
+}
+
+/// How long after the end its device timestamps a report may arrive and still be the end
+/// the gateway watched happen: network latency, the device clock's one-second unit and its
+/// synchronisation (the gateway answers its time requests) stay well inside it; a copy resent
+/// after the first was lost (the devices resend after 15 s or more) does not.
+pub const LATE_END_MS: i64 = 5_000;
+
+/// The report says the charge ended well before it arrived (a resent copy whose first was
+/// lost, a report held up on the way): the arrival is not the end. The device's end time is
+/// believed only where it is plausible against the gateway's own clock — after the start and
+/// not in the future — so a device with a wrong clock is timed by the gateway as before.
+fn arrived_late(order: &OrderFacts, end: &EndEvidence, now_ms: i64) -> bool {
+    match (end.device_end_at_ms, order.started_at_ms) {
+        (Some(end_at), Some(start)) => {
+            end_at >= start && end_at <= now_ms + 1_000 && now_ms - end_at > LATE_END_MS
+        }
+        _ => false,
     }
 }
 
@@ -482,6 +511,7 @@ mod tests {
             Observation {
                 now_ms: 1_015_000,
                 end_live: true,
+                stop_sent_at_ms: None,
             },
         );
         assert_eq!(
@@ -501,6 +531,7 @@ mod tests {
             Observation {
                 now_ms: 1_015_000,
                 end_live: true,
+                stop_sent_at_ms: None,
             },
         );
         assert_eq!((s.duration_sec, s.offline_replayed), (15, true));
@@ -522,6 +553,7 @@ mod tests {
         let late = Observation {
             now_ms: 1_115_000,
             end_live: true,
+            stop_sent_at_ms: None,
         };
         let s = settle_report(&o, &end, late);
         assert_eq!(
@@ -532,6 +564,7 @@ mod tests {
         let on_time = Observation {
             now_ms: 1_100_400,
             end_live: true,
+            stop_sent_at_ms: None,
         };
         assert_eq!(
             settle_report(&o, &end, on_time).duration_source,
@@ -540,11 +573,84 @@ mod tests {
     }
 
     #[test]
+    fn a_resent_bkv_end_report_is_timed_by_the_device_end_time_it_carries() {
+        // Found by the fault simulation (seeds 459, 950): a 68.5 s BKV charge whose 0x1004 was
+        // lost and resent 15 s later on the same connection was billed 84 s by the gateway's
+        // clock; the minute counter (2 min) could not contradict it within its unit.
+        let o = order(ChargeMode::ByTime, by_time(68, 100));
+        let mut e = bkv_end(4, 2);
+        e.device_end_at_ms = Some(1_000_000 + 68_500);
+        let resent = Observation {
+            now_ms: 1_000_000 + 84_000,
+            end_live: true,
+            stop_sent_at_ms: None,
+        };
+        let s = settle_report(&o, &e, resent);
+        assert_eq!(
+            (s.duration_sec, s.duration_source),
+            (69, DurationSource::DeviceClock),
+            "68.5 s rounds half up"
+        );
+        // The first copy, on time: the gateway's clock.
+        let live = Observation {
+            now_ms: 1_000_000 + 68_600,
+            end_live: true,
+            stop_sent_at_ms: None,
+        };
+        assert_eq!(
+            settle_report(&o, &e, live).duration_source,
+            DurationSource::Gateway
+        );
+        // A device clock that is implausible (before the start, or ahead of the gateway) is
+        // not believed: the gateway times it.
+        for wrong in [1_000_000 - 10_000, 1_000_000 + 200_000] {
+            e.device_end_at_ms = Some(wrong);
+            assert_eq!(
+                settle_report(&o, &e, resent).duration_source,
+                DurationSource::Gateway,
+                "device end {wrong}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_resent_end_of_a_charge_the_gateway_stopped_ends_at_the_stop() {
+        // Found by the fault simulation (seeds 459, 950): the gateway stopped a 68 s BKV charge
+        // at its exact second; the stop's answer and the 0x02 end report (minutes only, no
+        // end time) were lost and the copy resent 15 s later was billed 84 s.
+        let mut o = order(ChargeMode::ByTime, by_time(68, 100));
+        o.stop = Some(StopCause::Target);
+        let stop = 1_000_000 + 68_000;
+        let resent = Observation {
+            now_ms: stop + 15_400,
+            end_live: true,
+            stop_sent_at_ms: Some(stop),
+        };
+        let s = settle_report(&o, &bkv_end(4, 2), resent);
+        assert_eq!(
+            (s.duration_sec, s.duration_source),
+            (68, DurationSource::Gateway)
+        );
+        // The report that follows the stop at once is timed at its arrival.
+        let live = Observation {
+            now_ms: stop + 400,
+            ..resent
+        };
+        assert_eq!(settle_report(&o, &bkv_end(4, 2), live).duration_sec, 68);
+        let live = Observation {
+            now_ms: stop + 2_600,
+            ..resent
+        };
+        assert_eq!(settle_report(&o, &bkv_end(4, 2), live).duration_sec, 71);
+    }
+
+    #[test]
     fn an_end_the_gateway_did_not_see_uses_the_device_clock_then_its_counter() {
         let o = order(ChargeMode::ByTime, by_time(300, 500));
         let replay = Observation {
             now_ms: 9_000_000,
             end_live: false,
+            stop_sent_at_ms: None,
         };
         // BKV 0x02: only minutes.
         let s = settle_report(&o, &bkv_end(40, 4), replay);
@@ -593,6 +699,7 @@ mod tests {
         let live = Observation {
             now_ms: 1_120_000,
             end_live: true,
+            stop_sent_at_ms: None,
         };
         let s = settle_report(&o, &bkv_end(123, 2), live);
         assert_eq!(s.energy_wh, 123);

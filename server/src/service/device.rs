@@ -597,6 +597,7 @@ impl Service {
             Observation {
                 now_ms,
                 end_live: r.seen_live,
+                stop_sent_at_ms: r.stop_written_at_ms,
             },
         );
         let applied = self

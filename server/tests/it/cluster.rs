@@ -313,19 +313,30 @@ mod a_pile_that_moves_to_another_instance_takes_its_lease_and_its_pending_comman
         .await;
         // Written to the pile on A, never answered: in flight.
         let first = old.expect().await;
+        let first_id = first.message_id;
         let first = start_of(&first).clone();
 
         // The pile comes back through B (its network flapped; the balancer chose B).
         let mut new = ApPile::connect(b.device_addr, "04AB373B").await;
         let reg = new.register_frame(2);
         new.send(reg).await;
-        // The in-flight start follows (after the register ack), with the same order number.
+        // The in-flight start may have reached the pile: B asks the port first (0x81, answered
+        // by a heartbeat), then resends it with the same order number and message ID.
+        let mut asked = false;
         let again = loop {
             let f = new.expect().await;
-            if matches!(f.message, ap3000::Message::StartStop(_)) {
-                break f;
+            match f.message {
+                ap3000::Message::StartStop(_) => break f,
+                ap3000::Message::Query => {
+                    asked = true;
+                    let hb = new.heartbeat_frame(&[0, 0]);
+                    new.send(hb).await;
+                }
+                _ => {}
             }
         };
+        assert!(asked, "the port was asked before the resend");
+        assert_eq!(again.message_id, first_id, "the same message ID as on A");
         assert!(old.recv().await.is_none(), "A closed the old socket");
         assert_eq!(b.lease_owner("04AB373B").await.as_deref(), Some("gw-b"));
         eventually(|| async { (!a.service.gateway.is_online("04AB373B")).then_some(()) }).await;

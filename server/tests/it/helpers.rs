@@ -136,6 +136,7 @@ pub fn end_obs(port_no: u32, energy_wh: i64, reason: EndReason) -> EndObs {
         peak_power_dw: Some(2_000),
         reason: DeviceReason::Platform(reason),
         seen_live: true,
+        stop_written_at_ms: None,
         raw_hex: "00".into(),
     }
 }

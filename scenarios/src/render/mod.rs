@@ -1,7 +1,8 @@
 //! Pure functions from a [`RunReport`] to the files of a report directory: the filled-in
-//! record, `report.json`, `junit.xml` and the SVG charts.
+//! record, `report.json`, `junit.xml` and the charts (SVG, each with a PNG rendering beside it).
 
 pub mod junit;
+pub mod png;
 pub mod record;
 pub mod svg;
 
@@ -54,13 +55,28 @@ pub fn charts(report: &RunReport) -> Vec<(String, String)> {
     out
 }
 
-/// Writes every file of the report into `dir`.
+/// The PNG rendering's file name for a chart's SVG file name.
+pub fn png_name(svg: &str) -> String {
+    format!("{}.png", svg.strip_suffix(".svg").unwrap_or(svg))
+}
+
+/// Writes every file of the report into `dir`. Each chart is written as SVG and as a PNG
+/// beside it; a chart whose PNG fails to render keeps its SVG (and the record links that
+/// only), so the run's results are never lost to a rendering error.
 pub fn write_all(report: &RunReport, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let charts = charts(report);
-    let names: Vec<String> = charts.iter().map(|(n, _)| n.clone()).collect();
-    for (name, text) in &charts {
+    let mut names = Vec::new();
+    for (name, text) in &charts(report) {
         std::fs::write(dir.join(name), text)?;
+        names.push(name.clone());
+        match png::render(text) {
+            Ok(bytes) => {
+                let png = png_name(name);
+                std::fs::write(dir.join(&png), bytes)?;
+                names.push(png);
+            }
+            Err(e) => tracing::warn!("{name}: no PNG rendering: {e:#}"),
+        }
     }
     std::fs::write(dir.join("test_results.md"), record::render(report, &names))?;
     std::fs::write(

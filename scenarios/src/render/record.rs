@@ -167,7 +167,25 @@ fn progress_table(rows: Option<&Vec<BTreeMap<String, Value>>>, na: &str) -> Stri
     s
 }
 
-/// Renders the record. `charts` are the SVG file names written next to it.
+/// A chart's lines in the record: a link to its SVG, then its PNG shown inline (the PNG reads
+/// in viewers without SVG or CJK fonts). Empty when no SVG whose name contains `key` exists.
+fn chart(charts: &[String], key: &str, caption: &str) -> String {
+    let Some(svg) = charts
+        .iter()
+        .find(|c| c.contains(key) && c.ends_with(".svg"))
+    else {
+        return String::new();
+    };
+    let mut s = format!("\n{caption}: [{svg}]({svg})\n");
+    let png = super::png_name(svg);
+    if charts.contains(&png) {
+        let _ = writeln!(s, "\n![{caption}]({png})");
+    }
+    s
+}
+
+/// Renders the record. `charts` are the chart file names written next to it (SVGs and the
+/// PNGs rendered from them).
 pub fn render(r: &RunReport, charts: &[String]) -> String {
     let x = Rec { r };
     let sc = score::compute(r);
@@ -323,9 +341,7 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
         "{}",
         progress_table(x.case("2.1").and_then(|c| c.tables.get("progress")), &na21)
     );
-    if let Some(name) = charts.iter().find(|c| c.contains("2_1")) {
-        let _ = writeln!(w, "\n功率与电量曲线: [{name}]({name})");
-    }
+    let _ = write!(w, "{}", chart(charts, "2_1", "功率与电量曲线"));
     let _ = writeln!(w, "\n**最终结算数据:**\n");
     let _ = writeln!(w, "- 实际时长: {}秒", x.val("2.1", "duration_sec"));
     let _ = writeln!(w, "- 实际电量: {}度", x.val("2.1", "total_kwh"));
@@ -610,9 +626,7 @@ pub fn render(r: &RunReport, charts: &[String]) -> String {
     let _ = writeln!(w, "P95: {}", ms("p95_ms"));
     let _ = writeln!(w, "P99: {}", ms("p99_ms"));
     let _ = writeln!(w, "```");
-    if let Some(name) = charts.iter().find(|c| c.contains("4_1")) {
-        let _ = writeln!(w, "\n响应时间分布: [{name}]({name})");
-    }
+    let _ = write!(w, "{}", chart(charts, "4_1", "响应时间分布"));
     let _ = writeln!(w, "\n**测试结果:** {}\n", x.result("4.1"));
     let _ = writeln!(w, "---\n");
 

@@ -210,12 +210,13 @@ pub fn latency(c: &CaseResult) -> String {
         );
         v += step;
     }
-    // The mean: a dashed line across, its label in a legend above the plot (never on a bar).
+    // The mean: a dashed line across, its label in a legend above the plot (never on a bar):
+    // a dashed sample with the label right after it.
     let _ = writeln!(
         s,
         "<line x1=\"{L}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"4 3\"/>\n\
          <line x1=\"{}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"4 3\"/>\n\
-         <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#c0392b\">平均 {mean:.2} ms</text>",
+         <text x=\"{}\" y=\"{:.1}\" fill=\"#c0392b\">平均 {mean:.2} ms</text>",
         y(mean),
         W - R,
         y(mean),
@@ -223,7 +224,7 @@ pub fn latency(c: &CaseResult) -> String {
         T - 8.0,
         W - R - 124.0,
         T - 8.0,
-        W - R,
+        W - R - 118.0,
         T - 4.0
     );
     s.push_str("</svg>\n");

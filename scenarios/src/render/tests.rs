@@ -273,4 +273,53 @@ fn charts_are_linked_from_the_record() {
     let md = record::render(&r, &names);
     assert!(md.contains("[charge_2_1.svg](charge_2_1.svg)"));
     assert!(md.contains("[latency_4_1.svg](latency_4_1.svg)"));
+    // No PNG was written: no image is shown.
+    assert!(!md.contains(".png"));
+    let mut with_png = names.clone();
+    with_png.push("latency_4_1.png".into());
+    let md = record::render(&r, &with_png);
+    assert!(md.contains("![响应时间分布](latency_4_1.png)"));
+    assert!(!md.contains("charge_2_1.png"));
+}
+
+#[test]
+fn write_all_puts_a_png_beside_each_svg_and_shows_it() {
+    let mut r = passing();
+    let c41 = r.cases.iter_mut().find(|c| c.id == "4.1").unwrap();
+    c41.set("p50_ms", 1.0);
+    c41.set("mean_ms", 1.2);
+    let c21 = r.cases.iter_mut().find(|c| c.id == "2.1").unwrap();
+    c21.tables.insert(
+        "progress".into(),
+        (0..4)
+            .map(|i| {
+                [
+                    ("duration_sec".to_string(), json!(i * 20)),
+                    ("power_w".to_string(), json!(150)),
+                    ("energy_wh".to_string(), json!(i)),
+                ]
+                .into_iter()
+                .collect()
+            })
+            .collect(),
+    );
+    let dir = std::env::temp_dir().join(format!("pile-scenarios-charts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write_all(&r, &dir).unwrap();
+    let md = std::fs::read_to_string(dir.join("test_results.md")).unwrap();
+    for (svg, caption) in [
+        ("charge_2_1.svg", "功率与电量曲线"),
+        ("latency_4_1.svg", "响应时间分布"),
+    ] {
+        let png = png_name(svg);
+        let bytes = std::fs::read(dir.join(&png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+        assert!(std::fs::read_to_string(dir.join(svg))
+            .unwrap()
+            .starts_with("<svg"));
+        assert!(md.contains(&format!("{caption}: [{svg}]({svg})")), "{svg}");
+        assert!(md.contains(&format!("![{caption}]({png})")), "{png}");
+    }
+    assert!(md.contains("图表: charge_2_1.svg, charge_2_1.png, latency_4_1.svg, latency_4_1.png"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

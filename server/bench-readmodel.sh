@@ -1,6 +1,11 @@
 #!/bin/bash
-B=/work/tgt/readmodel/debug
-cd /tmp/rm-bench
+# Read-model figures side by side with /healthz on the same gateway: 2,000 pile-sim BKV piles,
+# one charging order, SQLite, wrk -t2 -c32 -d10s per route.
+# Usage: server/bench-readmodel.sh   (CARGO_TARGET_DIR must hold the release build of
+#   pile-server and pile-sim; wrk from apt)
+B=${CARGO_TARGET_DIR:-$(pwd)/target}/release
+rm -rf /tmp/rm-bench && mkdir -p /tmp/rm-bench && cd /tmp/rm-bench
+uptime
 RUST_LOG=warn $B/pile-server --http-listen 127.0.0.1:7155 --device-listen 127.0.0.1:7165 --database-url sqlite:///tmp/rm-bench/db.sqlite --api-key benchkey > gw.log 2>&1 &
 GW=$!; echo $GW > gw.pid
 for i in $(seq 1 60); do curl -s -o /dev/null 127.0.0.1:7155/healthz && break; sleep 1; done

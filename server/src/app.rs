@@ -252,7 +252,7 @@ pub async fn start_with_clock(
     )
     .with_events(events)
     .with_auth_failures_per_minute(config.auth_failures_per_minute);
-    state.request_timeout = config.http_request_timeout;
+    state.inner_mut().request_timeout = config.http_request_timeout;
     let router = http::app(state);
     let http_limits = http::serve::HttpLimits {
         max_connections: http_cap,

@@ -36,7 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 impl AppState {
     /// Attaches the running events subsystem (without it these routes answer 503).
     pub fn with_events(mut self, events: Events) -> Self {
-        self.events = Some(events);
+        self.inner_mut().events = Some(events);
         self
     }
 }

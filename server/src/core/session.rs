@@ -753,11 +753,12 @@ impl SessionCore {
             }
             DeviceEvent::Ports(obs) => {
                 // AP3000 answers 0x81 with a heartbeat under its own message ID: the first
-                // heartbeat after the query was written is its answer.
+                // heartbeat read after the query was written is its answer (in the same
+                // millisecond too: on a short path the answer comes back within one).
                 let asked = (self.family() == Some(Family::Ap3000))
                     .then(|| {
                         self.slots.iter().find_map(|s| match s.phase {
-                            Phase::Verifying { key, sent_at, .. } if sent_at < now_ms => Some(key),
+                            Phase::Verifying { key, sent_at, .. } if sent_at <= now_ms => Some(key),
                             _ => None,
                         })
                     })

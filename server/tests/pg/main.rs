@@ -36,6 +36,14 @@ use std::time::Duration;
 use sqlx::Connection;
 
 fn main() {
+    if std::env::var_os("PILE_TEST_LOG").is_some() {
+        // `PILE_TEST_LOG=debug` prints the gateways' logs (for a failing test).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("PILE_TEST_LOG").unwrap_or_default(),
+            ))
+            .try_init();
+    }
     let args = libtest_mimic::Arguments::from_args();
     let url = std::env::var("PILE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

@@ -217,7 +217,8 @@ pub struct EndObs {
     pub reason: DeviceReason,
     /// The gateway saw this charge running on this connection (see `domain::Observation`).
     pub seen_live: bool,
-    /// When this connection last wrote a stop for the port (set with `seen_live`).
+    /// When this connection wrote a stop for the port that the device answered as done (set
+    /// with `seen_live`).
     pub stop_written_at_ms: Option<i64>,
     pub raw_hex: String,
 }

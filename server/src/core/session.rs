@@ -145,7 +145,7 @@ struct PortView {
     /// charge the device names by no handle).
     live: Option<Option<String>>,
     idle: IdleWatch,
-    /// When this connection last wrote a stop for the port (first write or resend).
+    /// When this connection wrote the stop for the port that the device answered as done.
     stop_written_ms: Option<i64>,
 }
 
@@ -349,13 +349,6 @@ impl SessionCore {
         super::meters().frame_errors[super::family_index(self.family())][k].increment(1);
     }
 
-    /// A stop written to the device: its port's charge ends now if it still runs.
-    fn note_stop_write(&mut self, slot: usize, now_ms: i64) {
-        if let CommandSpec::Stop { port_no, .. } = self.slots[slot].cmd.spec {
-            self.ports.entry(port_no).or_default().stop_written_ms = Some(now_ms);
-        }
-    }
-
     fn transmit(&mut self, now_ms: i64, bytes: Bytes, kind: &'static str) {
         if let Some(f) = self.family() {
             let k = super::OUT_KINDS
@@ -540,7 +533,6 @@ impl SessionCore {
                             attempts: attempts + 1,
                         };
                         self.last_command_ms = Some(now_ms);
-                        self.note_stop_write(i, now_ms);
                         self.transmit(now_ms, bytes, "resend");
                     }
                 }
@@ -903,6 +895,16 @@ impl SessionCore {
             return;
         };
         let slot = self.slots.remove(i);
+        // A stop the device carried out: its charge ended at that write (a write whose answer
+        // never came proves nothing — the pile may have run on to its own end).
+        if let (
+            CommandSpec::Stop { port_no, .. },
+            Reply::Done { .. },
+            Phase::InFlight { sent_at, .. },
+        ) = (&slot.cmd.spec, &reply, &slot.phase)
+        {
+            self.ports.entry(*port_no).or_default().stop_written_ms = Some(*sent_at);
+        }
         let token = self.token(Waiting::Replied);
         self.intents.push_back(Intent::Replied {
             token,
@@ -1028,7 +1030,6 @@ impl SessionCore {
                             attempts: 1,
                         };
                         self.last_command_ms = Some(now_ms);
-                        self.note_stop_write(i, now_ms);
                         self.transmit(now_ms, bytes, "command");
                     }
                     (false, _) => {

@@ -141,9 +141,10 @@ pub struct Observation {
     /// (its start confirmation, a progress or status report naming it, a query answer) — so
     /// the end happened while it watched, not during an offline spell.
     pub end_live: bool,
-    /// The gateway's last write of a stop for this order (its own or the API's), if any: a
-    /// device stops at once and reports at once, so an end report that arrives well after it
-    /// is a copy resent after the first was lost, and the charge ended at the stop.
+    /// The gateway's write of a stop for this order (its own or the API's) that the device
+    /// answered as done, if any: a device stops at once and reports at once, so an end report
+    /// that arrives well after it is a copy resent after the first was lost, and the charge
+    /// ended at the stop.
     pub stop_sent_at_ms: Option<i64>,
 }
 

@@ -50,9 +50,6 @@ struct State_ {
     seen: HashSet<String>,
     stats: ReceiverStats,
     fail_until: Option<Instant>,
-    /// Refuse (500) only deliveries about this device, until then (B.5's long outage, so
-    /// the other cases' webhooks keep flowing).
-    fail_device: Option<(String, Instant)>,
     /// Duplicate deliveries by device (after dedupe by event ID).
     dup_by_device: std::collections::HashMap<String, u64>,
 }
@@ -106,11 +103,6 @@ impl Receiver {
     /// Answers 500 to every delivery for `d` from now.
     pub fn fail_for(&self, d: Duration) {
         self.shared.lock().fail_until = Some(Instant::now() + d);
-    }
-
-    /// Answers 500 to every delivery about `device_id` for `d` from now.
-    pub fn fail_device_for(&self, device_id: &str, d: Duration) {
-        self.shared.lock().fail_device = Some((device_id.to_string(), Instant::now() + d));
     }
 
     /// Duplicate deliveries (same event ID again) about `device_id`.
@@ -215,12 +207,6 @@ async fn handle(
         return StatusCode::BAD_REQUEST;
     };
     let device = s("device_phy_id");
-    if let (Some((d, until)), Some(dev)) = (&st.fail_device, &device) {
-        if d == dev && Instant::now() < *until {
-            st.stats.refused += 1;
-            return StatusCode::INTERNAL_SERVER_ERROR;
-        }
-    }
     st.stats.verified += 1;
     if !st.seen.insert(event_id.clone()) {
         st.stats.duplicates += 1;

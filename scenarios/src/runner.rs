@@ -121,6 +121,7 @@ pub async fn run_cases(ctx: &Ctx, defs: &[CaseDef]) -> Vec<CaseResult> {
         Phase::Exclusive,
         Phase::After,
         Phase::Beyond,
+        Phase::Outage,
     ] {
         let these: Vec<&CaseDef> = defs.iter().filter(|d| d.phase == phase).collect();
         if these.is_empty() {

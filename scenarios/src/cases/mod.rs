@@ -28,8 +28,11 @@ pub enum Phase {
     /// Figures read after all the above (database, consistency, metrics, logs).
     After,
     /// Beyond the template (B.x): after the record's own figures are read, so their faults
-    /// (a 10-minute receiver outage…) do not colour them.
+    /// do not colour them.
     Beyond,
+    /// B.5 alone: the webhook receiver refuses every delivery for 10 minutes, which would
+    /// fail every other case's webhook checks.
+    Outage,
 }
 
 pub type CaseFn = for<'a> fn(&'a Ctx) -> BoxFuture<'a, CaseResult>;
@@ -97,7 +100,7 @@ pub fn all() -> Vec<CaseDef> {
         case!(
             "B.5",
             "Webhook接收端10分钟故障",
-            Beyond,
+            Outage,
             beyond::long_outage
         ),
         case!(

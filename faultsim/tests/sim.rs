@@ -9,8 +9,7 @@ const MIX: Mix = Mix { faults: true };
 /// skipped by the seed ranges so those keep finding new bugs. 3640: a BKV `0x02` end report
 /// (minutes only, no end time, device frames carry no sequence) lost in a half-open spell and
 /// resent 15 s later is timed at its arrival — nothing in it or around it tells it from the first.
-/// 9845, 11216: not analysed yet (billed 75 s of 60; 159 s of 146).
-const KNOWN_BUGS: [u64; 3] = [3640, 9845, 11216];
+const KNOWN_BUGS: [u64; 1] = [3640];
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -168,10 +167,18 @@ fn seeds_range() {
     seeds_parallel(var("FAULTSIM_FROM")..var("FAULTSIM_TO"));
 }
 
-/// `FAULTSIM_SEED=n [FAULTSIM_KEEP=i,j,…|none] cargo test -p pile-faultsim --test sim -- replay --nocapture`
-/// replays one seed (seed 0 without the variable) and prints its trace.
+/// `FAULTSIM_SEED=n [FAULTSIM_KEEP=i,j,…|none] [FAULTSIM_LOG=debug] cargo test -p pile-faultsim
+/// --test sim -- replay --nocapture` replays one seed (seed 0 without the variable) and prints
+/// its trace; `FAULTSIM_LOG` (a `tracing` filter) also prints the gateway's own log.
 #[test]
 fn replay() {
+    if let Ok(filter) = std::env::var("FAULTSIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .without_time()
+            .with_test_writer()
+            .try_init();
+    }
     let seed = std::env::var("FAULTSIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -227,7 +234,8 @@ fn known_bug_seeds() {
 #[test]
 fn regression_seeds_that_found_fixed_bugs() {
     for seed in [
-        130, 281, 459, 603, 782, 950, 1119, 1404, 1556, 2700, 3109, 8448, 8514, 9037,
+        130, 281, 459, 603, 782, 950, 1119, 1404, 1556, 2700, 3109, 8448, 8514, 9037, 9845,
+        11216,
     ] {
         let sc = Scenario::generate(seed, MIX);
         let out = run_blocking(&sc);

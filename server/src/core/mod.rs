@@ -354,8 +354,12 @@ pub enum IntentResult {
 /// What to do with a start whose first send may have reached the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    /// The device is not running it: send it (again).
+    /// The device may not be running it (no answer, or another charge holds the port): send
+    /// it again.
     Resend,
+    /// The device's port is idle: no write so far took effect. Send it again; a charge it
+    /// starts is timed from that write.
+    NotDelivered,
     /// The device runs it: it was delivered; the order is charging now.
     Running(ActiveOrder),
     /// The order is closed or stopped meanwhile: drop the start.

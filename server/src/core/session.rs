@@ -1073,6 +1073,10 @@ impl SessionCore {
                 };
                 match r {
                     Resolution::Resend => self.slots[i].phase = Phase::Ready,
+                    Resolution::NotDelivered => {
+                        self.slots[i].phase = Phase::Ready;
+                        self.slots[i].cmd.first_sent_at_ms = None;
+                    }
                     Resolution::Running(o) => {
                         self.slots.remove(i);
                         let port = o.port_no;

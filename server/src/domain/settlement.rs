@@ -225,7 +225,7 @@ pub fn settle_report(order: &OrderFacts, end: &EndEvidence, seen: Observation) -
         Some(g)
             if end.device_duration_sec.is_none_or(|d| {
                 super::duration_agrees(g, d, end.duration_resolution_sec.max(1))
-            }) =>
+            }) && device_timer_sec(order, end).is_none_or(|t| g <= t + LATE_END_MS / 1000) =>
         {
             (g, DurationSource::Gateway)
         }
@@ -255,6 +255,18 @@ pub fn settle_report(order: &OrderFacts, end: &EndEvidence, seen: Observation) -
         reason,
         offline_replayed: !seen.end_live || order.was_offline,
     }
+}
+
+/// The timer a device with a coarse counter (BKV whole minutes) was given for a by-time
+/// charge: the target rounded up to its unit, which is what the start command carries. The
+/// device stops by itself when it runs out, so a charge it timed cannot have lasted longer: a
+/// gateway measurement beyond it (with latency's slack) timed a resent report, not the end —
+/// seed 9845: the gateway's stop and the end report were lost in a half-open spell, the copy
+/// resent 15 s later was billed 75 s for the 60 s the pile's 1-minute timer allowed.
+fn device_timer_sec(order: &OrderFacts, end: &EndEvidence) -> Option<i64> {
+    let unit = end.duration_resolution_sec;
+    (order.mode == ChargeMode::ByTime && order.tariff.target_duration > 0 && unit > 1)
+        .then(|| (order.tariff.target_duration + unit - 1) / unit * unit)
 }
 
 /// How long after the end its device timestamps a report may arrive and still be the end
@@ -499,6 +511,37 @@ mod tests {
             target_duration: secs,
             ..Tariff::default()
         }
+    }
+
+    #[test]
+    fn a_bkv_by_time_charge_is_never_billed_beyond_the_timer_the_device_was_given() {
+        // Seed 9845: a 56 s order (the pile's timer: 1 minute); the gateway's stop at 56 s and
+        // the end report were lost in a half-open spell, the copy resent 15 s later arrived
+        // 75 s after the start on a connection that had seen the charge running.
+        let o = order(ChargeMode::ByTime, by_time(56, 100));
+        let seen = |now_ms| Observation {
+            now_ms,
+            end_live: true,
+            stop_sent_at_ms: None,
+        };
+        let s = settle_report(&o, &bkv_end(3, 1), seen(1_075_000));
+        assert_eq!(
+            (s.duration_sec, s.duration_source),
+            (60, DurationSource::DeviceCounter)
+        );
+        // Within the timer (and latency's slack) the gateway's clock still times it.
+        let s = settle_report(&o, &bkv_end(3, 1), seen(1_063_000));
+        assert_eq!((s.duration_sec, s.duration_source), (63, DurationSource::Gateway));
+        // Only by-time charges have a timer: by energy the same arrival is the gateway's.
+        let e = order(
+            ChargeMode::ByEnergy,
+            Tariff {
+                target_energy_wh: 8,
+                ..Tariff::default()
+            },
+        );
+        let s = settle_report(&e, &bkv_end(3, 2), seen(1_075_000));
+        assert_eq!((s.duration_sec, s.duration_source), (75, DurationSource::Gateway));
     }
 
     #[test]

@@ -932,6 +932,10 @@ impl Service {
                     }
                     return Ok(IntentResult::Resolved(Resolution::Drop));
                 }
+                if matches!(seen, PortSeen::Idle) {
+                    self.store.forget_undelivered_writes(command.id).await?;
+                    return Ok(IntentResult::Resolved(Resolution::NotDelivered));
+                }
                 Ok(IntentResult::Resolved(Resolution::Resend))
             }
         }

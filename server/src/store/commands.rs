@@ -29,10 +29,13 @@ pub struct CmdRow {
     pub attempts: i64,
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
+    /// The first write that may have reached the device: the first write, unless a port query
+    /// found the port idle afterwards (then the next write; see
+    /// [`Store::forget_undelivered_writes`]).
     pub sent_at_ms: Option<i64>,
     pub result: Option<String>,
     pub port_no: Option<i64>,
-    /// The last write to the device (`sent_at_ms` is the first).
+    /// The last write to the device.
     pub last_sent_at_ms: Option<i64>,
 }
 
@@ -168,6 +171,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(cmd_from_row).collect()
+    }
+
+    /// A port query found the port of this start idle: none of its writes so far took effect,
+    /// so the charge, if the next write starts it, is timed from that write (seed 11216: a
+    /// start written into a dead socket at 172.9 s and again after the reconnect at 186.0 s
+    /// was billed from the first).
+    pub async fn forget_undelivered_writes(&self, id: i64) -> Result<()> {
+        self.check_write()?;
+        sqlx::query("UPDATE cmd_logs SET sent_at_ms = NULL WHERE id = $1 AND status = 'sent'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Records a write of the command (first or later), before the bytes go out. Returns

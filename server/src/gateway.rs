@@ -45,6 +45,9 @@ pub enum Submitted {
 /// A snapshot of a device's live entry (the API's view).
 #[derive(Debug, Clone, Default)]
 pub struct Live {
+    /// The registry entry's generation: a new one whenever the protocol, connection time,
+    /// address or firmware change (with `last_seen_ms` and `signal`, [`LiveKey`]).
+    pub generation: u64,
     pub protocol: String,
     pub last_seen_ms: i64,
     /// Unix seconds.
@@ -56,8 +59,29 @@ pub struct Live {
     pub connected: bool,
 }
 
+/// Everything of [`Live`] that a device view shows, as a key that needs no allocation: equal
+/// keys mean equal live fields in the view (`last_seen_at` is in seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveKey {
+    pub generation: u64,
+    pub last_seen_sec: i64,
+    pub signal: i64,
+}
+
+impl LiveKey {
+    pub fn of(l: &Live) -> Self {
+        LiveKey {
+            generation: l.generation,
+            last_seen_sec: l.last_seen_ms / 1000,
+            signal: l.signal.unwrap_or(0),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
+    /// See [`Live::generation`].
+    generation: u64,
     cell: Arc<LiveCell>,
     protocol: String,
     connected_at: i64,
@@ -87,6 +111,7 @@ pub struct Gateway {
     frames: Mutex<HashMap<String, FrameRing>>,
     next_conn: AtomicU64,
     sessions: AtomicU64,
+    generations: AtomicU64,
 }
 
 impl Gateway {
@@ -98,6 +123,10 @@ impl Gateway {
         self.devices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -105,10 +134,12 @@ impl Gateway {
     /// Makes `handle` the device's connection; an older session of the device is closed at
     /// once. Returns the device's live cell and whether a session was replaced.
     pub fn register(&self, a: &Arrival<'_>, handle: SessionHandle) -> (Arc<LiveCell>, bool) {
+        let generation = self.next_generation();
         let mut devices = self.devices();
         let e = devices
             .entry(a.device_id.to_string())
             .or_insert_with(|| Entry {
+                generation,
                 cell: Arc::new(LiveCell::default()),
                 protocol: a.protocol.to_string(),
                 connected_at: 0,
@@ -118,6 +149,7 @@ impl Gateway {
                 persisted_seen_ms: a.now_ms,
                 unflushed: false,
             });
+        e.generation = generation;
         e.protocol = a.protocol.to_string();
         e.connected_at = a.now_ms.div_euclid(1000);
         e.remote_addr = a.remote_addr.to_string();
@@ -168,11 +200,13 @@ impl Gateway {
 
     /// Start-up: a device the database holds online is kept so for its offline threshold.
     pub fn restore(&self, device_id: &str, protocol: &str, last_seen_ms: i64) {
+        let generation = self.next_generation();
         let mut devices = self.devices();
         devices.entry(device_id.to_string()).or_insert_with(|| {
             let cell = Arc::new(LiveCell::default());
             cell.seen(last_seen_ms);
             Entry {
+                generation,
                 cell,
                 protocol: protocol.to_string(),
                 connected_at: 0,
@@ -215,6 +249,7 @@ impl Gateway {
 
     pub fn live(&self, device_id: &str) -> Option<Live> {
         self.devices().get(device_id).map(|e| Live {
+            generation: e.generation,
             protocol: e.protocol.clone(),
             last_seen_ms: e.cell.last_seen_ms(),
             connected_at: e.connected_at,
@@ -225,8 +260,20 @@ impl Gateway {
         })
     }
 
+    /// [`LiveKey::of`] the device's [`live`](Self::live) fields, without copying them; `None`
+    /// when it is not online.
+    pub fn live_key(&self, device_id: &str) -> Option<LiveKey> {
+        self.devices().get(device_id).map(|e| LiveKey {
+            generation: e.generation,
+            last_seen_sec: e.cell.last_seen_ms() / 1000,
+            signal: e.cell.signal.load(Ordering::Relaxed),
+        })
+    }
+
     pub fn set_firmware(&self, device_id: &str, firmware: &str) {
+        let generation = self.next_generation();
         if let Some(e) = self.devices().get_mut(device_id) {
+            e.generation = generation;
             e.firmware = Some(firmware.to_string());
         }
     }

@@ -161,7 +161,12 @@ pub(super) async fn device(
 ) -> ApiResult {
     valid_device_id(&device_id)?;
     let service = &state.service;
-    // From the read model; the store only while the device is being written (or stale).
+    // Held by the read model (so committed, not a registration still in the writer): its
+    // cached rendering while nothing it shows changed.
+    if let crate::service::Lookup::Found(held) = service.read.held(&device_id) {
+        return Ok(ok(held_view(&state, &held)?));
+    }
+    // Otherwise the store, flushing a new device's registration first.
     let lookup = || async {
         match service.read.device(&device_id) {
             crate::service::Lookup::Found(parts) => Ok(Some(parts)),
@@ -210,16 +215,18 @@ pub(super) async fn devices(
         Some((page_items, total)) => {
             let mut items = Vec::with_capacity(page_items.len());
             for item in page_items {
-                let (d, ports, active) = match item {
-                    crate::service::PageItem::Memory(parts) => parts,
+                let view = match item {
+                    crate::service::PageItem::Memory(held) => held_view(&state, &held)?,
                     crate::service::PageItem::Store(id) => {
                         match state.service.store.device_with_ports(&id).await? {
-                            Some(parts) => parts,
+                            Some((d, ports, active)) => {
+                                raw(&build_view(&state.service, d, ports, active))?
+                            }
                             None => continue,
                         }
                     }
                 };
-                items.push(build_view(&state.service, d, ports, active));
+                items.push(view);
             }
             (items, total)
         }
@@ -232,8 +239,8 @@ pub(super) async fn devices(
                 .await?;
             let items = rows
                 .into_iter()
-                .map(|(d, ports, active)| build_view(&state.service, d, ports, active))
-                .collect();
+                .map(|(d, ports, active)| raw(&build_view(&state.service, d, ports, active)))
+                .collect::<Result<Vec<_>, _>>()?;
             (items, total)
         }
     };

@@ -230,6 +230,8 @@ pub struct AppStateInner {
     /// From a request's headers to its answer (the body read included): 408 past it.
     pub request_timeout: std::time::Duration,
     pub events: Option<crate::events::Events>,
+    /// Device views rendered from the read model, reused while nothing they show changed.
+    pub views: Arc<views::ViewCache>,
 }
 
 impl AppState {
@@ -253,6 +255,7 @@ impl AppState {
             body_limit,
             request_timeout: std::time::Duration::from_secs(30),
             events: None,
+            views: Arc::default(),
         }))
     }
 

@@ -1,6 +1,10 @@
 //! Store rows → API views.
 
+use serde_json::value::RawValue;
+
 use super::*;
+use crate::gateway::{Live, LiveKey};
+use crate::service::Held;
 
 pub(super) fn order_view(o: &OrderRow) -> OrderView {
     let reason = o.end_reason.map(EndReason::from_code);
@@ -43,6 +47,84 @@ pub(super) fn order_ref(o: &OrderRow) -> OrderRef {
     }
 }
 
+/// Rendered device views (JSON) by device, each with what it was rendered from: the read
+/// model's install ([`Held::ticket`]) and the live registry's [`LiveKey`]. A view is reused only
+/// while both are unchanged, so it is never staler than [`build_view`] on the same state; a
+/// 50-device page is then 50 lookups and copies instead of 50 renderings (issue 14: the list
+/// served 0.13 of `/healthz`).
+#[derive(Debug, Default)]
+pub struct ViewCache {
+    views: Mutex<HashMap<String, Rendered>>,
+}
+
+#[derive(Debug)]
+struct Rendered {
+    ticket: u64,
+    live: Option<LiveKey>,
+    json: Arc<RawValue>,
+}
+
+/// A rendered view, serialised as the JSON it holds.
+#[derive(Debug, Clone)]
+pub(super) struct RawView(Arc<RawValue>);
+
+impl Serialize for RawView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl ViewCache {
+    fn get(&self, device_id: &str, ticket: u64, live: Option<LiveKey>) -> Option<RawView> {
+        let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views
+            .get(device_id)
+            .filter(|r| r.ticket == ticket && r.live == live)
+            .map(|r| RawView(r.json.clone()))
+    }
+
+    fn put(&self, device_id: &str, ticket: u64, live: Option<LiveKey>, json: Arc<RawValue>) {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        match views.get_mut(device_id) {
+            // Keep the newer install's rendering when two requests race.
+            Some(r) if r.ticket > ticket => {}
+            Some(r) => *r = Rendered { ticket, live, json },
+            None => {
+                views.insert(device_id.to_string(), Rendered { ticket, live, json });
+            }
+        }
+    }
+}
+
+/// A view rendered now (not cached: it did not come from the read model).
+pub(super) fn raw(view: &DeviceView) -> Result<RawView, ApiError> {
+    serde_json::value::to_raw_value(view)
+        .map(|j| RawView(j.into()))
+        .map_err(|e| ApiError::Internal(format!("serialising a device view: {e}")))
+}
+
+/// The view of a device the read model holds: the cached rendering when nothing it shows
+/// changed, else rendered (and cached) from `held` and the live registry read once.
+pub(super) fn held_view(state: &AppState, held: &Held) -> Result<RawView, ApiError> {
+    let service = &state.service;
+    let id = held.device_id();
+    if let Some(v) = state
+        .views
+        .get(id, held.ticket, service.gateway.live_key(id))
+    {
+        return Ok(v);
+    }
+    let live = service.live(id);
+    let key = live.as_ref().map(LiveKey::of);
+    let (d, ports, active) = held.parts();
+    let view = build_view_with(service, d, ports, active, live);
+    let json: Arc<RawValue> = serde_json::value::to_raw_value(&view)
+        .map_err(|e| ApiError::Internal(format!("serialising a device view: {e}")))?
+        .into();
+    state.views.put(id, held.ticket, key, json.clone());
+    Ok(RawView(json))
+}
+
 /// A device's view: stored ports and orders, live fields from memory.
 pub(super) fn build_view(
     service: &Service,
@@ -50,11 +132,21 @@ pub(super) fn build_view(
     ports: Vec<PortRow>,
     active: Vec<(i64, String)>,
 ) -> DeviceView {
+    let live = service.live(&d.device_id);
+    build_view_with(service, d, ports, active, live)
+}
+
+/// [`build_view`] with the live registry's entry already read (`None`: not online here).
+fn build_view_with(
+    service: &Service,
+    d: DeviceRow,
+    ports: Vec<PortRow>,
+    active: Vec<(i64, String)>,
+    live: Option<Live>,
+) -> DeviceView {
     // Several instances (issue #17): a device held by another instance is online as its owner
     // wrote it.
-    let online =
-        service.gateway.is_online(&d.device_id) || (service.cluster().is_some() && d.online);
-    let live = service.live(&d.device_id);
+    let online = live.is_some() || (service.cluster().is_some() && d.online);
     let order_of = |port_no: i64| {
         active
             .iter()

@@ -22,7 +22,7 @@ use crate::writer::Writer;
 
 pub use api::new_order_no;
 pub use device::SessionLink;
-pub use read::{Lookup, PageItem, ReadModel};
+pub use read::{Held, Lookup, PageItem, ReadModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

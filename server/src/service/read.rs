@@ -33,8 +33,39 @@ pub type DeviceParts = (DeviceRow, Vec<PortRow>, Vec<(i64, String)>);
 /// One device of a list page: from memory, or (being written right now) to read from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PageItem {
-    Memory(DeviceParts),
+    Memory(Held),
     Store(String),
+}
+
+/// A device as this model holds it. `ticket` names the install: two `Held` of one device with
+/// the same ticket hold the same committed rows (the HTTP layer caches rendered views by it).
+/// Equality compares the rows, not the ticket.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub ticket: u64,
+    snap: Arc<DeviceSnapshot>,
+    pairs: Arc<Vec<(i64, String)>>,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.snap == other.snap && self.pairs == other.pairs
+    }
+}
+
+impl Held {
+    pub fn device_id(&self) -> &str {
+        &self.snap.device.device_id
+    }
+
+    /// The rows, as [`Store::device_with_ports`] returns them.
+    pub fn parts(&self) -> DeviceParts {
+        (
+            self.snap.device.clone(),
+            self.snap.ports.clone(),
+            self.pairs.as_ref().clone(),
+        )
+    }
 }
 
 /// An answer from memory, or `Unknown` when the store must answer (not loaded yet, the device
@@ -298,6 +329,15 @@ impl ReadModel {
 
     /// A device's parts as the store holds them.
     pub fn device(&self, device_id: &str) -> Lookup<DeviceParts> {
+        match self.held(device_id) {
+            Lookup::Found(h) => Lookup::Found(h.parts()),
+            Lookup::Absent => Lookup::Absent,
+            Lookup::Unknown => Lookup::Unknown,
+        }
+    }
+
+    /// A device as held, without copying its rows.
+    pub fn held(&self, device_id: &str) -> Lookup<Held> {
         if self.is_shared() {
             return Lookup::Unknown;
         }
@@ -306,7 +346,7 @@ impl ReadModel {
             return Lookup::Unknown;
         }
         match inner.devices.get(device_id) {
-            Some(e) => Lookup::Found(parts(e)),
+            Some(e) => Lookup::Found(held(e)),
             None => Lookup::Absent,
         }
     }
@@ -350,7 +390,7 @@ impl ReadModel {
                 if inner.writing.contains_key(id) {
                     PageItem::Store(id.clone())
                 } else {
-                    PageItem::Memory(parts(e))
+                    PageItem::Memory(held(e))
                 }
             })
             .collect();
@@ -379,10 +419,10 @@ impl ReadModel {
     }
 }
 
-fn parts(e: &Entry) -> DeviceParts {
-    (
-        e.snap.device.clone(),
-        e.snap.ports.clone(),
-        e.pairs.as_ref().clone(),
-    )
+fn held(e: &Entry) -> Held {
+    Held {
+        ticket: e.ticket,
+        snap: e.snap.clone(),
+        pairs: e.pairs.clone(),
+    }
 }

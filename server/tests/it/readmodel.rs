@@ -30,7 +30,7 @@ macro_rules! sqlite_only {
 
 fn memory(item: &PageItem) -> DeviceParts {
     match item {
-        PageItem::Memory(parts) => parts.clone(),
+        PageItem::Memory(held) => held.parts(),
         PageItem::Store(id) => panic!("{id} is being written"),
     }
 }
@@ -366,4 +366,103 @@ mod a_shared_postgresql_is_read_from_the_store {
         assert_eq!(v["data"]["device_id"], "RM0900");
         assert_eq!(v["data"]["online"], true);
     });
+}
+
+mod rendered_views_follow_every_change {
+    use super::*;
+
+    /// The device's view as `GET /devices/{id}` answers it, and as the list shows it.
+    async fn views(app: &TestApp, id: &str) -> (serde_json::Value, serde_json::Value) {
+        let one = envelope(
+            app.get(&format!("/api/v1/third/devices/{id}"))
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await["data"]
+            .clone();
+        let list = envelope(
+            app.get("/api/v1/third/devices?page=1&size=50")
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await;
+        let item = list["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == id)
+            .cloned()
+            .expect("listed");
+        (one, item)
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        // The HTTP layer reuses a rendered view while the read model's install and the live
+        // fields it shows are unchanged: every kind of change must still show at once.
+        let clock = pile_server::clock::Clock::manual(1_764_000_000_000);
+        let Some(app) =
+            crate::spawn_app_on_clock(crate::Db::Sqlite, |_| {}, clock.clone()).await
+        else {
+            return;
+        };
+        let mut pile = app.connect_fake("RM0500", "ap3000", 2).await;
+        app.service.writer.flush().await;
+        let (a, item) = views(&app, "RM0500").await;
+        assert_eq!(a, item, "the list shows the same view");
+        assert_eq!(a["online"], true);
+        assert_eq!(a, views(&app, "RM0500").await.0, "unchanged: the same");
+
+        // A live field (the last frame's second) moves.
+        clock.advance_ms(5_000);
+        pile.live.seen(clock.now_ms());
+        let (b, item) = views(&app, "RM0500").await;
+        assert_eq!(b, item);
+        assert_eq!(
+            b["last_seen_at"].as_i64().unwrap(),
+            a["last_seen_at"].as_i64().unwrap() + 5
+        );
+
+        // A committed change (a port report) re-renders.
+        pile.ports(vec![(
+            PortObs {
+                port_no: 1,
+                socket_no: None,
+                hole: None,
+                status: pile_api::PortStatus::Fault,
+                power_dw: 0,
+                device_ref: None,
+            },
+            None,
+        )])
+        .await;
+        app.service.writer.flush().await;
+        let (c, item) = views(&app, "RM0500").await;
+        assert_eq!(c, item);
+        assert_eq!(c["ports"][0]["status"], "fault", "{c}");
+
+        // Offline: the registry entry is gone.
+        app.disconnect_fake(&pile).await;
+        let (d, item) = views(&app, "RM0500").await;
+        assert_eq!(d, item);
+        assert_eq!(d["online"], false);
+        assert_eq!(d["ports"][0]["status"], "offline");
+
+        // Back, on a new connection.
+        let _again = app.connect_fake("RM0500", "ap3000", 2).await;
+        app.service.writer.flush().await;
+        let (e, item) = views(&app, "RM0500").await;
+        assert_eq!(e, item);
+        assert_eq!(e["online"], true);
+
+        // A live field that is not a counter (the firmware it reports) changes.
+        app.service.gateway.set_firmware("RM0500", "fw-2");
+        let (f, item) = views(&app, "RM0500").await;
+        assert_eq!(f, item);
+        assert_eq!(f["firmware"], "fw-2");
+    }
 }

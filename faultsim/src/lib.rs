@@ -224,7 +224,7 @@ enum Pkt {
 struct GwSide {
     core: SessionCore,
     link: SessionLink,
-    mailbox: mpsc::Receiver<Command>,
+    mailbox: mpsc::Receiver<Box<Command>>,
     close: CancellationToken,
 }
 
@@ -980,7 +980,7 @@ impl World {
                 return;
             };
             while let Ok(cmd) = g.mailbox.try_recv() {
-                g.core.handle_command(now_ms, cmd);
+                g.core.handle_command(now_ms, *cmd);
             }
             if g.core.poll_timeout().is_some_and(|d| d <= now_ms) {
                 g.core.handle_timeout(now_ms);

@@ -234,8 +234,7 @@ fn known_bug_seeds() {
 #[test]
 fn regression_seeds_that_found_fixed_bugs() {
     for seed in [
-        130, 281, 459, 603, 782, 950, 1119, 1404, 1556, 2700, 3109, 8448, 8514, 9037, 9845,
-        11216,
+        130, 281, 459, 603, 782, 950, 1119, 1404, 1556, 2700, 3109, 8448, 8514, 9037, 9845, 11216,
     ] {
         let sc = Scenario::generate(seed, MIX);
         let out = run_blocking(&sc);

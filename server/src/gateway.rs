@@ -10,7 +10,7 @@
 //!   identification).
 //! * The per-device **frame ring** backs the frames route.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +26,9 @@ use crate::core::{Command, FrameSink, LiveCell, Note};
 pub struct SessionHandle {
     pub conn_id: u64,
     /// Commands for the device while this connection holds it.
-    pub commands: mpsc::Sender<Command>,
+    /// Boxed: a tokio channel allocates its slots 32 at a time, and an unboxed `Command` (128
+    /// bytes) made every session's mailbox 4 KB.
+    pub commands: mpsc::Sender<Box<Command>>,
     /// Cancelled to close the session (replaced by a newer connection).
     pub close: CancellationToken,
 }
@@ -108,7 +110,7 @@ pub struct Arrival<'a> {
 #[derive(Debug, Default)]
 pub struct Gateway {
     devices: Mutex<HashMap<String, Entry>>,
-    frames: Mutex<HashMap<String, FrameRing>>,
+    frames: Mutex<HashMap<String, Arc<FrameCell>>>,
     next_conn: AtomicU64,
     sessions: AtomicU64,
     generations: AtomicU64,
@@ -317,7 +319,7 @@ impl Gateway {
             .get(device_id)
             .and_then(|e| e.session.clone());
         match handle {
-            Some(h) => match h.commands.try_send(cmd) {
+            Some(h) => match h.commands.try_send(Box::new(cmd)) {
                 Ok(()) => Submitted::Dispatched,
                 // A full or closing mailbox: the row stays open and goes out on reconnect.
                 Err(_) => Submitted::Queued,
@@ -365,7 +367,21 @@ impl Gateway {
         }
     }
 
-    /// Keeps a frame in the device's ring (last [`FRAME_RING`]).
+    /// The device's frame ring, created on first use. A session takes it once, at its first
+    /// frame, and then records without this registry's lock or a lookup by device ID.
+    pub fn frame_cell(&self, device_id: &str) -> Arc<FrameCell> {
+        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        match frames.get(device_id) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(FrameCell::default());
+                frames.insert(device_id.to_string(), c.clone());
+                c
+            }
+        }
+    }
+
+    /// Keeps a frame in the device's ring (see [`FrameCell`]).
     pub fn record_frame(
         &self,
         device_id: &str,
@@ -374,15 +390,8 @@ impl Gateway {
         raw: &[u8],
         note: FrameNote<'_>,
     ) {
-        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        match frames.get_mut(device_id) {
-            Some(ring) => ring.push(at_ms, direction, note, raw),
-            None => {
-                let mut ring = FrameRing::default();
-                ring.push(at_ms, direction, note, raw);
-                frames.insert(device_id.to_string(), ring);
-            }
-        }
+        self.frame_cell(device_id)
+            .record(at_ms, direction, note, raw);
     }
 
     /// #13: drops the device's frame ring (a refused connection's first frame).
@@ -399,15 +408,21 @@ impl Gateway {
         let online: std::collections::HashSet<String> = self.devices().keys().cloned().collect();
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
         let before = frames.len();
-        frames.retain(|id, ring| online.contains(id) || ring.last_ms >= cutoff_ms);
+        frames.retain(|id, cell| online.contains(id) || cell.last_ms() >= cutoff_ms);
         before - frames.len()
     }
 
     /// The device's recent frames, oldest first; `None` when none were seen.
     pub fn frames(&self, device_id: &str) -> Option<Vec<FrameRecord>> {
         let entries = {
-            let frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-            frames.get(device_id)?.entries()
+            let cell = self
+                .frames
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(device_id)?
+                .clone();
+            let ring = cell.ring();
+            ring.entries()
         };
         Some(
             entries
@@ -444,8 +459,12 @@ impl FrameSink for Gateway {
     }
 }
 
-/// Frames kept per device for the frames route.
+/// Frames kept per device for the frames route, at most.
 pub const FRAME_RING: usize = 200;
+/// Bytes a device's ring may hold (headers included): with BKV heartbeats and their answers
+/// about 90 frames. The ring is this one allocation, made at the first frame (issue 17: a
+/// 200-frame ring in a growing deque cost 16 KB of the 56 KB a pile cost the gateway).
+pub const FRAME_RING_BYTES: usize = 4096;
 
 /// What a ring entry holds besides its bytes: a frame of a family (summarised when read,
 /// so the ring keeps only bytes) or a note about skipped bytes.
@@ -455,12 +474,36 @@ pub enum FrameNote<'a> {
     Text(&'a str),
 }
 
-/// The last [`FRAME_RING`] frames of one device, packed into one byte deque:
+/// One device's frame ring behind its own lock (only its session writes it; the frames route
+/// reads it).
+#[derive(Debug, Default)]
+pub struct FrameCell(Mutex<FrameRing>);
+
+impl FrameCell {
+    pub fn record(&self, at_ms: i64, direction: Direction, note: FrameNote<'_>, raw: &[u8]) {
+        self.ring().push(at_ms, direction, note, raw);
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, FrameRing> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn last_ms(&self) -> i64 {
+        self.ring().last_ms
+    }
+}
+
+/// The newest frames of one device — at most [`FRAME_RING`] of them and [`FRAME_RING_BYTES`] —
+/// packed into one circular byte buffer:
 /// `at_ms i64 · direction u8 · kind u8 · text_len u16 · raw_len u16 · text · raw` per entry.
-/// An idle pile's ring of heartbeats then costs about 10 KB instead of several times that.
 #[derive(Debug, Default)]
 struct FrameRing {
-    data: VecDeque<u8>,
+    /// Empty until the first frame, then [`FRAME_RING_BYTES`] long.
+    buf: Box<[u8]>,
+    /// Where the oldest entry starts.
+    head: usize,
+    /// Bytes in use from `head` (wrapping).
+    len: usize,
     count: usize,
     /// When the newest entry was recorded.
     last_ms: i64,
@@ -485,61 +528,86 @@ impl FrameRing {
             FrameNote::Frame(Family::Ap3000) => (2u8, &[][..]),
             FrameNote::Text(t) => (0u8, t.as_bytes()),
         };
-        let text = text.get(..text.len().min(MAX_TEXT)).unwrap_or(&[]);
-        let raw = raw.get(..raw.len().min(MAX_RAW)).unwrap_or(&[]);
-        if self.count >= FRAME_RING {
+        let text = &text[..text.len().min(MAX_TEXT)];
+        let raw = &raw[..raw.len().min(MAX_RAW)];
+        let need = RING_HEADER + text.len() + raw.len();
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; FRAME_RING_BYTES].into_boxed_slice();
+        }
+        while self.count > 0 && (self.count >= FRAME_RING || self.len + need > self.buf.len()) {
             self.pop();
         }
         self.last_ms = self.last_ms.max(at_ms);
-        self.data.extend(at_ms.to_le_bytes());
-        self.data.push_back(match direction {
+        let mut header = [0u8; RING_HEADER];
+        header[..8].copy_from_slice(&at_ms.to_le_bytes());
+        header[8] = match direction {
             Direction::Up => 0,
             Direction::Down => 1,
-        });
-        self.data.push_back(kind);
-        self.data.extend((text.len() as u16).to_le_bytes());
-        self.data.extend((raw.len() as u16).to_le_bytes());
-        self.data.extend(text.iter().copied());
-        self.data.extend(raw.iter().copied());
+        };
+        header[9] = kind;
+        header[10..12].copy_from_slice(&(text.len() as u16).to_le_bytes());
+        header[12..14].copy_from_slice(&(raw.len() as u16).to_le_bytes());
+        let mut at = self.head + self.len;
+        for part in [&header[..], text, raw] {
+            self.write_at(at, part);
+            at += part.len();
+        }
+        self.len += need;
         self.count += 1;
     }
 
-    fn entry_len(&self, at: usize) -> Option<usize> {
-        let b = |i: usize| self.data.get(at + i).copied().map(usize::from);
-        let text = b(10)? | (b(11)? << 8);
-        let raw = b(12)? | (b(13)? << 8);
-        Some(RING_HEADER + text + raw)
+    /// Copies `bytes` to ring offset `at` (taken modulo the capacity), wrapping once.
+    fn write_at(&mut self, at: usize, bytes: &[u8]) {
+        let cap = self.buf.len();
+        let at = at % cap;
+        let first = bytes.len().min(cap - at);
+        self.buf[at..at + first].copy_from_slice(&bytes[..first]);
+        self.buf[..bytes.len() - first].copy_from_slice(&bytes[first..]);
+    }
+
+    /// Fills `out` from ring offset `at` (modulo the capacity), wrapping once.
+    fn read_at(&self, at: usize, out: &mut [u8]) {
+        let cap = self.buf.len();
+        let at = at % cap;
+        let first = out.len().min(cap - at);
+        out[..first].copy_from_slice(&self.buf[at..at + first]);
+        let rest = out.len() - first;
+        out[first..].copy_from_slice(&self.buf[..rest]);
+    }
+
+    fn header_at(&self, at: usize) -> [u8; RING_HEADER] {
+        let mut h = [0u8; RING_HEADER];
+        self.read_at(at, &mut h);
+        h
     }
 
     fn pop(&mut self) {
-        match self.entry_len(0) {
-            Some(n) if n <= self.data.len() => {
-                self.data.drain(..n);
-                self.count -= 1;
-            }
-            _ => {
-                self.data.clear();
-                self.count = 0;
-            }
+        let h = self.header_at(self.head);
+        let n = RING_HEADER
+            + usize::from(u16::from_le_bytes([h[10], h[11]]))
+            + usize::from(u16::from_le_bytes([h[12], h[13]]));
+        self.head = (self.head + n) % self.buf.len();
+        self.len -= n;
+        self.count -= 1;
+        if self.count == 0 {
+            self.head = 0;
+            self.len = 0;
         }
     }
 
     fn entries(&self) -> Vec<RingEntry> {
-        let bytes: Vec<u8> = self.data.iter().copied().collect();
         let mut out = Vec::with_capacity(self.count);
-        let mut at = 0;
-        while let Some(h) = bytes.get(at..at + RING_HEADER) {
-            let mut ms = [0u8; 8];
-            ms.copy_from_slice(&h[..8]);
+        let mut at = self.head;
+        for _ in 0..self.count {
+            let h = self.header_at(at);
             let text_len = usize::from(u16::from_le_bytes([h[10], h[11]]));
             let raw_len = usize::from(u16::from_le_bytes([h[12], h[13]]));
-            let body = at + RING_HEADER;
-            let (Some(text), Some(raw)) = (
-                bytes.get(body..body + text_len),
-                bytes.get(body + text_len..body + text_len + raw_len),
-            ) else {
-                break;
-            };
+            let mut text = vec![0u8; text_len];
+            self.read_at(at + RING_HEADER, &mut text);
+            let mut raw = vec![0u8; raw_len];
+            self.read_at(at + RING_HEADER + text_len, &mut raw);
+            let mut ms = [0u8; 8];
+            ms.copy_from_slice(&h[..8]);
             out.push(RingEntry {
                 at_ms: i64::from_le_bytes(ms),
                 direction: if h[8] == 0 {
@@ -548,10 +616,10 @@ impl FrameRing {
                     Direction::Down
                 },
                 kind: h[9],
-                text: text.to_vec(),
-                raw: raw.to_vec(),
+                text,
+                raw,
             });
-            at = body + text_len + raw_len;
+            at += RING_HEADER + text_len + raw_len;
         }
         out
     }
@@ -582,7 +650,7 @@ fn summarise(kind: u8, direction: Direction, raw: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn handle(gw: &Gateway) -> (SessionHandle, mpsc::Receiver<Command>) {
+    fn handle(gw: &Gateway) -> (SessionHandle, mpsc::Receiver<Box<Command>>) {
         let (tx, rx) = mpsc::channel(4);
         (
             SessionHandle {
@@ -644,7 +712,7 @@ mod tests {
         let (h, mut rx) = handle(&gw);
         gw.register(&arrival(1), h);
         assert_eq!(gw.submit("D1", cmd.clone()), Submitted::Dispatched);
-        assert_eq!(rx.try_recv().ok(), Some(cmd));
+        assert_eq!(rx.try_recv().ok(), Some(Box::new(cmd)));
     }
 
     #[test]
@@ -662,22 +730,71 @@ mod tests {
     #[test]
     fn the_frame_ring_keeps_the_last_200() {
         let gw = Gateway::new();
+        // 16-byte entries: 200 fit in the byte budget, so the count is the limit.
         for i in 0..250u8 {
-            let text = format!("note {i}");
             let dir = if i % 2 == 0 {
                 Direction::Up
             } else {
                 Direction::Down
             };
-            gw.record_frame("D1", dir, i64::from(i), &[i, i], FrameNote::Text(&text));
+            gw.record_frame(
+                "D1",
+                dir,
+                i64::from(i),
+                &[i, i],
+                FrameNote::Frame(Family::Bkv),
+            );
         }
         let frames = gw.frames("D1").unwrap_or_default();
         assert_eq!(frames.len(), FRAME_RING);
         assert_eq!(frames[0].hex, "3232"); // frame 50
-        assert_eq!(frames[0].summary, "note 50");
         assert_eq!(frames[0].at_ms, 50);
+        assert_eq!(frames[199].hex, "f9f9");
         assert_eq!(frames[199].direction, Direction::Down);
         assert!(gw.frames("D2").is_none());
+    }
+
+    #[test]
+    fn the_frame_ring_keeps_the_newest_that_fit_its_bytes_across_the_wrap() {
+        let gw = Gateway::new();
+        // Entries of 14 + 7..9 + 40 bytes, of varying length, so they wrap at every offset.
+        for i in 0..1_000u32 {
+            let text = format!("note {i}");
+            let raw: Vec<u8> = (0..40).map(|k| (i as u8).wrapping_add(k)).collect();
+            gw.record_frame(
+                "D1",
+                Direction::Up,
+                i64::from(i),
+                &raw,
+                FrameNote::Text(&text),
+            );
+            let frames = gw.frames("D1").unwrap_or_default();
+            let bytes: usize = frames
+                .iter()
+                .map(|f| RING_HEADER + f.summary.len() + f.hex.len() / 2)
+                .sum();
+            assert!(bytes <= FRAME_RING_BYTES, "{bytes}");
+            // Oldest first, consecutive, ending with the newest, and nearly full.
+            let last = frames.last().expect("newest kept");
+            assert_eq!(last.summary, format!("note {i}"));
+            assert_eq!(last.hex, hex::encode(&raw));
+            for w in frames.windows(2) {
+                assert_eq!(w[1].at_ms, w[0].at_ms + 1);
+            }
+            if i > 100 {
+                assert!(bytes + 63 > FRAME_RING_BYTES, "room for one more: {bytes}");
+            }
+        }
+        // A frame larger than the whole budget is cut to fit, never lost.
+        gw.record_frame(
+            "D1",
+            Direction::Down,
+            5_000,
+            &[7u8; 5_000],
+            FrameNote::Text(""),
+        );
+        let frames = gw.frames("D1").unwrap_or_default();
+        assert_eq!(frames.last().unwrap().hex.len() / 2, MAX_RAW);
     }
 
     #[test]

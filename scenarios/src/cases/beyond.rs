@@ -619,7 +619,10 @@ pub async fn long_outage(ctx: &Ctx) -> CaseResult {
     let left = outage.saturating_sub(t.elapsed());
     ctx.progress(
         "B.5",
-        format!("receiver refuses every webhook for {} s more", left.as_secs()),
+        format!(
+            "receiver refuses every webhook for {} s more",
+            left.as_secs()
+        ),
     );
     // The breaker's state 10 s before the receiver returns (by then it has long been open).
     tokio::time::sleep(left.saturating_sub(Duration::from_secs(10))).await;

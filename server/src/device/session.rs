@@ -12,7 +12,7 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{CloseReason, CoreConfig, FrameSink, Note, SessionCore};
-use crate::gateway::{FrameNote, SessionHandle};
+use crate::gateway::{FrameCell, FrameNote, SessionHandle};
 use crate::service::{Service, SessionLink};
 
 /// Commands a session holds in its mailbox.
@@ -20,8 +20,12 @@ const MAILBOX: usize = 64;
 /// Writes that take longer than this mean a dead peer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The registry's frame rings, as the core's sink.
-struct Rings(Arc<Service>);
+/// The registry's frame rings, as the core's sink. The connection's device ring is taken once
+/// (a connection speaks for one device); another ID goes through the registry.
+struct Rings {
+    service: Arc<Service>,
+    mine: std::sync::OnceLock<(String, Arc<FrameCell>)>,
+}
 
 impl FrameSink for Rings {
     fn record(
@@ -36,9 +40,19 @@ impl FrameSink for Rings {
             Note::Frame(f) => FrameNote::Frame(f),
             Note::Text(t) => FrameNote::Text(t),
         };
-        self.0
-            .gateway
-            .record_frame(device_id, direction, at_ms, raw, note);
+        let (id, cell) = self.mine.get_or_init(|| {
+            (
+                device_id.to_string(),
+                self.service.gateway.frame_cell(device_id),
+            )
+        });
+        if id == device_id {
+            cell.record(at_ms, direction, note, raw);
+        } else {
+            self.service
+                .gateway
+                .record_frame(device_id, direction, at_ms, raw, note);
+        }
     }
 }
 
@@ -79,8 +93,13 @@ pub async fn run<S>(
         },
     };
     let mut core = SessionCore::new(cfg, conn_id, peer.to_string(), service.clock.now_ms())
-        .with_sink(Arc::new(Rings(service.clone())));
-    let mut buf = vec![0u8; 4096];
+        .with_sink(Arc::new(Rings {
+            service: service.clone(),
+            mine: std::sync::OnceLock::new(),
+        }));
+    // Lives as long as the connection: small (frames longer than a read are reassembled by
+    // the core's decoder), since every connected pile pays for it.
+    let mut buf = vec![0u8; 1024];
     let mut out = Vec::with_capacity(256);
     let mut shutting_down = false;
     let reason: String = loop {
@@ -120,7 +139,7 @@ pub async fn run<S>(
                 Err(_) => break "read error".into(),
                 Ok(n) => core.handle_bytes(service.clock.now_ms(), &buf[..n]),
             },
-            Some(cmd) = mailbox.recv() => core.handle_command(service.clock.now_ms(), cmd),
+            Some(cmd) = mailbox.recv() => core.handle_command(service.clock.now_ms(), *cmd),
             _ = tokio::time::sleep_until(wake) => core.handle_timeout(service.clock.now_ms()),
         }
     };

@@ -531,7 +531,10 @@ mod tests {
         );
         // Within the timer (and latency's slack) the gateway's clock still times it.
         let s = settle_report(&o, &bkv_end(3, 1), seen(1_063_000));
-        assert_eq!((s.duration_sec, s.duration_source), (63, DurationSource::Gateway));
+        assert_eq!(
+            (s.duration_sec, s.duration_source),
+            (63, DurationSource::Gateway)
+        );
         // Only by-time charges have a timer: by energy the same arrival is the gateway's.
         let e = order(
             ChargeMode::ByEnergy,
@@ -541,7 +544,10 @@ mod tests {
             },
         );
         let s = settle_report(&e, &bkv_end(3, 2), seen(1_075_000));
-        assert_eq!((s.duration_sec, s.duration_source), (75, DurationSource::Gateway));
+        assert_eq!(
+            (s.duration_sec, s.duration_source),
+            (75, DurationSource::Gateway)
+        );
     }
 
     #[test]

@@ -254,7 +254,8 @@ pub(super) async fn devices(
 
 /// The device's last frames, oldest first.
 ///
-/// The gateway keeps the last 200 frames of each device in memory (not across restarts);
+/// The gateway keeps the last frames of each device in memory — up to 200 within 4 KB (not
+/// across restarts);
 /// `limit` returns only the newest ones.
 #[utoipa::path(
     get,

@@ -116,7 +116,7 @@ pub struct FakeSession {
     pub conn_id: u64,
     pub link: SessionLink,
     pub service: Arc<Service>,
-    pub commands: mpsc::Receiver<Command>,
+    pub commands: mpsc::Receiver<Box<Command>>,
     /// Open commands loaded at identification.
     pub queued: Vec<Command>,
     /// The device's live cell (its frames update it).
@@ -181,6 +181,7 @@ impl FakeSession {
         tokio::time::timeout(Duration::from_secs(5), self.commands.recv())
             .await
             .expect("a command within 5 s")
+            .map(|c| *c)
             .expect("session mailbox open")
     }
 

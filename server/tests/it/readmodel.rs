@@ -405,8 +405,7 @@ mod rendered_views_follow_every_change {
         // The HTTP layer reuses a rendered view while the read model's install and the live
         // fields it shows are unchanged: every kind of change must still show at once.
         let clock = pile_server::clock::Clock::manual(1_764_000_000_000);
-        let Some(app) =
-            crate::spawn_app_on_clock(crate::Db::Sqlite, |_| {}, clock.clone()).await
+        let Some(app) = crate::spawn_app_on_clock(crate::Db::Sqlite, |_| {}, clock.clone()).await
         else {
             return;
         };

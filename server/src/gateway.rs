@@ -402,13 +402,16 @@ impl Gateway {
             .remove(device_id);
     }
 
-    /// #13: drops the rings of devices that are not online and sent nothing since
-    /// `cutoff_ms`; returns how many went.
+    /// #13: drops the rings of devices that are not online, sent nothing since `cutoff_ms`
+    /// and have no session writing them; returns how many went.
     pub fn prune_frames(&self, cutoff_ms: i64) -> usize {
         let online: std::collections::HashSet<String> = self.devices().keys().cloned().collect();
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
         let before = frames.len();
-        frames.retain(|id, cell| online.contains(id) || cell.last_ms() >= cutoff_ms);
+        // A session holds its device's cell (`Arc`): dropping it here would lose its frames.
+        frames.retain(|id, cell| {
+            online.contains(id) || Arc::strong_count(cell) > 1 || cell.last_ms() >= cutoff_ms
+        });
         before - frames.len()
     }
 
@@ -795,6 +798,19 @@ mod tests {
         );
         let frames = gw.frames("D1").unwrap_or_default();
         assert_eq!(frames.last().unwrap().hex.len() / 2, MAX_RAW);
+    }
+
+    #[test]
+    fn an_old_ring_is_pruned_only_once_no_session_writes_it() {
+        let gw = Gateway::new();
+        let cell = gw.frame_cell("D9");
+        cell.record(1, Direction::Up, FrameNote::Text("x"), &[1]);
+        // Not online and silent since before the cutoff, but a session still holds it.
+        assert_eq!(gw.prune_frames(1_000), 0);
+        assert_eq!(gw.frames("D9").map(|f| f.len()), Some(1));
+        drop(cell);
+        assert_eq!(gw.prune_frames(1_000), 1);
+        assert!(gw.frames("D9").is_none());
     }
 
     #[test]

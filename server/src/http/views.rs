@@ -117,12 +117,9 @@ pub(super) fn held_view(state: &AppState, held: &Held) -> Result<RawView, ApiErr
     let live = service.live(id);
     let key = live.as_ref().map(LiveKey::of);
     let (d, ports, active) = held.parts();
-    let view = build_view_with(service, d, ports, active, live);
-    let json: Arc<RawValue> = serde_json::value::to_raw_value(&view)
-        .map_err(|e| ApiError::Internal(format!("serialising a device view: {e}")))?
-        .into();
-    state.views.put(id, held.ticket, key, json.clone());
-    Ok(RawView(json))
+    let view = raw(&build_view_with(service, d, ports, active, live))?;
+    state.views.put(id, held.ticket, key, view.0.clone());
+    Ok(view)
 }
 
 /// A device's view: stored ports and orders, live fields from memory.

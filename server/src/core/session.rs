@@ -175,6 +175,10 @@ pub struct SessionCore {
     active: BTreeMap<u32, ActiveOrder>,
     /// Orders the gateway already asked to stop on its own.
     stopping: BTreeSet<String>,
+    /// Orders a stop was handed to this connection for: their starts are never written again
+    /// (a start resent after its stop was answered would run a charge nobody wants — seed
+    /// 18774); what the stop's answer says decides the order.
+    stopped: BTreeSet<String>,
     /// Events that arrived before identification completed.
     early: Vec<DeviceEvent>,
     closed: Option<CloseReason>,
@@ -208,6 +212,7 @@ impl SessionCore {
             ports: BTreeMap::new(),
             active: BTreeMap::new(),
             stopping: BTreeSet::new(),
+            stopped: BTreeSet::new(),
             early: Vec::new(),
             closed: None,
             sink: None,
@@ -475,6 +480,9 @@ impl SessionCore {
         // A start that may have reached the device is decided from what the device says of
         // the port, never resent blindly (it may have run, and even ended, meanwhile).
         let verify = cmd.sent_before && cmd.spec.is_start();
+        if let CommandSpec::Stop { order_no, .. } = &cmd.spec {
+            self.stopped.insert(order_no.clone());
+        }
         self.slots.push(Slot {
             cmd,
             phase: if verify { Phase::Verify } else { Phase::Ready },
@@ -515,7 +523,7 @@ impl SessionCore {
                     sent_at,
                     attempts,
                 } if now_ms >= sent_at + resend_after => {
-                    if attempts >= 2 {
+                    if attempts >= 2 || self.withdrawn(&self.slots[i].cmd) {
                         let slot = self.slots.remove(i);
                         self.intents.push_back(Intent::Unanswered {
                             command_id: slot.cmd.id,
@@ -554,6 +562,15 @@ impl SessionCore {
             }
             i += 1;
         }
+    }
+
+    /// A start whose order this connection was asked to stop.
+    fn withdrawn(&self, cmd: &Command) -> bool {
+        cmd.spec.is_start()
+            && cmd
+                .spec
+                .order_no()
+                .is_some_and(|o| self.stopped.contains(o))
     }
 
     fn stop_due_at(&self, o: &ActiveOrder) -> Option<i64> {
@@ -610,6 +627,13 @@ impl SessionCore {
         if now_ms < self.pacing_ready_at() {
             return;
         }
+        // A start whose order was asked to stop is not written (again): the stop decides.
+        let stopped = &self.stopped;
+        self.slots.retain(|s| {
+            !(matches!(s.phase, Phase::Ready | Phase::Verify)
+                && s.cmd.spec.is_start()
+                && s.cmd.spec.order_no().is_some_and(|o| stopped.contains(o)))
+        });
         let hold_over = now_ms >= self.verify_hold_until();
         let Some(i) = self.slots.iter().position(|s| match s.phase {
             Phase::Ready => true,

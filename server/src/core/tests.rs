@@ -242,6 +242,75 @@ fn an_unanswered_ap3000_command_is_resent_once_with_the_same_id_then_left_unknow
     assert!(c.open_commands().is_empty());
 }
 
+fn stop(id: i64, order_no: &str, port_no: u32) -> Command {
+    Command {
+        id,
+        spec: CommandSpec::Stop {
+            order_no: order_no.into(),
+            port_no,
+            device_ref: hex::encode(device_order_ref(order_no)),
+        },
+        sent_before: false,
+        first_sent_at_ms: None,
+    }
+}
+
+#[test]
+fn a_start_is_never_written_again_once_its_order_was_asked_to_stop() {
+    // Seed 18774 of the fault simulation: a start written into a half-open socket, its
+    // pending order stopped by the API; the stop went out and was answered (port idle, the
+    // order cancelled), then the start's resend ran a charge nobody wanted.
+    let mut c = core();
+    c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
+    identify(&mut c, T0, vec![start(1, "a", 1, false)], vec![]);
+    drain_tx(&mut c);
+    let (token, _) = mark_sent_token(&drain_intents(&mut c)).unwrap();
+    c.handle_result(T0, token, IntentResult::MarkSent { proceed: true });
+    assert_eq!(drain_tx(&mut c)[0].kind, "command");
+    c.handle_bytes(T0 + 10_000, &ap_heartbeat(2, &[0, 0]));
+    drain_tx(&mut c);
+    c.handle_command(T0 + 14_000, stop(2, "a", 1));
+    let (token, id) = mark_sent_token(&drain_intents(&mut c)).unwrap();
+    assert_eq!(id, 2);
+    c.handle_result(T0 + 14_000, token, IntentResult::MarkSent { proceed: true });
+    assert_eq!(drain_tx(&mut c)[0].kind, "command", "the stop goes out");
+    // The start's resend deadline passes: it is given up, not written again.
+    c.handle_timeout(T0 + 15_000);
+    assert!(drain_tx(&mut c).is_empty(), "no resend of the start");
+    assert!(drain_intents(&mut c)
+        .iter()
+        .any(|i| matches!(i, Intent::Unanswered { command_id: 1 })));
+    assert_eq!(c.open_commands(), vec![2]);
+
+    // On a new connection the open start (sent before) and its stop are both loaded: only
+    // the stop is written; the start is neither queried nor resent.
+    let mut c = core();
+    c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
+    identify(
+        &mut c,
+        T0,
+        vec![start(1, "a", 1, true), stop(2, "a", 1)],
+        vec![],
+    );
+    drain_tx(&mut c);
+    for t in [T0, T0 + 4_000, T0 + 20_000] {
+        c.handle_timeout(t);
+        for i in drain_intents(&mut c) {
+            if let Intent::MarkSent {
+                token, command_id, ..
+            } = i
+            {
+                assert_eq!(command_id, 2, "only the stop is written");
+                c.handle_result(t, token, IntentResult::MarkSent { proceed: true });
+            }
+        }
+        for tx in drain_tx(&mut c) {
+            assert_ne!(tx.kind, "query", "the start is not verified either");
+        }
+    }
+    assert!(!c.open_commands().contains(&1));
+}
+
 /// Writes an AP3000 start on a fresh connection and returns its bytes.
 fn ap_start_bytes(cmd: Command) -> Vec<u8> {
     let mut c = core();

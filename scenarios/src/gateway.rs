@@ -232,10 +232,10 @@ pub async fn child_main(cli: pile_server::config::Cli) -> anyhow::Result<()> {
                 .with_writer(std::io::stderr),
         )
         .init();
-    let http = tokio::net::TcpListener::bind(&config.http_listen)
+    let http = pile_server::listen(&config.http_listen)
         .await
         .with_context(|| format!("binding HTTP {}", config.http_listen))?;
-    let devices = tokio::net::TcpListener::bind(&config.device_listen)
+    let devices = pile_server::listen(&config.device_listen)
         .await
         .with_context(|| format!("binding devices {}", config.device_listen))?;
     let shutdown = CancellationToken::new();

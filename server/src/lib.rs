@@ -33,3 +33,33 @@ pub mod writer;
 
 pub use app::{run, start, start_with_clock, App};
 pub use config::Config;
+
+/// The listen backlog of both listeners. Std's and tokio's `bind` listen with 128: a pile
+/// storm (a blackout recovery, a restart) overflows that accept queue at once and the kernel
+/// then drops SYNs, which the piles retransmit after 1 s and 3 s. The kernel caps it at
+/// `net.core.somaxconn` (4096 here).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`; the first address it resolves to) with address reuse and a
+/// listen backlog of [`LISTEN_BACKLOG`].
+pub async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}

@@ -11,10 +11,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(Cli::parse())?;
     init_tracing(config.log_format);
 
-    let http = tokio::net::TcpListener::bind(&config.http_listen)
+    let http = pile_server::listen(&config.http_listen)
         .await
         .with_context(|| format!("binding HTTP {}", config.http_listen))?;
-    let devices = tokio::net::TcpListener::bind(&config.device_listen)
+    let devices = pile_server::listen(&config.device_listen)
         .await
         .with_context(|| format!("binding devices {}", config.device_listen))?;
 

@@ -188,7 +188,18 @@ async fn main() -> std::io::Result<()> {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0.0);
-    let listener = TcpListener::bind(&addr).await?;
+    // The gateway's backlog (pile_server::LISTEN_BACKLOG), so both are measured alike.
+    let sa: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let socket = if sa.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(sa)?;
+    let listener: TcpListener = socket.listen(4096)?;
     println!("sink: listening on {}", listener.local_addr()?);
     let c = Arc::new(Counters::default());
     let report = Arc::clone(&c);

@@ -117,9 +117,10 @@ fn main() {
             let peer = "127.0.0.1:9".parse().expect("addr");
             let cfg = CoreConfig::default();
             let stop = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                pile_server::device::session::run(server, peer, 1, service, cfg, stop).await;
-            }));
+            let session = pile_server::device::session::run(server, peer, 1, service, cfg, stop);
+            // What each connected pile's task holds for as long as it is connected.
+            eprintln!("session future: {} B", std::mem::size_of_val(&session));
+            tasks.push(tokio::spawn(session));
         } else {
             tasks.push(tokio::spawn(bare(server, family.clone())));
         }

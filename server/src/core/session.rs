@@ -269,6 +269,11 @@ impl SessionCore {
         self.transmits.pop_front()
     }
 
+    /// Whether [`SessionCore::poll_intent`] has something.
+    pub fn has_intents(&self) -> bool {
+        !self.intents.is_empty()
+    }
+
     pub fn poll_intent(&mut self) -> Option<Intent> {
         self.intents.pop_front()
     }

@@ -269,16 +269,21 @@ pub async fn start_with_clock(
         let service = service.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            let t0 = std::time::Instant::now();
+            let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
             // Sessions watch the same token and leave without marking their devices offline.
             tracker.close();
             tracker.wait().await;
+            tracing::info!(elapsed_ms = ms(t0), "shutdown: sessions and tasks ended");
             match tokio::time::timeout(Duration::from_secs(10), http_task).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "HTTP task failed"),
                 Err(_) => tracing::warn!("HTTP server did not stop within 10 s"),
             }
+            tracing::info!(elapsed_ms = ms(t0), "shutdown: HTTP stopped");
             writer_stop.cancel();
             writer_task.await.context("writer task")?;
+            tracing::info!(elapsed_ms = ms(t0), "shutdown: batched writes flushed");
             if let Some(c) = service.cluster() {
                 // Issue #17: the leases expire now; other instances take the piles.
                 if let Err(e) = c.stopped().await {
@@ -286,7 +291,7 @@ pub async fn start_with_clock(
                 }
             }
             service.store.close().await;
-            tracing::info!("gateway stopped");
+            tracing::info!(elapsed_ms = ms(t0), "gateway stopped");
             Ok(())
         })
     };

@@ -179,6 +179,11 @@ impl PortMap {
     }
 }
 
+/// A start whose order the connection was asked to stop (`stopped`).
+fn withdrawn(stopped: &BTreeSet<String>, cmd: &Command) -> bool {
+    cmd.spec.is_start() && cmd.spec.order_no().is_some_and(|o| stopped.contains(o))
+}
+
 /// One device connection. See the module documentation of [`crate::core`].
 pub struct SessionCore {
     cfg: CoreConfig,
@@ -558,7 +563,7 @@ impl SessionCore {
                     sent_at,
                     attempts,
                 } if now_ms >= sent_at + resend_after => {
-                    if attempts >= 2 || self.withdrawn(&self.slots[i].cmd) {
+                    if attempts >= 2 || withdrawn(&self.stopped, &self.slots[i].cmd) {
                         let slot = self.slots.remove(i);
                         self.intents.push_back(Intent::Unanswered {
                             command_id: slot.cmd.id,
@@ -597,15 +602,6 @@ impl SessionCore {
             }
             i += 1;
         }
-    }
-
-    /// A start whose order this connection was asked to stop.
-    fn withdrawn(&self, cmd: &Command) -> bool {
-        cmd.spec.is_start()
-            && cmd
-                .spec
-                .order_no()
-                .is_some_and(|o| self.stopped.contains(o))
     }
 
     fn stop_due_at(&self, o: &ActiveOrder) -> Option<i64> {
@@ -665,9 +661,7 @@ impl SessionCore {
         // A start whose order was asked to stop is not written (again): the stop decides.
         let stopped = &self.stopped;
         self.slots.retain(|s| {
-            !(matches!(s.phase, Phase::Ready | Phase::Verify)
-                && s.cmd.spec.is_start()
-                && s.cmd.spec.order_no().is_some_and(|o| stopped.contains(o)))
+            !(matches!(s.phase, Phase::Ready | Phase::Verify) && withdrawn(stopped, &s.cmd))
         });
         let hold_over = now_ms >= self.verify_hold_until();
         let Some(i) = self.slots.iter().position(|s| match s.phase {

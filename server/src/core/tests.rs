@@ -212,15 +212,23 @@ fn a_command_the_store_no_longer_wants_is_never_written() {
     assert!(c.open_commands().is_empty());
 }
 
-#[test]
-fn an_unanswered_ap3000_command_is_resent_once_with_the_same_id_then_left_unknown() {
+/// A fresh AP3000 connection, identified with `cmd` as its one open command, that has
+/// written it (recorded as sent first); returns the core and the bytes written.
+fn ap_written(cmd: Command) -> (SessionCore, bytes::Bytes) {
     let mut c = core();
     c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
-    identify(&mut c, T0, vec![start(1, "a", 1, false)], vec![]);
+    identify(&mut c, T0, vec![cmd], vec![]);
     drain_tx(&mut c);
     let (token, _) = mark_sent_token(&drain_intents(&mut c)).unwrap();
     c.handle_result(T0, token, IntentResult::MarkSent { proceed: true });
-    let first = drain_tx(&mut c).remove(0).bytes;
+    let tx = drain_tx(&mut c).remove(0);
+    assert_eq!(tx.kind, "command");
+    (c, tx.bytes)
+}
+
+#[test]
+fn an_unanswered_ap3000_command_is_resent_once_with_the_same_id_then_left_unknown() {
+    let (mut c, first) = ap_written(start(1, "a", 1, false));
     // Keep the device alive with heartbeats.
     c.handle_bytes(T0 + 10_000, &ap_heartbeat(2, &[0, 0]));
     drain_tx(&mut c);
@@ -260,13 +268,7 @@ fn a_start_is_never_written_again_once_its_order_was_asked_to_stop() {
     // Seed 18774 of the fault simulation: a start written into a half-open socket, its
     // pending order stopped by the API; the stop went out and was answered (port idle, the
     // order cancelled), then the start's resend ran a charge nobody wanted.
-    let mut c = core();
-    c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
-    identify(&mut c, T0, vec![start(1, "a", 1, false)], vec![]);
-    drain_tx(&mut c);
-    let (token, _) = mark_sent_token(&drain_intents(&mut c)).unwrap();
-    c.handle_result(T0, token, IntentResult::MarkSent { proceed: true });
-    assert_eq!(drain_tx(&mut c)[0].kind, "command");
+    let (mut c, _) = ap_written(start(1, "a", 1, false));
     c.handle_bytes(T0 + 10_000, &ap_heartbeat(2, &[0, 0]));
     drain_tx(&mut c);
     c.handle_command(T0 + 14_000, stop(2, "a", 1));
@@ -313,13 +315,7 @@ fn a_start_is_never_written_again_once_its_order_was_asked_to_stop() {
 
 /// Writes an AP3000 start on a fresh connection and returns its bytes.
 fn ap_start_bytes(cmd: Command) -> Vec<u8> {
-    let mut c = core();
-    c.handle_bytes(T0, &ap_heartbeat(1, &[0, 0]));
-    identify(&mut c, T0, vec![cmd], vec![]);
-    drain_tx(&mut c);
-    let (token, _) = mark_sent_token(&drain_intents(&mut c)).unwrap();
-    c.handle_result(T0, token, IntentResult::MarkSent { proceed: true });
-    drain_tx(&mut c).remove(0).bytes.to_vec()
+    ap_written(cmd).1.to_vec()
 }
 
 #[test]

@@ -13,7 +13,7 @@ const MIX: Mix = Mix { faults: true };
 /// copies of the end report lost on a lossy uplink, the third billed 107 s of 77). 18774 (AP3000,
 /// not analysed): a start written into a half-open socket, the pending order stopped and cancelled,
 /// the start then ran; its end report moved the cancelled order to completed.
-const KNOWN_BUGS: [u64; 7] = [3640, 14193, 20517, 20957, 23129, 23393, 23552];
+const KNOWN_BUGS: [u64; 9] = [3640, 14193, 20517, 20957, 23129, 23393, 23552, 26523, 26780];
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
